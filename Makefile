@@ -1,0 +1,53 @@
+# The interface for people and CI: each target does its own setup on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := $(VENV)/bin/buf
+PROTOS := $(shell find proto -name '*.proto' | sort)
+SERVICE_PROTOS := $(shell grep -l '^service ' $(PROTOS))
+
+.PHONY: run test gen lint bench install clean-gen
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/roz-server serve
+
+test: install
+	$(PY) -m pytest
+
+# googleapis' protos come from the installed googleapis-common-protos, never from a registry.
+third_party: install
+	rm -rf third_party && mkdir -p third_party/google
+	cp -r "$$($(PY) -c 'import google.api.http_pb2 as m, os; print(os.path.dirname(m.__file__))')" third_party/google/api
+	find third_party -type f ! -name '*.proto' -delete
+	find third_party -type d -empty -delete
+
+gen: third_party
+	rm -rf gen && mkdir gen
+	$(BUF) generate
+	$(BUF) build -o gen/.descriptors.binpb
+	$(PY) -m grpc_tools.protoc --descriptor_set_in=gen/.descriptors.binpb --grpc_python_out=gen \
+		$(patsubst proto/%,%,$(SERVICE_PROTOS))
+	rm gen/.descriptors.binpb
+	find gen -type d -exec touch {}/__init__.py \;
+	rm -f gen/__init__.py
+
+lint: third_party
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	$(BUF) lint
+	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
+		$(BUF) breaking --against '.git#branch=main'; \
+	else echo "buf breaking: no main branch with protos to compare against yet"; fi
+
+bench: install
+	$(PY) -m bench
