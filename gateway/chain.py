@@ -1,0 +1,233 @@
+"""The interceptor chain every call runs through, whatever protocol carried it.
+
+On the way in: access log (outermost, sees the final status) → error mapping → the application's
+interceptors in order (authenticate, tenant, rate limit …) → deadline → the servicer. The chain
+only uses the part of `grpc.aio.ServicerContext` that all three protocol contexts implement
+(invocation_metadata, time_remaining, set_trailing_metadata, abort), so one wrapped handler
+serves REST, gRPC-web and native gRPC alike, and also runs unchanged on `grpc.aio.server()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import grpc
+from grpc import aio
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
+
+from gateway.metadata import Metadata
+
+if TYPE_CHECKING:
+    from gateway.registry import Method
+
+access_log = logging.getLogger("gateway.access")
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+
+# What a context's abort() raises: grpc.aio's AbortError (ours too), sonora's bare RpcError.
+ALREADY_ABORTED = (grpc.RpcError, aio.AbortError)
+
+
+@dataclass
+class Call:
+    """What interceptors know about the call in flight."""
+
+    method: Method
+    context: Any
+    metadata: Metadata
+    request_id: str
+    # Extra structured fields for the access log line (interceptors add e.g. the tenant).
+    log_fields: dict[str, Any] = field(default_factory=dict)
+
+
+class ServerInterceptor(Protocol):
+    """Runs before the servicer; rejects the call by raising an error the translator knows."""
+
+    async def intercept(self, call: Call) -> None: ...
+
+
+ErrorTranslator = Callable[[Exception], status_pb2.Status | None]
+
+
+class InterceptorChain:
+    def __init__(
+        self,
+        interceptors: Sequence[ServerInterceptor] = (),
+        translate_error: ErrorTranslator | None = None,
+    ) -> None:
+        self._interceptors = list(interceptors)
+        self._translate_error = translate_error or (lambda _exc: None)
+
+    def wrap(self, method: Method, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        """The servicer callable wrapped by the whole chain, with the same signature."""
+        if method.kind.response_streaming:
+            writes_to_context = not inspect.isasyncgenfunction(behavior)
+
+            async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+                call = self._start(method, context)
+                outcome = _Outcome()
+                try:
+                    await self._before(call)
+                    responses = (
+                        _written_responses(behavior, request, context)
+                        if writes_to_context
+                        else behavior(request, context)
+                    )
+                    deadline = _deadline(context)
+                    while True:
+                        try:
+                            async with asyncio.timeout_at(deadline):
+                                response = await anext(responses)
+                        except StopAsyncIteration:
+                            break
+                        yield response
+                except Exception as exc:
+                    await self._fail(call, outcome, exc)
+                finally:
+                    self._log(call, outcome)
+
+            return streaming
+
+        async def unary(request: Any, context: Any) -> Any:
+            call = self._start(method, context)
+            outcome = _Outcome()
+            try:
+                await self._before(call)
+                async with asyncio.timeout_at(_deadline(context)):
+                    return await behavior(request, context)
+            except Exception as exc:
+                await self._fail(call, outcome, exc)
+            finally:
+                self._log(call, outcome)
+
+        return unary
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def _start(self, method: Method, context: Any) -> Call:
+        metadata = Metadata(context.invocation_metadata() or ())
+        request_id = metadata.get_text(REQUEST_ID_KEY) or ""
+        return Call(method=method, context=context, metadata=metadata, request_id=request_id)
+
+    async def _before(self, call: Call) -> None:
+        for interceptor in self._interceptors:
+            await interceptor.intercept(call)
+
+    async def _fail(self, call: Call, outcome: _Outcome, exc: Exception) -> None:
+        """Turns any failure into an abort with a google.rpc.Status; never raises anything else."""
+        if isinstance(exc, ALREADY_ABORTED):
+            # The servicer aborted on its own; the protocol adapter already has the status.
+            outcome.code = _code_of(call.context)
+            raise exc
+        if isinstance(exc, TimeoutError):
+            status = status_pb2.Status(
+                code=code_pb2.DEADLINE_EXCEEDED, message="deadline exceeded"
+            )
+        else:
+            status = self._translate(exc, call)
+        outcome.code = CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+        grpc_status = rpc_status.to_status(status)
+        call.context.set_trailing_metadata(grpc_status.trailing_metadata)
+        await call.context.abort(grpc_status.code, grpc_status.details)
+
+    def _translate(self, exc: Exception, call: Call) -> status_pb2.Status:
+        try:
+            status = self._translate_error(exc)
+        except Exception:
+            log.exception("error translator failed", extra={"request_id": call.request_id})
+            status = None
+        if status is None:
+            log.error(
+                "unhandled error in %s",
+                call.method.path,
+                exc_info=exc,
+                extra={"request_id": call.request_id},
+            )
+            status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+        return status
+
+    def _log(self, call: Call, outcome: _Outcome) -> None:
+        elapsed_ms = (time.perf_counter() - outcome.started) * 1000
+        access_log.info(
+            "%s %s %.1fms",
+            call.method.path,
+            outcome.code.name,
+            elapsed_ms,
+            extra={
+                "request_id": call.request_id,
+                "rpc": call.method.path,
+                "code": outcome.code.name,
+                "duration_ms": round(elapsed_ms, 2),
+                **call.log_fields,
+            },
+        )
+
+
+@dataclass
+class _Outcome:
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    started: float = field(default_factory=time.perf_counter)
+
+
+CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _deadline(context: Any) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return asyncio.get_running_loop().time() + max(remaining, 0.0)
+
+
+def _code_of(context: Any) -> grpc.StatusCode:
+    code = context.code() if callable(getattr(context, "code", None)) else context.code
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return grpc.StatusCode.UNKNOWN
+
+
+_DONE = object()
+
+
+async def _written_responses(
+    behavior: Callable[[Any, Any], Awaitable[None]], request: Any, context: Any
+) -> AsyncIterator[Any]:
+    """Adapts a servicer that streams through `await context.write(m)` to an async iterator."""
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+
+    async def run() -> None:
+        try:
+            await behavior(request, _WritingContext(context, queue))
+        finally:
+            await queue.put(_DONE)
+
+    task = asyncio.create_task(run())
+    try:
+        while (item := await queue.get()) is not _DONE:
+            yield item
+        await task
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+class _WritingContext:
+    """A context whose write() feeds the response stream; everything else is the real context."""
+
+    def __init__(self, context: Any, queue: asyncio.Queue[Any]) -> None:
+        self._context = context
+        self._queue = queue
+
+    async def write(self, message: Any) -> None:
+        await self._queue.put(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)

@@ -1,0 +1,68 @@
+"""The domain's error vocabulary; server/api/errors.py maps each to a gRPC status in one table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of every error a client can cause or meet; never carries database text."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(DomainError):
+    def __init__(self, message: str, violations: Sequence[FieldViolation] = ()) -> None:
+        super().__init__(message)
+        self.violations = tuple(violations)
+
+
+class NotFound(DomainError):
+    def __init__(self, resource: str, resource_id: str = "") -> None:
+        super().__init__(f"{resource} not found")
+        self.resource = resource
+        self.resource_id = resource_id
+
+
+class AlreadyExists(DomainError):
+    def __init__(self, message: str, resource: str = "") -> None:
+        super().__init__(message)
+        self.resource = resource
+
+
+class FailedPrecondition(DomainError):
+    def __init__(
+        self, message: str, reason: str = "", metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+
+class Unauthenticated(DomainError):
+    pass
+
+
+class PermissionDenied(DomainError):
+    def __init__(self, message: str, required_scope: str = "") -> None:
+        super().__init__(message)
+        self.required_scope = required_scope
+
+
+class ResourceExhausted(DomainError):
+    def __init__(self, message: str, retry_after_seconds: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class Unavailable(DomainError):
+    pass
