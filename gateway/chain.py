@@ -46,6 +46,8 @@ class Call:
     request_id: str
     # Extra structured fields for the access log line (interceptors add e.g. the tenant).
     log_fields: dict[str, Any] = field(default_factory=dict)
+    # What one interceptor learns for the next ones (e.g. the authenticated principal).
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 class ServerInterceptor(Protocol):

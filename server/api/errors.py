@@ -1,0 +1,126 @@
+"""The one table from domain errors to gRPC statuses with google.rpc details."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from psycopg import OperationalError
+from psycopg_pool import PoolTimeout
+
+from server.domain import errors
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "roz.dev"
+
+
+def _status(code: int, message: str, *details: Message) -> status_pb2.Status:
+    status = status_pb2.Status(code=code, message=message)
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return status
+
+
+def _invalid_argument(exc: errors.InvalidArgument) -> status_pb2.Status:
+    violations = [
+        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+        for v in exc.violations
+    ]
+    return _status(
+        code_pb2.INVALID_ARGUMENT,
+        exc.message,
+        error_details_pb2.BadRequest(field_violations=violations),
+    )
+
+
+def _not_found(exc: errors.NotFound) -> status_pb2.Status:
+    return _status(
+        code_pb2.NOT_FOUND,
+        exc.message,
+        error_details_pb2.ResourceInfo(resource_type=exc.resource, resource_name=exc.resource_id),
+    )
+
+
+def _already_exists(exc: errors.AlreadyExists) -> status_pb2.Status:
+    return _status(
+        code_pb2.ALREADY_EXISTS,
+        exc.message,
+        error_details_pb2.ResourceInfo(resource_type=exc.resource),
+    )
+
+
+def _failed_precondition(exc: errors.FailedPrecondition) -> status_pb2.Status:
+    details: list[Message] = []
+    if exc.reason:
+        details.append(
+            error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata)
+        )
+    return _status(code_pb2.FAILED_PRECONDITION, exc.message, *details)
+
+
+def _unauthenticated(exc: errors.Unauthenticated) -> status_pb2.Status:
+    return _status(
+        code_pb2.UNAUTHENTICATED,
+        exc.message,
+        error_details_pb2.ErrorInfo(reason="API_KEY_INVALID", domain=ERROR_DOMAIN),
+    )
+
+
+def _permission_denied(exc: errors.PermissionDenied) -> status_pb2.Status:
+    return _status(
+        code_pb2.PERMISSION_DENIED,
+        exc.message,
+        error_details_pb2.ErrorInfo(
+            reason="SCOPE_MISSING",
+            domain=ERROR_DOMAIN,
+            metadata={"required_scope": exc.required_scope},
+        ),
+    )
+
+
+def _resource_exhausted(exc: errors.ResourceExhausted) -> status_pb2.Status:
+    whole_seconds = max(1, math.ceil(exc.retry_after_seconds))
+    return _status(
+        code_pb2.RESOURCE_EXHAUSTED,
+        exc.message,
+        error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=whole_seconds)),
+    )
+
+
+def _unavailable(exc: errors.Unavailable) -> status_pb2.Status:
+    return _status(code_pb2.UNAVAILABLE, exc.message)
+
+
+def _database_unavailable(exc: Exception) -> status_pb2.Status:
+    # The client did nothing wrong and must not see the driver's text; the log keeps it.
+    log.warning("database unavailable: %s", exc)
+    return _status(code_pb2.UNAVAILABLE, "database unavailable, retry later")
+
+
+_TABLE: tuple[tuple[type[Exception], Callable[..., status_pb2.Status]], ...] = (
+    (errors.InvalidArgument, _invalid_argument),
+    (errors.NotFound, _not_found),
+    (errors.AlreadyExists, _already_exists),
+    (errors.FailedPrecondition, _failed_precondition),
+    (errors.Unauthenticated, _unauthenticated),
+    (errors.PermissionDenied, _permission_denied),
+    (errors.ResourceExhausted, _resource_exhausted),
+    (errors.Unavailable, _unavailable),
+    (PoolTimeout, _database_unavailable),
+    (OperationalError, _database_unavailable),
+)
+
+
+def status_for(exc: Exception) -> status_pb2.Status | None:
+    """The status a client sees for `exc`, or None for a bug (answered as INTERNAL and logged)."""
+    for error_type, convert in _TABLE:
+        if isinstance(exc, error_type):
+            return convert(exc)
+    return None

@@ -1,0 +1,92 @@
+"""Health: /health and /ready for people and load balancers, grpc.health.v1 for gRPC clients.
+
+Both reflect the same fact — whether the database answers — which a monitor task refreshes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from grpc_health.v1 import health_pb2
+from roz.v1 import health_pb2 as roz_health_pb2
+from roz.v1 import health_pb2_grpc as roz_health_pb2_grpc
+
+from server.domain import errors
+
+log = logging.getLogger(__name__)
+
+DatabaseCheck = Callable[[], Awaitable[bool]]
+
+
+class ServerHealthServicer(roz_health_pb2_grpc.ServerHealthServiceServicer):  # type: ignore[misc]
+    def __init__(self, check_database: DatabaseCheck) -> None:
+        self._check_database = check_database
+
+    async def GetHealth(
+        self, request: roz_health_pb2.GetHealthRequest, context: Any
+    ) -> roz_health_pb2.GetHealthResponse:
+        return roz_health_pb2.GetHealthResponse(status="ok")
+
+    async def GetReadiness(
+        self, request: roz_health_pb2.GetReadinessRequest, context: Any
+    ) -> roz_health_pb2.GetReadinessResponse:
+        if not await self._check_database():
+            raise errors.Unavailable("not ready: the database does not answer")
+        return roz_health_pb2.GetReadinessResponse(status="ok", checks={"database": "ok"})
+
+
+class HealthMonitor:
+    """Keeps grpc.health.v1 statuses in step with the database, checking every `interval`."""
+
+    def __init__(
+        self,
+        health: Any,
+        check_database: DatabaseCheck,
+        services: Sequence[str],
+        interval: float = 5.0,
+    ) -> None:
+        self._health = health
+        self._check_database = check_database
+        self._services = ["", *services]
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> bool:
+        healthy = await self._check_database()
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if healthy
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in self._services:
+            await self._health.set(service, status)
+        return healthy
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._run(), name="health-monitor")
+
+    async def _run(self) -> None:
+        was_healthy = True
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                healthy = await self.refresh()
+            except Exception:
+                log.exception("health check failed")
+                healthy = False
+            if healthy != was_healthy:
+                log.warning("database %s", "answers again" if healthy else "does not answer")
+                was_healthy = healthy
+
+    async def stop(self) -> None:
+        """Marks everything NOT_SERVING for good (graceful shutdown) and stops checking."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._health.enter_graceful_shutdown()

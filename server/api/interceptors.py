@@ -1,0 +1,129 @@
+"""roz's interceptors: authenticate the API key, check the RPC's scope, limit each tenant's rate.
+
+They run inside the gateway's one chain, so REST, gRPC-web and native gRPC get the same answers.
+Each RPC's rule comes from its `(roz.v1.access)` option, read once at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from roz.v1 import access_pb2
+
+from gateway.chain import Call
+from gateway.registry import Method
+from server.api.principal import set_principal
+from server.domain.api_keys import Principal
+from server.domain import errors, scopes
+from server.domain.rate_limits import TokenBuckets
+
+# Services from the gRPC ecosystem that carry no roz access option and need no key: the API
+# surface is public in the proto anyway, and health must answer load balancers.
+PUBLIC_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+)
+
+KeyLookup = Callable[[str], Awaitable[Principal | None]]
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    public: bool
+    scope: str = ""
+
+
+class AccessRules:
+    """The access rule of every registered RPC; a roz RPC without one fails at start-up."""
+
+    def __init__(self) -> None:
+        self._rules: dict[str, AccessRule] = {}
+
+    def load(self, methods: Iterable[Method]) -> None:
+        """Reads every method's rule; called once all servicers are registered."""
+        for method in methods:
+            self._rules[method.path] = _rule_of(method)
+
+    def __getitem__(self, path: str) -> AccessRule:
+        return self._rules[path]
+
+
+def _rule_of(method: Method) -> AccessRule:
+    options = method.descriptor.GetOptions()
+    if options.HasExtension(access_pb2.access):
+        access = options.Extensions[access_pb2.access]
+        if access.public:
+            return AccessRule(public=True)
+        if not access.scope or not scopes.is_known(access.scope):
+            raise ValueError(f"{method.path} declares an unknown scope {access.scope!r}")
+        return AccessRule(public=False, scope=access.scope)
+    if method.service.full_name in PUBLIC_SERVICES:
+        return AccessRule(public=True)
+    raise ValueError(f"{method.path} has no (roz.v1.access) option")
+
+
+BEARER = "bearer "
+
+
+class Authenticate:
+    """Turns `authorization: Bearer roz_sk_…` into the call's Principal."""
+
+    def __init__(self, rules: AccessRules, lookup: KeyLookup) -> None:
+        self._rules = rules
+        self._lookup = lookup
+
+    async def intercept(self, call: Call) -> None:
+        if self._rules[call.method.path].public:
+            return
+        header = call.metadata.get_text("authorization")
+        if not header:
+            raise errors.Unauthenticated(
+                "missing API key: send the header 'Authorization: Bearer roz_sk_…'"
+            )
+        if header[: len(BEARER)].lower() != BEARER:
+            raise errors.Unauthenticated("the Authorization header must use the Bearer scheme")
+        principal = await self._lookup(header[len(BEARER) :].strip())
+        if principal is None:
+            raise errors.Unauthenticated("invalid, expired or revoked API key")
+        set_principal(principal)
+        call.log_fields["tenant"] = str(principal.tenant_id)
+        call.log_fields["api_key"] = str(principal.key_id)
+        call.state["principal"] = principal
+
+
+class Authorize:
+    """Refuses a call whose key lacks the RPC's scope."""
+
+    def __init__(self, rules: AccessRules) -> None:
+        self._rules = rules
+
+    async def intercept(self, call: Call) -> None:
+        rule = self._rules[call.method.path]
+        if rule.public:
+            return
+        principal: Principal = call.state["principal"]
+        if not scopes.grants(principal.scopes, rule.scope):
+            raise errors.PermissionDenied(
+                f"this API key lacks the scope {rule.scope!r}", required_scope=rule.scope
+            )
+
+
+class RateLimit:
+    """A token bucket per tenant, shared by every protocol; public calls are not counted."""
+
+    def __init__(self, buckets: TokenBuckets) -> None:
+        self._buckets = buckets
+
+    async def intercept(self, call: Call) -> None:
+        principal: Principal | None = call.state.get("principal")
+        if principal is None:
+            return
+        wait = self._buckets.take(principal.tenant_id)
+        if wait > 0:
+            raise errors.ResourceExhausted(
+                f"rate limit exceeded, retry after {wait:.3f}s", retry_after_seconds=wait
+            )

@@ -1,0 +1,120 @@
+"""The composition root: settings in, one ASGI app out — database, servicers, gateway, lifespan.
+
+The gateway knows nothing of roz; this module hands it roz's servicers and interceptors and
+wires storage in. Every protocol reaches the same registry through the same chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from roz.v1 import api_keys_pb2_grpc, environments_pb2_grpc, health_pb2_grpc
+
+from gateway.chain import InterceptorChain
+from gateway.grpc_native import NativeGrpcApp
+from gateway.grpc_web import GrpcWebApp
+from gateway.health import add_health_to
+from gateway.reflection import add_reflection_to
+from gateway.registry import MethodRegistry
+from gateway.rest.app import RestApp
+from gateway.router import GatewayRouter
+from server.api.api_keys import ApiKeyServicer
+from server.api.environments import EnvironmentServicer
+from server.api.errors import status_for
+from server.api.health import HealthMonitor, ServerHealthServicer
+from server.api.interceptors import AccessRules, Authenticate, Authorize, RateLimit
+from server.domain.api_keys import Principal
+from server.domain.rate_limits import TokenBuckets
+from server.settings import Settings
+from server.storage.api_keys import ApiKeyRepository, LastUsedRecorder
+from server.storage.bootstrap import bootstrap
+from server.storage.database import Database
+from server.storage.environments import EnvironmentRepository
+
+log = logging.getLogger(__name__)
+
+
+class RozServer:
+    """One server process. `asgi` is what Hypercorn serves; its lifespan opens the database."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.database = Database(
+            database_url=settings.database_url,
+            data_dir=settings.data_dir,
+            pool_max_size=settings.db_pool_max,
+        )
+        self._recorder: LastUsedRecorder | None = None
+
+        rules = AccessRules()
+        chain = InterceptorChain(
+            [
+                Authenticate(rules, self._authenticate),
+                Authorize(rules),
+                RateLimit(TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst)),
+            ],
+            translate_error=status_for,
+        )
+        self.registry = registry = MethodRegistry(chain)
+        environments_pb2_grpc.add_EnvironmentServiceServicer_to_server(
+            EnvironmentServicer(lambda: EnvironmentRepository(self.database.pool)), registry
+        )
+        api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(
+            ApiKeyServicer(self._api_keys), registry
+        )
+        health_pb2_grpc.add_ServerHealthServiceServicer_to_server(
+            ServerHealthServicer(self.database.health_check), registry
+        )
+        self.health = add_health_to(registry)
+        add_reflection_to(registry)
+        rules.load(registry.methods())
+
+        self.health_monitor = HealthMonitor(
+            self.health, self.database.health_check, registry.service_names()
+        )
+        self.grpc = NativeGrpcApp(registry, max_message_bytes=settings.max_message_bytes)
+        self.asgi = GatewayRouter(
+            grpc_app=self.grpc,
+            grpc_web_app=GrpcWebApp(registry, max_message_bytes=settings.max_message_bytes),
+            rest_app=RestApp(registry, max_body_bytes=settings.max_body_bytes),
+            allowed_origins=settings.cors_origins,
+            lifespan=self.lifespan,
+        )
+
+    def _api_keys(self) -> ApiKeyRepository:
+        return ApiKeyRepository(self.database.pool, self._recorder)
+
+    async def _authenticate(self, secret: str) -> Principal | None:
+        return await self._api_keys().authenticate(secret)
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        self.settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        await self.database.open()
+        try:
+            await bootstrap(
+                self.database.owner_dsn, self.settings.data_dir, self.settings.admin_key
+            )
+            self._recorder = LastUsedRecorder(self.database.pool)
+            self._recorder.start()
+            await self.health_monitor.start()
+            yield
+        finally:
+            await self.health_monitor.stop()
+            if self._recorder is not None:
+                await self._recorder.close()
+            await self.database.close()
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Lets in-flight gRPC calls finish for up to `grace_seconds`, then ends the rest."""
+        await self.health.enter_graceful_shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        while self.grpc.active_calls() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.grpc.active_calls():
+            log.info("ending %d streams still open after the grace period", self.grpc.active_calls())
+            await self.grpc.close_streams()

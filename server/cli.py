@@ -1,0 +1,83 @@
+"""The `roz-server` command: `serve`, and `admin create-tenant NAME` for operators."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from hypercorn.asyncio import serve as hypercorn_serve
+
+from server.app import RozServer
+from server.listener import hypercorn_config
+from server.logs import configure_logging
+from server.settings import Settings, SettingsError
+from server.storage.bootstrap import create_tenant
+from server.storage.database import Database
+
+log = logging.getLogger("roz.server")
+
+
+async def serve(settings: Settings) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully (see RozServer.drain)."""
+    server = RozServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    drained: list[asyncio.Task[None]] = []
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        log.info("shutting down: no new connections; in-flight calls get %ss", settings.shutdown_grace_seconds)
+        # Hypercorn stops accepting as soon as this returns and waits for open connections
+        # (up to its graceful_timeout, set beyond our grace); the drain ends the stragglers.
+        drained.append(asyncio.create_task(server.drain(settings.shutdown_grace_seconds)))
+
+    await hypercorn_serve(server.asgi, hypercorn_config(settings), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    for task in drained:
+        await task
+
+
+async def admin_create_tenant(settings: Settings, name: str) -> str:
+    database = Database(database_url=settings.database_url, data_dir=settings.data_dir)
+    async with database:
+        _, secret = await create_tenant(database.owner_dsn, name)
+    return secret
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="roz-server", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="serve REST, gRPC-web and gRPC on one port")
+    admin = commands.add_parser("admin", help="operator tasks").add_subparsers(
+        dest="admin_command", required=True
+    )
+    tenant = admin.add_parser("create-tenant", help="add a tenant; prints its admin key last")
+    tenant.add_argument("name")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"roz-server: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    if args.command == "serve":
+        asyncio.run(serve(settings))
+        return 0
+    try:
+        secret = asyncio.run(admin_create_tenant(settings, args.name))
+    except Exception as exc:  # a clear line for the operator, not a traceback
+        print(f"roz-server: could not create tenant {args.name!r}: {exc}", file=sys.stderr)
+        return 1
+    print(f"tenant {args.name!r} created; its admin API key (shown once):")
+    print(secret)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Every setting of the server, read once from the environment into one frozen object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting has a value the server cannot use; the message names the variable."""
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    """Per-user: $XDG_DATA_HOME/roz, else ~/.local/share/roz."""
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "roz"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str | None = None
+    data_dir: Path = field(default_factory=lambda: default_data_dir(os.environ))
+    admin_key: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 4 * MIB
+    max_message_bytes: int = 4 * MIB
+    rate_limit_rps: float = 100.0
+    rate_limit_burst: int = 200
+    shutdown_grace_seconds: float = 10.0
+    keep_alive_timeout_seconds: float = 300.0
+    db_pool_max: int = 10
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        settings = cls(
+            host=reader.text("ROZ_HOST", cls.host),
+            port=reader.integer("PORT", cls.port, minimum=0, maximum=65535),
+            database_url=env.get("DATABASE_URL") or None,
+            data_dir=Path(env["ROZ_DATA_DIR"]) if env.get("ROZ_DATA_DIR") else default_data_dir(env),
+            admin_key=env.get("ROZ_ADMIN_KEY") or None,
+            tls_cert=reader.path("ROZ_TLS_CERT"),
+            tls_key=reader.path("ROZ_TLS_KEY"),
+            cors_origins=reader.items("ROZ_CORS_ORIGINS"),
+            max_body_bytes=reader.integer("ROZ_MAX_BODY_BYTES", cls.max_body_bytes, minimum=1),
+            max_message_bytes=reader.integer(
+                "ROZ_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1
+            ),
+            rate_limit_rps=reader.number("ROZ_RATE_LIMIT_RPS", cls.rate_limit_rps, minimum=0.001),
+            rate_limit_burst=reader.integer("ROZ_RATE_LIMIT_BURST", cls.rate_limit_burst, minimum=1),
+            shutdown_grace_seconds=reader.number(
+                "ROZ_SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, minimum=0
+            ),
+            keep_alive_timeout_seconds=reader.number(
+                "ROZ_KEEP_ALIVE_TIMEOUT_SECONDS", cls.keep_alive_timeout_seconds, minimum=1
+            ),
+            db_pool_max=reader.integer("ROZ_DB_POOL_MAX", cls.db_pool_max, minimum=1),
+            log_level=reader.choice(
+                "ROZ_LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
+            ),
+            log_format=reader.choice("ROZ_LOG_FORMAT", cls.log_format, ("text", "json")),
+        )
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            raise SettingsError("ROZ_TLS_CERT and ROZ_TLS_KEY must be set together")
+        return settings
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str) -> str:
+        return self._env.get(name) or default
+
+    def path(self, name: str) -> Path | None:
+        value = self._env.get(name)
+        return Path(value) if value else None
+
+    def items(self, name: str) -> tuple[str, ...]:
+        return tuple(item.strip() for item in self._env.get(name, "").split(",") if item.strip())
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._env.get(name) or default
+        for choice in choices:
+            if value.lower() == choice.lower():
+                return choice
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+        raw = self._env.get(name)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise SettingsError(f"{name} must be {bounds}, not {value}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float) -> float:
+        raw = self._env.get(name)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+        if not value >= minimum:  # also refuses NaN
+            raise SettingsError(f"{name} must be >= {minimum}, not {raw}")
+        return value
