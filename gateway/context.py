@@ -1,8 +1,8 @@
-"""The servicer context for calls the gateway carries itself (native gRPC and REST).
+"""The servicer context for every call the gateway carries: native gRPC, gRPC-web and REST.
 
 It implements `grpc.aio.ServicerContext`, so servicers written for `grpc.aio.server()` run
 unchanged. The protocol adapter that creates it reads back what the servicer set: initial and
-trailing metadata, code and details. gRPC-web calls use sonora's own context instead.
+trailing metadata, code and details.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ class GatewayContext(aio.ServicerContext):  # type: ignore[type-arg]
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._peer = peer
         self._on_initial_metadata = on_initial_metadata
+        # Read back by the protocol adapters (grpc.aio has no such attribute, only our context).
         self.initial_metadata: MetadataItems | None = None
-        self.trailing_metadata: MetadataItems = ()
+        self.trailing_metadata: MetadataItems = ()  # type: ignore[assignment]
         self._code: grpc.StatusCode | None = None
         self._details: str | None = None
         self._cancelled = False
@@ -43,10 +44,10 @@ class GatewayContext(aio.ServicerContext):  # type: ignore[type-arg]
 
     # -- what the servicer reads -------------------------------------------------------------
 
-    def invocation_metadata(self) -> MetadataItems:
+    def invocation_metadata(self) -> MetadataItems:  # type: ignore[override]
         return self._metadata
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]  # None: no deadline
         if self._deadline is None:
             return None
         return max(self._deadline - time.monotonic(), 0.0)
@@ -65,14 +66,14 @@ class GatewayContext(aio.ServicerContext):  # type: ignore[type-arg]
 
     # -- what the servicer sets --------------------------------------------------------------
 
-    async def send_initial_metadata(self, initial_metadata: MetadataItems) -> None:
+    async def send_initial_metadata(self, initial_metadata: MetadataItems) -> None:  # type: ignore[override]
         if self.initial_metadata is not None:
             raise RuntimeError("initial metadata was already sent")
         self.initial_metadata = tuple(initial_metadata)
         if self._on_initial_metadata is not None:
             await self._on_initial_metadata(self.initial_metadata)
 
-    def set_trailing_metadata(self, trailing_metadata: MetadataItems) -> None:
+    def set_trailing_metadata(self, trailing_metadata: MetadataItems) -> None:  # type: ignore[override]
         self.trailing_metadata = tuple(trailing_metadata)
 
     def trailing_metadata_items(self) -> MetadataItems:
@@ -81,20 +82,20 @@ class GatewayContext(aio.ServicerContext):  # type: ignore[type-arg]
     def set_code(self, code: grpc.StatusCode) -> None:
         self._code = code
 
-    def code(self) -> grpc.StatusCode | None:
+    def code(self) -> grpc.StatusCode | None:  # type: ignore[override]
         return self._code
 
     def set_details(self, details: str) -> None:
         self._details = details
 
-    def details(self) -> str | None:
+    def details(self) -> str | None:  # type: ignore[override]
         return self._details
 
     async def abort(
         self,
         code: grpc.StatusCode,
         details: str = "",
-        trailing_metadata: MetadataItems = (),
+        trailing_metadata: MetadataItems = (),  # type: ignore[override]
     ) -> NoReturn:
         if code == grpc.StatusCode.OK:
             raise ValueError("abort needs a non-OK status code")

@@ -1,0 +1,507 @@
+"""gRPC-web (binary and base64 text) for the registry's wrapped handlers, on sonora's foundations.
+
+sonora 0.2.3 supplies the handler table (`grpcASGI` acts as a `grpc.Server`), the framing and the
+grpc-timeout parser. Its request/response flow is replaced, because the gaps we hit all live there:
+- its error path drops trailing metadata, so `grpc-status-details-bin` never reached the client;
+- the response Content-Type was copied from `Accept` (`*/*` became the Content-Type);
+- only an exact `application/grpc-web-text` was decoded as text (not `…-text+proto`), and each
+  body chunk was base64-decoded on its own, which breaks on padding at a flush boundary;
+- a request without a Host header (HTTP/2 without :authority) raised ValueError;
+- an error after the first streamed message sent a second `http.response.start`;
+- its ServicerContext lacks `peer()`, `add_done_callback()`, `abort(code)` without details (health
+  Check does that) and a working `abort_with_status()` (it hands a Status to `set_code`, which
+  raises NotImplementedError, so the chain turned every such abort into INTERNAL).
+Calls therefore run with the gateway's own `GatewayContext`, as REST and native gRPC calls do, so a
+servicer sees the same context whatever protocol carried it. CORS is the router's job
+(`enable_cors=False`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+import grpc
+from grpc import aio
+from sonora import protocol
+from sonora.asgi import grpcASGI
+
+from gateway.context import GatewayContext, MetadataItems
+from gateway.registry import MethodRegistry
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# A grpc.RpcMethodHandler whose callables are grpc.aio-style coroutines and async generators;
+# grpc-stubs types only the synchronous flavour.
+AioHandler = Any
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+_FRAME_HEADER = 5  # flags byte + 4-byte big-endian length, as in gRPC
+_TRAILER_FLAG = 0x80
+_COMPRESSED_FLAG = 0x01
+
+_BINARY = b"application/grpc-web+proto"
+_TEXT = b"application/grpc-web-text+proto"
+
+# Request headers that are HTTP transport, not call metadata: the native gRPC adapter's set, plus
+# accept / accept-encoding, which on gRPC-web only negotiate the wire format. x-grpc-web,
+# x-user-agent, origin … are kept: they are harmless metadata.
+_NOT_METADATA = frozenset(
+    {
+        b"host",
+        b"content-type",
+        b"content-length",
+        b"accept",
+        b"accept-encoding",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"grpc-timeout",
+        b"grpc-encoding",
+        b"grpc-accept-encoding",
+    }
+)
+_STATUS_DETAILS = "grpc-status-details-bin"
+_METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
+_PADDED_SEGMENT_END = re.compile(rb"(?<==)(?=[^=])")
+
+
+class _Refused(Exception):
+    """The call is answered with this status before any handler runs."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class GrpcWebApp(grpcASGI):  # type: ignore[misc]
+    """The ASGI app for `application/grpc-web*` requests; serves every method in `registry`.
+
+    `max_message_bytes` bounds the request message (after base64 decoding in text mode); a
+    larger one is refused with RESOURCE_EXHAUSTED, by its Content-Length before it is read, or
+    as soon as the bytes received pass the limit.
+    """
+
+    def __init__(
+        self, registry: MethodRegistry, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
+        super().__init__(application=None, enable_cors=False)
+        self.add_generic_rpc_handlers([registry.generic_handler()])
+        self._max_message_bytes = max_message_bytes
+        # gRPC-web has no client streaming in browsers: a body is one framed message, so the
+        # limit on the (decoded) body is the message limit plus its frame header.
+        self._max_body = max_message_bytes + _FRAME_HEADER
+        self._max_text_body = 4 * -(-self._max_body // 3)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise TypeError(f"gRPC-web serves http scopes, not {scope['type']!r}")
+        if scope["method"] != "POST":
+            await _plain_response(send, 405, [(b"allow", b"POST")])
+            return
+        headers = _header_map(scope["headers"])
+        modes = _negotiate(headers.get(b"content-type", b""), headers.get(b"accept", b""))
+        if modes is None:
+            await _plain_response(send, 415, [(b"accept-post", _BINARY + b", " + _TEXT)])
+            return
+        text_in, text_out = modes
+        response = _Response(send, text_out)
+        try:
+            handler = self._get_rpc_handler(scope["path"])
+            if handler is None:
+                raise _Refused(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {scope['path']}")
+            self._check_declared_length(headers.get(b"content-length"), text_in)
+            context = GatewayContext(
+                scope["path"],
+                _metadata(scope["headers"]),
+                timeout=_timeout(headers.get(b"grpc-timeout")),
+                peer=_peer(scope.get("client")),
+                on_initial_metadata=response.start,
+            )
+            body = await self._read_body(receive, text_in)
+            if body is None:
+                return  # the client left before it finished sending
+            requests = _deserialize(handler, _messages(body))
+        except _Refused as refused:
+            await response.finish(refused.code, refused.message, ())
+            return
+        await _serve_until_disconnect(handler, requests, context, response, receive)
+
+    # -- the request body --------------------------------------------------------------------
+
+    def _check_declared_length(self, content_length: bytes | None, text: bool) -> None:
+        if content_length is None or not content_length.isdigit():
+            return
+        if int(content_length) > (self._max_text_body if text else self._max_body):
+            raise self._too_large()
+
+    async def _read_body(self, receive: Receive, text: bool) -> bytes | None:
+        """The whole body, decoded (None if the client left); refused once past the limit."""
+        decoder = _Base64Stream() if text else None
+        body = bytearray()
+        while True:
+            event = await receive()
+            if event["type"] == "http.disconnect":
+                return None
+            chunk = event.get("body", b"")
+            body += decoder.feed(chunk) if decoder else chunk
+            if len(body) > self._max_body:
+                raise self._too_large()
+            if not event.get("more_body", False):
+                break
+        if decoder:
+            body += decoder.finish()
+        return bytes(body)
+
+    def _too_large(self) -> _Refused:
+        return _Refused(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"request message larger than {self._max_message_bytes} bytes",
+        )
+
+
+# -- running the call --------------------------------------------------------------------------
+
+
+async def _serve_until_disconnect(
+    handler: AioHandler,
+    requests: list[Any],
+    context: GatewayContext,
+    response: _Response,
+    receive: Receive,
+) -> None:
+    """Runs the call; a client that goes away cancels it (Watch streams would never end)."""
+    work = asyncio.create_task(_run(handler, requests, context, response))
+    watcher = asyncio.create_task(_disconnected(receive))
+    try:
+        await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            context.cancel_by_peer()
+            work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+    finally:
+        watcher.cancel()
+        work.cancel()
+        context.finish()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _run(
+    handler: AioHandler,
+    requests: list[Any],
+    context: GatewayContext,
+    response: _Response,
+) -> None:
+    serialize = handler.response_serializer
+    payload: bytes | None = None
+    try:
+        if handler.request_streaming:
+            request: Any = _iterate(requests)
+        elif len(requests) == 1:
+            request = requests[0]
+        else:
+            raise _Refused(
+                grpc.StatusCode.INTERNAL, f"expected 1 request message, got {len(requests)}"
+            )
+        if handler.response_streaming:
+            behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+            async for message in behavior(request, context):
+                await response.message(serialize(message))
+        else:
+            behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
+            payload = serialize(await behavior(request, context))
+    except _Refused as refused:
+        context.set_code(refused.code)
+        context.set_details(refused.message)
+    except (grpc.RpcError, aio.AbortError):
+        pass  # an abort: the status is on the context
+    except Exception:
+        log.exception("gRPC-web call %s failed outside the interceptor chain", context.method)
+        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_details("internal error")
+    code = context.code() or grpc.StatusCode.OK
+    await response.finish(
+        code,
+        context.details() or "",
+        context.trailing_metadata,
+        payload if code is grpc.StatusCode.OK else None,
+    )
+
+
+async def _iterate(items: Iterable[Any]) -> Any:
+    for item in items:
+        yield item
+
+
+# -- the response ------------------------------------------------------------------------------
+
+
+class _Response:
+    """One gRPC-web response: headers once, message frames, then the status.
+
+    A unary answer goes out whole, as one body with a Content-Length (in text mode one base64
+    string), unless the servicer sent its initial metadata early. An error before any message is
+    a trailers-only response: the status, details-bin included, sits in the headers, where JS
+    clients read it (given CORS exposes it) without a body.
+    """
+
+    def __init__(self, send: Send, text: bool) -> None:
+        self._send = send
+        self._text = text
+        self._content_type = _TEXT if text else _BINARY
+        self._started = False
+
+    async def start(self, initial_metadata: MetadataItems = ()) -> None:
+        if self._started:
+            return
+        self._started = True
+        headers = [(b"content-type", self._content_type), *_encode_metadata(initial_metadata)]
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def message(self, payload: bytes) -> None:
+        await self.start()
+        await self._body(protocol.wrap_message(False, False, payload), more=True)
+
+    async def finish(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailing: MetadataItems,
+        payload: bytes | None = None,
+    ) -> None:
+        status = _status_headers(code, details, trailing)
+        if not self._started and payload is None:
+            self._started = True
+            headers = [(b"content-type", self._content_type), (b"content-length", b"0"), *status]
+            await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+            await self._send({"type": "http.response.body", "body": b""})
+            return
+        body = protocol.wrap_message(
+            True, False, b"".join(k + b": " + v + b"\r\n" for k, v in status)
+        )
+        if payload is not None:
+            body = protocol.wrap_message(False, False, payload) + body
+        if self._started:
+            await self._body(body, more=False)
+            return
+        self._started = True
+        encoded = base64.b64encode(body) if self._text else body
+        headers = [
+            (b"content-type", self._content_type),
+            (b"content-length", str(len(encoded)).encode()),
+        ]
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self._send({"type": "http.response.body", "body": encoded})
+
+    async def _body(self, data: bytes, *, more: bool) -> None:
+        if self._text:
+            # Each flush is its own padded base64 chunk; PROTOCOL-WEB allows padding there.
+            data = base64.b64encode(data)
+        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+def _status_headers(
+    code: grpc.StatusCode, details: str, trailing: MetadataItems
+) -> list[tuple[bytes, bytes]]:
+    headers = [(b"grpc-status", str(code.value[0]).encode())]
+    if details:
+        headers.append((b"grpc-message", _percent_encode(details)))
+    headers.extend(_encode_metadata(trailing))
+    return headers
+
+
+def _encode_metadata(items: MetadataItems) -> list[tuple[bytes, bytes]]:
+    """Servicer metadata as headers. This runs on the error path, so it drops what it cannot
+    send (with a warning) instead of failing: invalid keys, keys that belong to the transport or
+    to the gRPC runtime (the status details excepted), values that are not printable ASCII."""
+    encoded = []
+    for key, value in items:
+        name = key.lower()
+        reserved = name.encode() in _NOT_METADATA or (
+            name.startswith("grpc-") and name != _STATUS_DETAILS
+        )
+        if reserved or not _METADATA_KEY.fullmatch(name):
+            log.warning("dropped response metadata with a reserved or invalid key %r", key)
+            continue
+        if name.endswith("-bin"):
+            raw = value if isinstance(value, bytes) else value.encode()
+            # Padded: browsers decode with atob(), and gRPC readers accept both forms.
+            encoded.append((name.encode(), base64.b64encode(raw)))
+            continue
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        if not all(0x20 <= ord(char) <= 0x7E for char in text):
+            log.warning("dropped response metadata %r: value is not printable ASCII", key)
+            continue
+        encoded.append((name.encode(), text.encode("ascii")))
+    return encoded
+
+
+def _percent_encode(details: str) -> bytes:
+    # grpc-message: printable ASCII except '%' passes, everything else is %XX of its UTF-8.
+    return "".join(
+        chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in details.encode()
+    ).encode("ascii")
+
+
+async def _plain_response(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+# -- the request -------------------------------------------------------------------------------
+
+
+def _header_map(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    found: dict[bytes, bytes] = {}
+    for name, value in headers:
+        found.setdefault(name, value)  # the first one wins, as in sonora
+    return found
+
+
+def _negotiate(content_type: bytes, accept: bytes) -> tuple[bool, bool] | None:
+    """(text request, text response), or None for a message codec other than protobuf."""
+    media = content_type.split(b";", 1)[0].strip().lower()
+    base, _, codec = media.partition(b"+")
+    if codec not in (b"", b"proto") or base not in (
+        b"application/grpc-web",
+        b"application/grpc-web-text",
+    ):
+        return None
+    text_in = base == b"application/grpc-web-text"
+    # The client asks for a text response with Accept; `*/*`, a missing Accept or anything that
+    # names neither mode answers in the mode of the request.
+    text_out = text_in
+    for entry in accept.lower().split(b","):
+        wanted = entry.split(b";", 1)[0].strip()
+        if wanted.startswith(b"application/grpc-web-text"):
+            text_out = True
+            break
+        if wanted.startswith(b"application/grpc-web"):
+            text_out = False
+            break
+    return text_in, text_out
+
+
+def _metadata(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str | bytes]]:
+    metadata: list[tuple[str, str | bytes]] = []
+    for name, value in headers:
+        if name in _NOT_METADATA or name.startswith(b":"):
+            continue
+        key = name.decode("latin-1")
+        if name.endswith(b"-bin"):
+            try:
+                # Senders may omit the padding (grpc-go does).
+                metadata.append(
+                    (key, base64.b64decode(value + b"=" * (-len(value) % 4), validate=True))
+                )
+            except binascii.Error:
+                # INTERNAL, as on native gRPC: the client's runtime wrote it, not its application.
+                raise _Refused(grpc.StatusCode.INTERNAL, f"{key} is not valid base64") from None
+        else:
+            metadata.append((key, value.decode("latin-1")))
+    return metadata
+
+
+def _timeout(value: bytes | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(protocol.parse_timeout(value))
+    except (KeyError, ValueError):
+        raise _Refused(grpc.StatusCode.INTERNAL, f"malformed grpc-timeout {value!r}") from None
+
+
+def _peer(client: Any) -> str:
+    # The same spelling grpcio uses, so log lines compare across protocols.
+    if not client:
+        return ""
+    host, port = client[0], client[1]
+    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+
+
+def _deserialize(
+    handler: AioHandler,
+    messages: list[bytes],
+) -> list[Any]:
+    try:
+        return [handler.request_deserializer(message) for message in messages]
+    except Exception:
+        # grpcio's own server answers an unparsable request with INTERNAL as well.
+        raise _Refused(grpc.StatusCode.INTERNAL, "could not parse the request message") from None
+
+
+def _messages(body: bytes) -> list[bytes]:
+    """The message frames of a request body (a trailer frame, if any, ends it)."""
+    messages = []
+    offset = 0
+    while offset < len(body):
+        if len(body) - offset < _FRAME_HEADER:
+            raise _Refused(grpc.StatusCode.INTERNAL, "truncated message frame")
+        flags = body[offset]
+        length = int.from_bytes(body[offset + 1 : offset + _FRAME_HEADER], "big")
+        start = offset + _FRAME_HEADER
+        if start + length > len(body):
+            raise _Refused(grpc.StatusCode.INTERNAL, "truncated message frame")
+        if flags & _TRAILER_FLAG:
+            break
+        if flags & _COMPRESSED_FLAG:
+            # No grpc-encoding is ever negotiated with us, so a compressed frame is an error.
+            raise _Refused(grpc.StatusCode.UNIMPLEMENTED, "compressed messages are not supported")
+        messages.append(body[start : start + length])
+        offset = start + length
+    return messages
+
+
+class _Base64Stream:
+    """Decodes a text-mode body chunk by chunk, wherever the client's chunks and padding fall."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._pending + b"".join(chunk.split())
+        # Decode whole quads only; a '=' may sit at the end of one quad, and is only final once
+        # the next character is known, so a quad ending in '=' is complete either way.
+        usable = len(data) - len(data) % 4
+        self._pending = data[usable:]
+        return self._decode(data[:usable])
+
+    def finish(self) -> bytes:
+        if self._pending:
+            raise _Refused(grpc.StatusCode.INTERNAL, "text body is not whole base64")
+        return b""
+
+    @staticmethod
+    def _decode(data: bytes) -> bytes:
+        if not data:
+            return b""
+        try:
+            # Padding may end a segment in the middle of the body; decode segment by segment.
+            return b"".join(
+                binascii.a2b_base64(segment, strict_mode=True)
+                for segment in _PADDED_SEGMENT_END.split(data)
+            )
+        except binascii.Error:
+            raise _Refused(grpc.StatusCode.INTERNAL, "text body is not valid base64") from None
