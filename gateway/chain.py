@@ -130,9 +130,7 @@ class InterceptorChain:
             outcome.code = _code_of(call.context)
             raise exc
         if isinstance(exc, TimeoutError):
-            status = status_pb2.Status(
-                code=code_pb2.DEADLINE_EXCEEDED, message="deadline exceeded"
-            )
+            status = status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message="deadline exceeded")
         else:
             status = self._translate(exc, call)
         outcome.code = CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
@@ -183,7 +181,7 @@ CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _deadline(context: Any) -> float | None:
-    remaining = context.time_remaining()
+    remaining: float | None = context.time_remaining()
     if remaining is None:
         return None
     return asyncio.get_running_loop().time() + max(remaining, 0.0)

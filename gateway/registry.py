@@ -45,7 +45,7 @@ class Method:
     kind: CallKind
     request_class: type[Message]
     response_class: type[Message]
-    handler: grpc.RpcMethodHandler
+    handler: grpc.RpcMethodHandler[Any, Any]
 
     @property
     def behavior(self) -> Any:
@@ -53,7 +53,7 @@ class Method:
         return getattr(self.handler, self.kind.value)
 
 
-def _kind_of(handler: grpc.RpcMethodHandler) -> CallKind:
+def _kind_of(handler: grpc.RpcMethodHandler[Any, Any]) -> CallKind:
     if handler.request_streaming:
         return CallKind.STREAM_STREAM if handler.response_streaming else CallKind.STREAM_UNARY
     return CallKind.UNARY_STREAM if handler.response_streaming else CallKind.UNARY_UNARY
@@ -71,19 +71,21 @@ class MethodRegistry:
         self._pool = pool or descriptor_pool.Default()
         self._methods: dict[str, Method] = {}
         self._services: dict[str, ServiceDescriptor] = {}
-        self._raw: dict[str, grpc.RpcMethodHandler] = {}
+        self._raw: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     # -- the part of grpc.Server that generated code uses ------------------------------------
 
     def add_registered_method_handlers(
-        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler]
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
         service = self._pool.FindServiceByName(service_name)
         for name, handler in method_handlers.items():
             self._add(service, service.methods_by_name[name], handler)
         self._services[service_name] = service
 
-    def add_generic_rpc_handlers(self, generic_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+    def add_generic_rpc_handlers(
+        self, generic_handlers: Iterable[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
         # Generated code calls add_registered_method_handlers as well; for a hand-made generic
         # handler (grpc.method_handlers_generic_handler) its method table is read instead.
         for generic in generic_handlers:
@@ -97,7 +99,10 @@ class MethodRegistry:
                 )
 
     def _add(
-        self, service: ServiceDescriptor, descriptor: MethodDescriptor, raw: grpc.RpcMethodHandler
+        self,
+        service: ServiceDescriptor,
+        descriptor: MethodDescriptor,
+        raw: grpc.RpcMethodHandler[Any, Any],
     ) -> None:
         path = f"/{service.full_name}/{descriptor.name}"
         if path in self._methods:
@@ -140,15 +145,17 @@ class MethodRegistry:
     def pool(self) -> descriptor_pool.DescriptorPool:
         return self._pool
 
-    def generic_handler(self) -> grpc.GenericRpcHandler:
+    def generic_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """All registered methods as one generic handler (for sonora or grpc.aio.server)."""
         return _RegistryHandler(self)
 
 
-class _RegistryHandler(grpc.GenericRpcHandler):
+class _RegistryHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     def __init__(self, registry: MethodRegistry) -> None:
         self._registry = registry
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method = self._registry.lookup(handler_call_details.method)
         return method.handler if method else None

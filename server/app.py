@@ -116,5 +116,7 @@ class RozServer:
         while self.grpc.active_calls() and loop.time() < deadline:
             await asyncio.sleep(0.05)
         if self.grpc.active_calls():
-            log.info("ending %d streams still open after the grace period", self.grpc.active_calls())
+            log.info(
+                "ending %d streams still open after the grace period", self.grpc.active_calls()
+            )
             await self.grpc.close_streams()

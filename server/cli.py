@@ -32,12 +32,19 @@ async def serve(settings: Settings) -> None:
 
     async def shutdown_trigger() -> None:
         await stop.wait()
-        log.info("shutting down: no new connections; in-flight calls get %ss", settings.shutdown_grace_seconds)
+        log.info(
+            "shutting down: no new connections; in-flight calls get %ss",
+            settings.shutdown_grace_seconds,
+        )
         # Hypercorn stops accepting as soon as this returns and waits for open connections
         # (up to its graceful_timeout, set beyond our grace); the drain ends the stragglers.
         drained.append(asyncio.create_task(server.drain(settings.shutdown_grace_seconds)))
 
-    await hypercorn_serve(server.asgi, hypercorn_config(settings), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    await hypercorn_serve(
+        server.asgi,  # type: ignore[arg-type]  # hypercorn's ASGI types are narrower than ours
+        hypercorn_config(settings),
+        shutdown_trigger=shutdown_trigger,
+    )
     for task in drained:
         await task
 

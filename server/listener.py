@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from hypercorn.config import Config
 
 from server.settings import Settings
@@ -22,7 +24,7 @@ def hypercorn_config(settings: Settings) -> Config:
     # Beyond our own grace period, so the drain can end streams with UNAVAILABLE first.
     config.graceful_timeout = settings.shutdown_grace_seconds + 5
     config.accesslog = None  # the interceptor chain writes the access log, with request ids
-    config.errorlog = "-"
+    config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
     config.include_server_header = False
     if settings.tls_cert is not None and settings.tls_key is not None:
         config.certfile = str(settings.tls_cert)

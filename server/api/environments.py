@@ -70,7 +70,9 @@ class EnvironmentServicer(environments_pb2_grpc.EnvironmentServiceServicer):  # 
         created = await self._repository().create(tenant, draft_from_proto(request.environment))
         return environment_to_proto(created)
 
-    async def GetEnvironment(self, request: pb.GetEnvironmentRequest, context: Any) -> pb.Environment:
+    async def GetEnvironment(
+        self, request: pb.GetEnvironmentRequest, context: Any
+    ) -> pb.Environment:
         tenant = current_principal().tenant_id
         found = await self._repository().get(tenant, parse_id(request.id))
         return environment_to_proto(found)

@@ -60,7 +60,9 @@ def _failed_precondition(exc: errors.FailedPrecondition) -> status_pb2.Status:
     details: list[Message] = []
     if exc.reason:
         details.append(
-            error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata)
+            error_details_pb2.ErrorInfo(
+                reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata
+            )
         )
     return _status(code_pb2.FAILED_PRECONDITION, exc.message, *details)
 

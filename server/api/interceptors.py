@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from roz.v1 import access_pb2
 
 from gateway.chain import Call
 from gateway.registry import Method
 from server.api.principal import set_principal
-from server.domain.api_keys import Principal
 from server.domain import errors, scopes
+from server.domain.api_keys import Principal
 from server.domain.rate_limits import TokenBuckets
 
 # Services from the gRPC ecosystem that carry no roz access option and need no key: the API
@@ -54,8 +55,9 @@ class AccessRules:
 
 def _rule_of(method: Method) -> AccessRule:
     options = method.descriptor.GetOptions()
-    if options.HasExtension(access_pb2.access):
-        access = options.Extensions[access_pb2.access]
+    extension: Any = access_pb2.access
+    if options.HasExtension(extension):
+        access = options.Extensions[extension]
         if access.public:
             return AccessRule(public=True)
         if not access.scope or not scopes.is_known(access.scope):

@@ -1,0 +1,131 @@
+"""A whole roz server for end-to-end tests: RozServer behind a real Hypercorn listener.
+
+The database is the embedded default (a fresh data directory), or a fresh database on the
+server named by ROZ_TEST_DATABASE_URL. Tests talk to it only through real clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from psycopg import AsyncConnection, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from server.app import RozServer
+from server.domain.api_keys import mint_secret
+from server.settings import Settings
+from server.storage.bootstrap import create_tenant
+from server.storage.roles import app_role_name
+from tests.support.server import RunningServer, running
+
+TEST_DATABASE_URL = os.environ.get("ROZ_TEST_DATABASE_URL") or None
+
+
+@dataclass
+class Roz:
+    """A running server and what a test needs to reach it."""
+
+    listener: RunningServer
+    app: RozServer
+    admin_key: str
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return self.listener.url
+
+    def rest(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"authorization": f"Bearer {key}".encode()} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.listener.target)
+
+    def new_tenant(self, label: str = "tenant") -> str:
+        """A fresh tenant's admin key, made the way `roz-server admin create-tenant` makes it."""
+        name = f"{label}-{uuid.uuid4().hex[:8]}"
+        _, secret = self.listener.call(create_tenant(self.app.database.owner_dsn, name))
+        return str(secret)
+
+
+def _run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+async def _create_database(server_dsn: str) -> str:
+    name = f"roz_e2e_{uuid.uuid4().hex[:12]}"
+    async with await AsyncConnection.connect(server_dsn, autocommit=True) as conn:
+        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return make_conninfo(server_dsn, dbname=name)
+
+
+async def _drop_database(server_dsn: str, dsn: str) -> None:
+    name = str(conninfo_to_dict(dsn)["dbname"])
+    async with await AsyncConnection.connect(server_dsn, autocommit=True) as conn:
+        await conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        await conn.execute(
+            sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(app_role_name(name)))
+        )
+
+
+RozFactory = Callable[..., Roz]
+
+
+@pytest.fixture(scope="session")
+def roz_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RozFactory]:
+    """Starts servers with settings overrides; all are stopped at the end of the session."""
+    stack: list[Any] = []
+    databases: list[str] = []
+
+    def start(**overrides: Any) -> Roz:
+        data_dir = overrides.pop("data_dir", None) or tmp_path_factory.mktemp("roz")
+        database_url = overrides.pop("database_url", None)
+        if database_url is None and TEST_DATABASE_URL is not None:
+            database_url = _run(_create_database(TEST_DATABASE_URL))
+            databases.append(database_url)
+        # admin_key=None lets the server generate one and save it in the data directory.
+        admin_key = overrides.pop("admin_key", "") if "admin_key" in overrides else mint_secret()
+        settings = dataclasses.replace(
+            Settings(),
+            data_dir=data_dir,
+            database_url=database_url,
+            admin_key=admin_key,
+            **overrides,
+        )
+        apps: list[RozServer] = []
+
+        def build() -> Any:
+            apps.append(RozServer(settings))
+            return apps[0].asgi
+
+        context = running(build)
+        listener = context.__enter__()
+        stack.append(context)
+        if admin_key is None:
+            admin_key = (data_dir / "admin-key").read_text().strip()
+        return Roz(listener=listener, app=apps[0], admin_key=admin_key, data_dir=data_dir)
+
+    yield start
+    for context in reversed(stack):
+        context.__exit__(None, None, None)
+    for url in databases:
+        assert TEST_DATABASE_URL is not None
+        _run(_drop_database(TEST_DATABASE_URL, url))
+
+
+@pytest.fixture(scope="session")
+def roz(roz_factory: RozFactory) -> Roz:
+    """The session's shared server, with generous rate limits."""
+    return roz_factory(rate_limit_rps=100_000.0, rate_limit_burst=100_000)
