@@ -73,7 +73,10 @@ class RozServer:
         rules.load(registry.methods())
 
         self.health_monitor = HealthMonitor(
-            self.health, self.database.health_check, registry.service_names()
+            self.health,
+            self.database.health_check,
+            registry.service_names(),
+            interval=settings.health_check_interval_seconds,
         )
         self.grpc = NativeGrpcApp(registry, max_message_bytes=settings.max_message_bytes)
         self.asgi = GatewayRouter(

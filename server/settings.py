@@ -36,6 +36,7 @@ class Settings:
     rate_limit_burst: int = 200
     shutdown_grace_seconds: float = 10.0
     keep_alive_timeout_seconds: float = 300.0
+    health_check_interval_seconds: float = 5.0
     db_pool_max: int = 10
     log_level: str = "INFO"
     log_format: str = "text"
@@ -48,7 +49,9 @@ class Settings:
             host=reader.text("ROZ_HOST", cls.host),
             port=reader.integer("PORT", cls.port, minimum=0, maximum=65535),
             database_url=env.get("DATABASE_URL") or None,
-            data_dir=Path(env["ROZ_DATA_DIR"]) if env.get("ROZ_DATA_DIR") else default_data_dir(env),
+            data_dir=Path(env["ROZ_DATA_DIR"])
+            if env.get("ROZ_DATA_DIR")
+            else default_data_dir(env),
             admin_key=env.get("ROZ_ADMIN_KEY") or None,
             tls_cert=reader.path("ROZ_TLS_CERT"),
             tls_key=reader.path("ROZ_TLS_KEY"),
@@ -58,12 +61,17 @@ class Settings:
                 "ROZ_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1
             ),
             rate_limit_rps=reader.number("ROZ_RATE_LIMIT_RPS", cls.rate_limit_rps, minimum=0.001),
-            rate_limit_burst=reader.integer("ROZ_RATE_LIMIT_BURST", cls.rate_limit_burst, minimum=1),
+            rate_limit_burst=reader.integer(
+                "ROZ_RATE_LIMIT_BURST", cls.rate_limit_burst, minimum=1
+            ),
             shutdown_grace_seconds=reader.number(
                 "ROZ_SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, minimum=0
             ),
             keep_alive_timeout_seconds=reader.number(
                 "ROZ_KEEP_ALIVE_TIMEOUT_SECONDS", cls.keep_alive_timeout_seconds, minimum=1
+            ),
+            health_check_interval_seconds=reader.number(
+                "ROZ_HEALTH_CHECK_INTERVAL_SECONDS", cls.health_check_interval_seconds, minimum=0.1
             ),
             db_pool_max=reader.integer("ROZ_DB_POOL_MAX", cls.db_pool_max, minimum=1),
             log_level=reader.choice(

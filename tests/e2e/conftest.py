@@ -23,6 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from server.app import RozServer
 from server.domain.api_keys import mint_secret
+from server.listener import hypercorn_config
 from server.settings import Settings
 from server.storage.bootstrap import create_tenant
 from server.storage.roles import app_role_name
@@ -110,7 +111,7 @@ def roz_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RozFactory
             apps.append(RozServer(settings))
             return apps[0].asgi
 
-        context = running(build)
+        context = running(build, config=hypercorn_config(settings))
         listener = context.__enter__()
         stack.append(context)
         if admin_key is None:

@@ -9,6 +9,7 @@ import pytest
 from google.protobuf import field_mask_pb2, json_format
 from google.rpc import error_details_pb2
 from roz.v1 import environments_pb2 as pb
+from roz.v1 import environments_pb2_grpc
 
 from tests.e2e.conftest import Roz
 from tests.e2e.protocols import PROTOCOLS, Outcome, Rpc, call
@@ -217,3 +218,13 @@ def test_bad_page_token_is_invalid_argument(roz: Roz, protocol: str) -> None:
     outcome = call(protocol, roz, list_page(page_token="garbage"), roz.admin_key)
     assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
     assert outcome.detail(error_details_pb2.BadRequest).field_violations[0].field == "page_token"
+
+
+def test_more_than_a_thousand_calls_on_one_channel(roz: Roz) -> None:
+    with roz.channel() as channel:
+        stub = environments_pb2_grpc.EnvironmentServiceStub(channel)
+        metadata = [("authorization", f"Bearer {roz.admin_key}")]
+        for _ in range(1100):
+            stub.ListEnvironments(
+                pb.ListEnvironmentsRequest(page_size=1), metadata=metadata, timeout=10
+            )

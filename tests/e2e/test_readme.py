@@ -29,13 +29,19 @@ def test_try_it_examples_work(roz_factory: RozFactory, tmp_path: Path) -> None:
     env = {**os.environ, "HOME": str(home)}
     env.pop("XDG_DATA_HOME", None)
     result = subprocess.run(
-        ["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        ["bash", "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert '{"status":"ok"}' in out
-    assert '"name":"lab-arm"' in out and '"kind":"KIND_HARDWARE"' in out
+    assert '"name":"lab-arm"' in out
+    assert '"kind":"KIND_HARDWARE"' in out
     assert '"secret":"roz_sk_' in out
     assert "roz.v1.EnvironmentService" in out  # grpcurl list
     assert "rpc GetEnvironment" in out  # grpcurl describe of a method

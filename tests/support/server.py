@@ -42,13 +42,19 @@ def free_port() -> int:
 
 @contextmanager
 def running(
-    app_factory: Callable[[], Any], configure: Callable[[Config], None] | None = None
+    app_factory: Callable[[], Any],
+    configure: Callable[[Config], None] | None = None,
+    config: Config | None = None,
 ) -> Iterator[RunningServer]:
-    """Builds the ASGI app on the server thread's loop and serves it until the block ends."""
+    """Builds the ASGI app on the server thread's loop and serves it until the block ends.
+
+    `config` (e.g. the server's own hypercorn_config) is used as given, bound to a free port.
+    """
     port = free_port()
-    config = Config()
+    if config is None:
+        config = Config()
+        config.keep_alive_max_requests = 1_000_000
     config.bind = [f"127.0.0.1:{port}"]
-    config.keep_alive_max_requests = 1_000_000
     config.accesslog = None
     config.errorlog = None
     if configure:
