@@ -1,0 +1,696 @@
+"""Native gRPC over HTTP/2 as an ASGI application: framing, metadata, status trailers, cancellation.
+
+`NativeGrpcApp` serves requests whose content-type is application/grpc or application/grpc+proto.
+It looks the `:path` up in the method registry and calls the chain-wrapped behaviour with a
+`GatewayContext`, exactly as `grpc.aio.server()` would call the servicer. What it owns is the wire:
+PROTOCOL-HTTP2 (length-prefixed messages, grpc-timeout, custom and binary metadata, status in
+trailers) and the compression spec (gzip and identity on requests).
+
+Choices worth knowing:
+- Every response, errors before any message included, is HEADERS then a trailers HEADERS frame
+  with END_STREAM. Hypercorn cannot put END_STREAM on the first HEADERS frame (an ASGI response
+  always ends with a DATA frame or trailers), and grpc-go fails "grpc-status in headers, then an
+  empty DATA frame" with INTERNAL, while every client accepts headers plus trailers. Only when the
+  client cannot receive trailers (HTTP/1.x, or no `te: trailers`, so Hypercorn drops them) does
+  the status go into the response headers.
+- A malformed grpc-timeout answers INTERNAL, as grpc-go does: the header is written by the
+  client's runtime, not the application, so a bad one is a protocol fault. PROTOCOL-HTTP2 names
+  no code for it.
+- Responses are not compressed: gzip on every message costs CPU on the event loop, and an
+  uncompressed response is valid whatever the client accepts. Requests may be gzip or identity.
+- Hypercorn acknowledges DATA as soon as it arrives, so HTTP/2 flow control does not hold a
+  client back; received messages wait in memory until the servicer reads them. Each one is bounded
+  by `max_message_bytes`, before and after decompression.
+- Hypercorn 0.18 drops the whole connection when DATA arrives for a stream whose response has
+  ended (pgjones/hypercorn#329), and ASGI cannot send the RST_STREAM that would stop the client.
+  So a call we refuse (unknown method, oversized message …) is answered once the client has sent
+  its END_STREAM, waiting at most `REFUSAL_GRACE_SECONDS`; the request is discarded meanwhile.
+  A servicer that ends its response while the client is still sending can still hit the bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import functools
+import logging
+import re
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import grpc
+
+from gateway.chain import ALREADY_ABORTED
+from gateway.context import GatewayContext, MetadataItems
+from gateway.registry import Method, MethodRegistry
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "NativeGrpcApp"]
+
+log = logging.getLogger(__name__)
+
+ASGIMessage = MutableMapping[str, Any]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[ASGIMessage]]
+Send = Callable[[ASGIMessage], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+SERVED_CONTENT_TYPES = frozenset({"application/grpc", "application/grpc+proto"})
+ACCEPT_ENCODING = "gzip, identity"
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+_PREFIX_BYTES = 5  # 1 flag byte + 4-byte big-endian length
+_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
+_TIMEOUT_UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
+# Headers that describe the transport, not the call: never handed to servicers as metadata.
+_TRANSPORT_REQUEST_HEADERS = frozenset(
+    {
+        "content-type",
+        "te",
+        "grpc-timeout",
+        "grpc-encoding",
+        "grpc-accept-encoding",
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Response keys a servicer may not set either: HTTP/2 forbids the connection-specific ones (h2
+# would refuse the whole header block), and grpc-* belongs to the runtime, except the status
+# details the chain asks us to carry.
+_FORBIDDEN_RESPONSE_KEYS = _TRANSPORT_REQUEST_HEADERS
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# Small compressed messages inflate inline; larger ones (up to ~1000x expansion) in a thread.
+_INLINE_INFLATE_BYTES = 1024
+# How long a refusal waits for the client to finish sending (see the module docstring).
+REFUSAL_GRACE_SECONDS = 2.0
+
+
+class Status(NamedTuple):
+    """The outcome of a call, as it goes into grpc-status and grpc-message."""
+
+    code: grpc.StatusCode
+    message: str = ""
+
+
+class CallError(Exception):
+    """A status the adapter itself answers with, before or instead of the servicer's."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.status = Status(code, message)
+
+
+# -- the wire: pure functions ----------------------------------------------------------------
+
+
+def parse_timeout(value: str) -> float:
+    """grpc-timeout ("100m", "5S", …) in seconds; ValueError when it does not follow the spec."""
+    match = _TIMEOUT.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"malformed grpc-timeout {value!r}")
+    return int(match.group(1)) * _TIMEOUT_UNIT_SECONDS[match.group(2)]
+
+
+def percent_encode(message: str) -> str:
+    """grpc-message encoding: UTF-8, then every byte outside printable ASCII, and '%', as %XX."""
+    raw = message.encode("utf-8")
+    if all(0x20 <= byte <= 0x7E and byte != 0x25 for byte in raw):
+        return message
+    return "".join(
+        chr(byte) if 0x20 <= byte <= 0x7E and byte != 0x25 else f"%{byte:02X}" for byte in raw
+    )
+
+
+def decode_metadata(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str | bytes]]:
+    """Request headers as invocation metadata: transport headers left out, `-bin` decoded."""
+    metadata: list[tuple[str, str | bytes]] = []
+    for raw_key, raw_value in headers:
+        key = raw_key.decode("latin-1").lower()
+        if key.startswith(":") or key in _TRANSPORT_REQUEST_HEADERS:
+            continue
+        if key.endswith("-bin"):
+            # Duplicate binary headers may arrive joined with ","; each part is its own value.
+            metadata.extend((key, _b64decode(part)) for part in raw_value.split(b","))
+        else:
+            metadata.append((key, raw_value.decode("latin-1")))
+    return metadata
+
+
+def encode_metadata(items: MetadataItems, *, trailers: bool = False) -> Headers:
+    """Servicer metadata as HTTP/2 headers, minus entries that would break the header block."""
+    headers: Headers = []
+    for raw_key, value in items:
+        key = raw_key.lower()
+        reserved = key in _FORBIDDEN_RESPONSE_KEYS or (
+            key.startswith("grpc-") and not (trailers and key == _STATUS_DETAILS_KEY)
+        )
+        if reserved or not _METADATA_KEY.fullmatch(key):
+            log.warning("dropped response metadata with a reserved or invalid key %r", raw_key)
+            continue
+        encoded = _encode_value(key, value)
+        if encoded is None:
+            log.warning("dropped response metadata %r: value is not printable ASCII", raw_key)
+            continue
+        headers.append((key.encode("ascii"), encoded))
+    return headers
+
+
+def _b64decode(value: bytes) -> bytes:
+    # PROTOCOL-HTTP2: implementations MUST accept padded and un-padded values.
+    value = value.strip()
+    try:
+        return base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
+    except binascii.Error as exc:
+        raise CallError(grpc.StatusCode.INTERNAL, "malformed binary metadata") from exc
+
+
+def _encode_value(key: str, value: str | bytes) -> bytes | None:
+    if key.endswith("-bin"):
+        raw = value if isinstance(value, bytes) else value.encode("utf-8")
+        return base64.b64encode(raw).rstrip(b"=")  # the spec asks senders for un-padded values
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    if not all(0x20 <= ord(char) <= 0x7E for char in text):
+        return None
+    return text.strip().encode("ascii")
+
+
+def frame_message(payload: bytes) -> bytes:
+    """One uncompressed length-prefixed message."""
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+class MessageDeframer:
+    """Cuts a byte stream into length-prefixed messages, whatever the chunk boundaries."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._max = max_message_bytes
+        self._buffer = bytearray()
+        self._needed: int | None = None  # length of the message in progress, once its prefix is in
+
+    def feed(self, data: bytes) -> list[tuple[bool, bytes]]:
+        """The (compressed?, payload) messages completed by `data`."""
+        self._buffer += data
+        messages: list[tuple[bool, bytes]] = []
+        while True:
+            if self._needed is None:
+                if len(self._buffer) < _PREFIX_BYTES:
+                    return messages
+                self._needed = self._read_prefix()
+            if len(self._buffer) < _PREFIX_BYTES + self._needed:
+                return messages
+            end = _PREFIX_BYTES + self._needed
+            messages.append((self._buffer[0] == 1, bytes(self._buffer[_PREFIX_BYTES:end])))
+            del self._buffer[:end]
+            self._needed = None
+
+    def _read_prefix(self) -> int:
+        flag = self._buffer[0]
+        if flag not in (0, 1):
+            raise CallError(grpc.StatusCode.INTERNAL, f"invalid message flag {flag}")
+        length = int.from_bytes(self._buffer[1:_PREFIX_BYTES], "big")
+        # Refused on the prefix alone, so an oversized message is never buffered.
+        if length > self._max:
+            raise _too_large(length, self._max)
+        return length
+
+    def finish(self) -> None:
+        """The request stream ended: a message cut short is a protocol error."""
+        if self._buffer:
+            raise CallError(grpc.StatusCode.INTERNAL, "request ended inside a message")
+
+
+def _too_large(length: int, limit: int) -> CallError:
+    return CallError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"received message larger than max ({length} vs. {limit})",
+    )
+
+
+def gunzip(payload: bytes, limit: int) -> bytes:
+    """Inflates one gzip message, never producing more than `limit` bytes (zip bombs)."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(payload, limit + 1)
+    except zlib.error as exc:
+        raise CallError(grpc.StatusCode.INTERNAL, "could not decompress a request message") from exc
+    if len(data) > limit:
+        raise CallError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"decompressed message larger than max ({limit} bytes)",
+        )
+    if not inflater.eof:
+        raise CallError(grpc.StatusCode.INTERNAL, "truncated compressed request message")
+    return data
+
+
+# -- the request side ------------------------------------------------------------------------
+
+
+class _RequestStream:
+    """Request messages as they arrive: the servicer's iterator, or one message for unary calls."""
+
+    _END = object()
+
+    def __init__(self) -> None:
+        # Unbounded on purpose: blocking here would stop us seeing a disconnect (see module doc).
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(self, message: Any) -> None:
+        self._queue.put_nowait(message)
+
+    def end(self) -> None:
+        self._queue.put_nowait(self._END)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while (message := await self._queue.get()) is not self._END:
+            yield message
+
+    async def single(self) -> Any:
+        """The one message of a unary request, once the client has half-closed."""
+        first = await self._queue.get()
+        if first is self._END:
+            raise CallError(grpc.StatusCode.INTERNAL, "unary call sent no request message")
+        if await self._queue.get() is not self._END:
+            raise CallError(grpc.StatusCode.INTERNAL, "unary call sent more than one message")
+        return first
+
+
+# -- the response side -----------------------------------------------------------------------
+
+
+class _Response:
+    """Response headers (initial metadata), messages, then the status in trailers."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        # Initial metadata can come from a task of the chain's while a message is going out;
+        # Hypercorn needs http.response.start fully sent before any body.
+        self._lock = asyncio.Lock()
+        self._started = False
+
+    async def send_initial_metadata(self, metadata: MetadataItems) -> None:
+        async with self._lock:
+            if self._started:
+                raise RuntimeError("initial metadata must be sent before the first message")
+            await self._start(metadata)
+
+    async def message(self, payload: bytes) -> None:
+        async with self._lock:
+            if not self._started:
+                await self._start(())
+            await self._send(
+                {"type": "http.response.body", "body": frame_message(payload), "more_body": True}
+            )
+
+    async def finish(self, status: Status, trailing_metadata: MetadataItems = ()) -> None:
+        async with self._lock:
+            if not self._started:
+                await self._start(())
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+            headers = _status_headers(status)
+            headers += encode_metadata(trailing_metadata, trailers=True)
+            await self._send({"type": "http.response.trailers", "headers": headers})
+
+    async def _start(self, metadata: MetadataItems) -> None:
+        self._started = True
+        headers = _response_headers() + encode_metadata(metadata)
+        await self._send(
+            {"type": "http.response.start", "status": 200, "headers": headers, "trailers": True}
+        )
+
+
+def _response_headers() -> Headers:
+    return [
+        (b"content-type", b"application/grpc"),
+        (b"grpc-accept-encoding", ACCEPT_ENCODING.encode("ascii")),
+    ]
+
+
+def _status_headers(status: Status) -> Headers:
+    headers = [(b"grpc-status", str(status.code.value[0]).encode("ascii"))]
+    if status.message:
+        headers.append((b"grpc-message", percent_encode(status.message).encode("ascii")))
+    return headers
+
+
+# -- one call --------------------------------------------------------------------------------
+
+
+class _Call:
+    """One RPC in flight: a reader task feeding requests, a handler task running the servicer."""
+
+    def __init__(
+        self,
+        method: Method,
+        context: GatewayContext,
+        receive: Receive,
+        response: _Response,
+        *,
+        encoding: str,
+        max_message_bytes: int,
+    ) -> None:
+        self._method = method
+        self._context = context
+        self._receive = receive
+        self._response = response
+        self._encoding = encoding
+        self._max = max_message_bytes
+        self._requests = _RequestStream()
+        self._failure: Status | None = None  # why we cancelled the handler, if we did
+        self._refused_request = False  # the failure is about the request, still being sent
+        self._request_ended = asyncio.Event()
+        self._peer_gone = False
+        self._answering = False  # the final status is being sent: a disconnect now is normal
+        self.finished = asyncio.Event()
+        self._handler: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        self._handler = handler = asyncio.create_task(self._invoke())
+        reader = asyncio.create_task(self._read_requests())
+        try:
+            await asyncio.wait([handler])
+            if self._refused_request:
+                await _at_most(REFUSAL_GRACE_SECONDS, self._request_ended.wait())
+            status = self._outcome(handler)
+            if status is not None:
+                self._answering = True
+                await self._response.finish(status, self._context.trailing_metadata)
+        finally:
+            handler.cancel()
+            reader.cancel()
+            await asyncio.gather(handler, reader, return_exceptions=True)
+            self._context.finish()
+            self.finished.set()
+
+    def end(self, status: Status) -> bool:
+        """Ends the call with `status` unless the servicer has already finished; True if it did."""
+        if self._failure is not None or self._handler is None or self._handler.done():
+            return False
+        self._failure = status
+        self._handler.cancel()
+        return True
+
+    # -- the servicer ------------------------------------------------------------------------
+
+    async def _invoke(self) -> None:
+        kind = self._method.kind
+        request = self._requests if kind.request_streaming else await self._requests.single()
+        behavior = self._method.behavior
+        if kind.response_streaming:
+            # Closed here, not by the garbage collector, if we stop early (cancelled, failed).
+            async with contextlib.aclosing(behavior(request, self._context)) as responses:
+                async for response in responses:
+                    await self._response.message(self._serialize(response))
+            return
+        response = await behavior(request, self._context)
+        code = self._context.code()
+        if code is not None and code != grpc.StatusCode.OK:
+            return  # set_code() without abort(): the status stands, a response would not
+        if response is None:
+            raise CallError(grpc.StatusCode.INTERNAL, "the servicer returned no response")
+        await self._response.message(self._serialize(response))
+
+    def _serialize(self, response: Any) -> bytes:
+        serializer = self._method.handler.response_serializer
+        try:
+            payload = serializer(response) if serializer else response.SerializeToString()
+        except Exception as exc:
+            log.exception("could not serialize a response of %s", self._method.path)
+            raise CallError(grpc.StatusCode.INTERNAL, "could not serialize the response") from exc
+        return bytes(payload)
+
+    def _outcome(self, handler: asyncio.Task[None]) -> Status | None:
+        """The status to send, from how the handler ended; None when nobody is listening."""
+        if self._peer_gone:
+            return None
+        if self._failure is not None:
+            return self._failure
+        if handler.cancelled():
+            return Status(grpc.StatusCode.CANCELLED, "call cancelled")
+        exc = handler.exception()
+        if exc is None:
+            # OK, unless the servicer used set_code() without abort().
+            return Status(self._context.code() or grpc.StatusCode.OK, self._context.details() or "")
+        if isinstance(exc, CallError):
+            return exc.status
+        if isinstance(exc, ALREADY_ABORTED):
+            code = self._context.code() or grpc.StatusCode.UNKNOWN
+            return Status(code, self._context.details() or "")
+        # The chain turns servicer errors into aborts; reaching this is a bug worth a traceback.
+        log.error("unexpected error in %s", self._method.path, exc_info=exc)
+        return Status(grpc.StatusCode.UNKNOWN, "unexpected server error")
+
+    # -- the client --------------------------------------------------------------------------
+
+    async def _read_requests(self) -> None:
+        """Feeds the request stream, and keeps reading after it ends to notice a disconnect."""
+        deframer = MessageDeframer(self._max)
+        while (event := await self._receive())["type"] != "http.disconnect":
+            ended = not event.get("more_body", False)
+            if self._failure is None:  # once the call is ending, the rest is discarded
+                try:
+                    await self._accept(deframer, event.get("body", b""), ended)
+                except CallError as error:
+                    self._refused_request = self.end(error.status)
+            if ended:
+                self._request_ended.set()
+        self._request_ended.set()
+        self._on_disconnect()
+
+    async def _accept(self, deframer: MessageDeframer, body: bytes, ended: bool) -> None:
+        for compressed, payload in deframer.feed(body):
+            self._requests.put(await self._decode(compressed, payload))
+        if ended:
+            deframer.finish()
+            self._requests.end()
+
+    async def _decode(self, compressed: bool, payload: bytes) -> Any:
+        if compressed:
+            if self._encoding == "identity":
+                raise CallError(
+                    grpc.StatusCode.INTERNAL, "compressed message without a grpc-encoding"
+                )
+            if len(payload) > _INLINE_INFLATE_BYTES:
+                payload = await asyncio.to_thread(gunzip, payload, self._max)
+            else:
+                payload = gunzip(payload, self._max)
+        deserializer = self._method.handler.request_deserializer
+        try:
+            if deserializer is None:
+                return self._method.request_class.FromString(payload)
+            return deserializer(payload)
+        except Exception as exc:
+            raise CallError(grpc.StatusCode.INTERNAL, "could not parse the request") from exc
+
+    def _on_disconnect(self) -> None:
+        if self._answering:
+            return  # Hypercorn reports the stream closed once our trailers are out
+        self._peer_gone = True
+        if self._handler is not None and not self._handler.done():
+            # The servicer sees context.cancelled() and then asyncio.CancelledError.
+            self._context.cancel_by_peer()
+            self._handler.cancel()
+
+
+# -- the application -------------------------------------------------------------------------
+
+
+class NativeGrpcApp:
+    """ASGI application for gRPC over HTTP/2 on the methods of one registry."""
+
+    def __init__(
+        self, registry: MethodRegistry, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
+        self._registry = registry
+        self._max_message_bytes = max_message_bytes
+        self._calls: set[_Call] = set()
+
+    def active_calls(self) -> int:
+        return len(self._calls)
+
+    async def close_streams(self, message: str = "server is shutting down") -> None:
+        """Ends every call in flight with UNAVAILABLE, sent in trailers; returns when all ended.
+
+        A client that stopped reading holds its trailers back (flow control), so a caller with a
+        shutdown deadline bounds this with asyncio.timeout.
+        """
+        calls = list(self._calls)
+        for call in calls:
+            call.end(Status(grpc.StatusCode.UNAVAILABLE, message))
+        await asyncio.gather(*(call.finished.wait() for call in calls))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serves one HTTP request: refused here if it cannot be a call, else run as one."""
+        if scope["type"] != "http":
+            raise TypeError(f"NativeGrpcApp serves HTTP only, not {scope['type']!r}")
+        headers = _header_map(scope)
+        refusal = _refuse_http(scope, headers)
+        if refusal is not None:
+            await _refuse(receive, functools.partial(_respond_plain, send, *refusal))
+            return
+        if not _can_send_trailers(scope, headers):
+            no_trailers = Status(grpc.StatusCode.INTERNAL, "gRPC needs HTTP/2 and te: trailers")
+            await _refuse(receive, functools.partial(_respond_in_headers, send, no_trailers))
+            return
+        try:
+            request = self._prepare(scope, headers)
+        except CallError as error:
+            await _refuse(receive, functools.partial(_Response(send).finish, error.status))
+            return
+        await self._serve(request, receive, send)
+
+    def _prepare(self, scope: Scope, headers: dict[str, str]) -> _Request:
+        """What the call needs from its headers, or the CallError that refuses it."""
+        content_type = _content_type(headers)
+        if content_type not in SERVED_CONTENT_TYPES:
+            raise CallError(
+                grpc.StatusCode.UNIMPLEMENTED, f"content-type {content_type} is not supported"
+            )
+        path = scope["path"]
+        method = self._registry.lookup(path)
+        if method is None:
+            raise CallError(grpc.StatusCode.UNIMPLEMENTED, f"method {path} not found")
+        encoding = headers.get("grpc-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip"):
+            # The compression spec: UNIMPLEMENTED, with grpc-accept-encoding (in every response).
+            raise CallError(
+                grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding} is not supported"
+            )
+        timeout = None
+        if "grpc-timeout" in headers:
+            try:
+                timeout = parse_timeout(headers["grpc-timeout"])
+            except ValueError as exc:
+                raise CallError(grpc.StatusCode.INTERNAL, str(exc)) from exc
+        return _Request(method, decode_metadata(scope["headers"]), timeout, encoding, _peer(scope))
+
+    async def _serve(self, request: _Request, receive: Receive, send: Send) -> None:
+        response = _Response(send)
+        context = GatewayContext(
+            request.method.path,
+            request.metadata,
+            timeout=request.timeout,
+            peer=request.peer,
+            on_initial_metadata=response.send_initial_metadata,
+        )
+        call = _Call(
+            request.method,
+            context,
+            receive,
+            response,
+            encoding=request.encoding,
+            max_message_bytes=self._max_message_bytes,
+        )
+        self._calls.add(call)
+        try:
+            await call.run()
+        finally:
+            self._calls.discard(call)
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: Method
+    metadata: list[tuple[str, str | bytes]]
+    timeout: float | None
+    encoding: str
+    peer: str
+
+
+# -- answers given without calling a servicer ------------------------------------------------
+
+
+def _header_map(scope: Scope) -> dict[str, str]:
+    return {
+        name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]
+    }
+
+
+def _content_type(headers: dict[str, str]) -> str:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _refuse_http(scope: Scope, headers: dict[str, str]) -> tuple[int, Status] | None:
+    """An HTTP status for requests that are not gRPC at all (what the router should not send)."""
+    content_type = _content_type(headers)
+    if not content_type.startswith("application/grpc") or content_type.startswith(
+        "application/grpc-web"
+    ):
+        # PROTOCOL-HTTP2: 415, so that a plain HTTP client cannot mistake the answer for success.
+        return 415, Status(grpc.StatusCode.INTERNAL, f"content-type {content_type} is not gRPC")
+    if scope["method"] != "POST":
+        return 405, Status(grpc.StatusCode.INTERNAL, f"gRPC needs POST, not {scope['method']}")
+    return None
+
+
+def _can_send_trailers(scope: Scope, headers: dict[str, str]) -> bool:
+    # Hypercorn sends trailers only over HTTP/2 or 3, and only if the request said te: trailers.
+    extensions = scope.get("extensions") or {}
+    return "http.response.trailers" in extensions and headers.get("te", "").strip() == "trailers"
+
+
+async def _respond_plain(send: Send, http_status: int, status: Status) -> None:
+    """A short text answer for HTTP clients, with the gRPC status in headers for gRPC ones."""
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    headers += _status_headers(status)
+    await send({"type": "http.response.start", "status": http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": status.message.encode("utf-8") + b"\n"})
+
+
+async def _respond_in_headers(send: Send, status: Status) -> None:
+    """The status in the response headers: the only place a client without trailers sees it."""
+    headers = _response_headers() + _status_headers(status)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _refuse(receive: Receive, answer: Callable[[], Awaitable[None]]) -> None:
+    """Answers a call we will not run, once its request is in (see the module docstring).
+
+    The request is read and discarded throughout: Hypercorn queues request events per stream in
+    a small bounded queue and, once the answer is out, puts http.disconnect in it; a full queue
+    would then block the connection.
+    """
+    request_ended = asyncio.Event()
+    drain = asyncio.create_task(_discard_request(receive, request_ended))
+    try:
+        await _at_most(REFUSAL_GRACE_SECONDS, request_ended.wait())
+        await answer()
+    finally:
+        drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
+
+
+async def _discard_request(receive: Receive, ended: asyncio.Event) -> None:
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect" or not event.get("more_body", False):
+            ended.set()
+        if event["type"] == "http.disconnect":
+            return
+
+
+async def _at_most(seconds: float, awaitable: Awaitable[Any]) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(awaitable, seconds)
+
+
+def _peer(scope: Scope) -> str:
+    """The client address in grpc's form: ipv4:1.2.3.4:5 or ipv6:[::1]:5."""
+    client = scope.get("client")
+    if not client:
+        return ""
+    host, port = client[0], client[1]
+    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
