@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
-from grpc import aio
 from google.rpc import code_pb2, status_pb2
+from grpc import aio
 from grpc_status import rpc_status
 
 from gateway.metadata import Metadata
@@ -91,6 +91,9 @@ class InterceptorChain:
                         except StopAsyncIteration:
                             break
                         yield response
+                except asyncio.CancelledError:
+                    outcome.code = grpc.StatusCode.CANCELLED
+                    raise
                 except Exception as exc:
                     await self._fail(call, outcome, exc)
                 finally:
@@ -105,6 +108,10 @@ class InterceptorChain:
                 await self._before(call)
                 async with asyncio.timeout_at(_deadline(context)):
                     return await behavior(request, context)
+            except asyncio.CancelledError:
+                # The client went away (or the server is ending the call); nothing to answer.
+                outcome.code = grpc.StatusCode.CANCELLED
+                raise
             except Exception as exc:
                 await self._fail(call, outcome, exc)
             finally:

@@ -516,9 +516,15 @@ class NativeGrpcApp:
         self._registry = registry
         self._max_message_bytes = max_message_bytes
         self._calls: set[_Call] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def active_calls(self) -> int:
         return len(self._calls)
+
+    async def wait_idle(self) -> None:
+        """Returns once no call is in flight (at once if none is)."""
+        await self._idle.wait()
 
     async def close_streams(self, message: str = "server is shutting down") -> None:
         """Ends every call in flight with UNAVAILABLE, sent in trailers; returns when all ended.
@@ -594,10 +600,13 @@ class NativeGrpcApp:
             max_message_bytes=self._max_message_bytes,
         )
         self._calls.add(call)
+        self._idle.clear()
         try:
             await call.run()
         finally:
             self._calls.discard(call)
+            if not self._calls:
+                self._idle.set()
 
 
 @dataclass(frozen=True)

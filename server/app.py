@@ -114,12 +114,10 @@ class RozServer:
     async def drain(self, grace_seconds: float) -> None:
         """Lets in-flight gRPC calls finish for up to `grace_seconds`, then ends the rest."""
         await self.health.enter_graceful_shutdown()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace_seconds
-        while self.grpc.active_calls() and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        if self.grpc.active_calls():
-            log.info(
-                "ending %d streams still open after the grace period", self.grpc.active_calls()
-            )
-            await self.grpc.close_streams()
+        try:
+            async with asyncio.timeout(grace_seconds):
+                await self.grpc.wait_idle()
+        except TimeoutError:
+            log.info("ending %d calls still open after the grace period", self.grpc.active_calls())
+            async with asyncio.timeout(5):  # a client that stopped reading cannot hold us
+                await self.grpc.close_streams()
