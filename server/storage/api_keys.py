@@ -1,0 +1,273 @@
+"""API-key rows: create, get, list, revoke, authenticate, and batched last-used times.
+
+Authentication is the one query made before a tenant is known, so it goes through the SECURITY
+DEFINER function roz.authenticate_api_key and never reads the table directly. It is a read: the
+key's last_used_time is remembered in memory by a LastUsedRecorder and written for all keys in
+one statement every few seconds, instead of one write per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.rows import kwargs_row
+
+from server.domain import pagination
+from server.domain.api_keys import (
+    ApiKey,
+    NewApiKey,
+    Principal,
+    hash_secret,
+    key_prefix,
+    looks_like_key,
+    mint_secret,
+)
+from server.domain.errors import AlreadyExists, NotFound
+from server.domain.pagination import Page, PagePosition
+from server.storage.database import Pool
+from server.storage.errors import database_errors, resource_id
+from server.storage.tenancy import tenant_transaction
+
+log = logging.getLogger(__name__)
+
+RESOURCE = "api key"
+_COLUMNS = (
+    "id, tenant_id, name, key_prefix, scopes, create_time, expire_time, last_used_time,"
+    " revoke_time, created_by_key_id"
+)
+_INSERT = (
+    "INSERT INTO roz.api_keys"
+    " (tenant_id, name, key_prefix, key_hash, scopes, expire_time, created_by_key_id)"
+    " VALUES (%s, %s, %s, %s, %s::text[], %s, %s)"
+    " RETURNING " + _COLUMNS
+)
+_GET = "SELECT " + _COLUMNS + " FROM roz.api_keys WHERE id = %s"
+# No tenant filter: row-level security is the filter (and the tests prove it).
+_LIST_FIRST = (
+    "SELECT " + _COLUMNS + " FROM roz.api_keys WHERE revoke_time IS NULL"
+    " ORDER BY create_time DESC, id DESC LIMIT %s"
+)
+_LIST_AFTER = (
+    "SELECT " + _COLUMNS + " FROM roz.api_keys WHERE revoke_time IS NULL"
+    " AND (create_time, id) < (%s, %s)"
+    " ORDER BY create_time DESC, id DESC LIMIT %s"
+)
+_REVOKE = (
+    "UPDATE roz.api_keys SET revoke_time = now() WHERE id = %s AND revoke_time IS NULL"
+    " RETURNING " + _COLUMNS
+)
+_AUTHENTICATE = "SELECT key_id, tenant_id, scopes FROM roz.authenticate_api_key(%s, %s)"
+_TOUCH = "SELECT roz.touch_api_keys(%s::uuid[], %s::timestamptz[])"
+
+_LIST_FINGERPRINT = pagination.fingerprint("api_keys", "not_revoked")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _api_key(*, scopes: list[str], **columns: Any) -> ApiKey:
+    return ApiKey(scopes=frozenset(scopes), **columns)
+
+
+async def insert_api_key(
+    conn: AsyncConnection[Any],
+    tenant_id: UUID,
+    new: NewApiKey,
+    *,
+    secret: str | None = None,
+    created_by_key_id: UUID | None = None,
+) -> tuple[ApiKey, str]:
+    """Stores a key in the transaction of `conn` (tenant already set); returns it and its secret.
+
+    `secret` is for keys an operator supplies (ROZ_ADMIN_KEY); otherwise one is minted.
+    """
+    if secret is None:
+        secret = mint_secret()
+    elif not looks_like_key(secret):
+        raise ValueError("an API key is roz_sk_ followed by 43 base64url characters")
+    constraints = {
+        "api_keys_key_hash_key": lambda: AlreadyExists(
+            "this API key is already registered", resource=RESOURCE
+        ),
+        "api_keys_created_by_fkey": lambda: NotFound(RESOURCE, str(created_by_key_id)),
+    }
+    with database_errors(RESOURCE, constraints):
+        async with conn.cursor(row_factory=kwargs_row(_api_key)) as cursor:
+            await cursor.execute(
+                _INSERT,
+                (
+                    tenant_id,
+                    new.name,
+                    key_prefix(secret),
+                    hash_secret(secret),
+                    sorted(new.scopes),
+                    new.expire_time,
+                    created_by_key_id,
+                ),
+            )
+            key = await cursor.fetchone()
+    assert key is not None
+    return key, secret
+
+
+class ApiKeyRepository:
+    """The API keys of each tenant, as the request role sees them."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        recorder: LastUsedRecorder | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._pool = pool
+        self._recorder = recorder
+        self._clock = clock
+
+    async def create(
+        self, tenant_id: UUID, new: NewApiKey, *, created_by_key_id: UUID | None = None
+    ) -> tuple[ApiKey, str]:
+        """The stored key and its secret; the secret is never available again."""
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            return await insert_api_key(conn, tenant_id, new, created_by_key_id=created_by_key_id)
+
+    async def get(self, tenant_id: UUID, key_id: str | UUID) -> ApiKey:
+        """A key, revoked or not; another tenant's key is NotFound like a missing one."""
+        key_uuid = resource_id(key_id, RESOURCE)
+        async with (
+            tenant_transaction(self._pool, tenant_id) as conn,
+            conn.cursor(row_factory=kwargs_row(_api_key)) as cursor,
+        ):
+            await cursor.execute(_GET, (key_uuid,))
+            key = await cursor.fetchone()
+        if key is None:
+            raise NotFound(RESOURCE, str(key_uuid))
+        return key
+
+    async def list(
+        self, tenant_id: UUID, *, page_size: int = 0, page_token: str = ""
+    ) -> Page[ApiKey]:
+        """Keys that are not revoked, newest first."""
+        size = pagination.page_size(page_size)
+        after = pagination.decode_page_token(page_token, _LIST_FINGERPRINT)
+        async with (
+            tenant_transaction(self._pool, tenant_id) as conn,
+            conn.cursor(row_factory=kwargs_row(_api_key)) as cursor,
+        ):
+            if after is None:
+                await cursor.execute(_LIST_FIRST, (size + 1,))
+            else:
+                await cursor.execute(_LIST_AFTER, (after.create_time, after.id, size + 1))
+            rows = await cursor.fetchall()
+        return pagination.page_of(rows, size, _position, _LIST_FINGERPRINT)
+
+    async def revoke(self, tenant_id: UUID, key_id: str | UUID) -> ApiKey:
+        """Revokes a key; the next request made with it fails. Revoking twice is NotFound."""
+        key_uuid = resource_id(key_id, RESOURCE)
+        async with (
+            tenant_transaction(self._pool, tenant_id) as conn,
+            conn.cursor(row_factory=kwargs_row(_api_key)) as cursor,
+        ):
+            await cursor.execute(_REVOKE, (key_uuid,))
+            key = await cursor.fetchone()
+        if key is None:
+            raise NotFound(RESOURCE, str(key_uuid))
+        return key
+
+    async def authenticate(self, secret: str) -> Principal | None:
+        """The caller behind a bearer secret, or None for anything but a usable key.
+
+        Nothing is cached: a revoked or expired key fails on its very next request.
+        """
+        if not looks_like_key(secret):
+            return None  # malformed input never reaches the database
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_AUTHENTICATE, (key_prefix(secret), hash_secret(secret)))
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        principal = Principal(key_id=row[0], tenant_id=row[1], scopes=frozenset(row[2]))
+        if self._recorder is not None:
+            self._recorder.record(principal.key_id, self._clock())
+        return principal
+
+
+def _position(key: ApiKey) -> PagePosition:
+    return PagePosition(key.create_time, key.id)
+
+
+class LastUsedRecorder:
+    """Remembers which keys were used, and when; writes them all in one UPDATE per flush.
+
+    Accurate to the flush interval. Several processes each flush their own view; the database
+    function only ever moves a key's time forward, so their order does not matter.
+    """
+
+    def __init__(self, pool: Pool, interval_seconds: float = 30.0) -> None:
+        self._pool = pool
+        self._interval = interval_seconds
+        self._pending: dict[UUID, datetime] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def record(self, key_id: UUID, used_at: datetime) -> None:
+        previous = self._pending.get(key_id)
+        if previous is None or used_at > previous:
+            self._pending[key_id] = used_at
+
+    async def flush(self) -> int:
+        """Writes what was recorded since the last flush; returns how many keys changed."""
+        if not self._pending:
+            return 0
+        batch, self._pending = self._pending, {}
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(_TOUCH, (list(batch), list(batch.values())))
+                row = await cursor.fetchone()
+        except BaseException:
+            for key_id, used_at in batch.items():  # keep them for the next attempt
+                self.record(key_id, used_at)
+            raise
+        return int(row[0]) if row else 0
+
+    def start(self) -> None:
+        """Flushes every interval in the background until close()."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="roz-last-used-flush")
+
+    async def close(self) -> None:
+        """Stops the background flush and writes what is left; call before closing the pool.
+
+        A failure is logged, not raised: losing a few last-used times must not stop a shutdown.
+        """
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            await self.flush()
+        except Exception:
+            log.warning(
+                "could not write the last-used times of %d API keys at shutdown",
+                self.pending,
+                exc_info=True,
+            )
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.flush()
+            except Exception:  # the database may be briefly away; the times are kept
+                log.warning("could not write API keys' last-used times", exc_info=True)
