@@ -12,9 +12,7 @@ from roz.v1 import api_keys_pb2_grpc
 
 from server.api.convert import datetime_of, parse_id, timestamp
 from server.api.principal import current_principal
-from server.domain import scopes
-from server.domain.api_keys import ApiKey, validate_new_key
-from server.domain.errors import PermissionDenied
+from server.domain.api_keys import ApiKey, check_mintable, validate_new_key
 from server.storage.api_keys import ApiKeyRepository
 
 
@@ -46,12 +44,7 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):  # type: ignore[m
             datetime_of(wanted.expire_time) if wanted.HasField("expire_time") else None,
             now=datetime.now(UTC),
         )
-        beyond = sorted(s for s in new.scopes if not scopes.grants(caller.scopes, s))
-        if beyond:
-            raise PermissionDenied(
-                "an API key cannot create a key with scopes it does not hold itself",
-                required_scope=" ".join(beyond),
-            )
+        check_mintable(caller.scopes, new.scopes)
         key, secret = await self._repository().create(
             caller.tenant_id, new, created_by_key_id=caller.key_id
         )

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,14 +87,36 @@ async def _drop_database(server_dsn: str, dsn: str) -> None:
 RozFactory = Callable[..., Roz]
 
 
+@contextmanager
+def private_directory() -> Iterator[Path]:
+    """A directory outside pytest's temporary root, for embedded PostgreSQL data.
+
+    As root, pgserver runs PostgreSQL as the user "pgserver", which must traverse every parent
+    directory; pytest resets its own root to mode 0700 whenever any pytest session starts.
+    """
+    path = Path(tempfile.mkdtemp(prefix="roz-e2e-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def roz_dir() -> Iterator[Path]:
+    with private_directory() as path:
+        yield path
+
+
 @pytest.fixture(scope="session")
-def roz_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RozFactory]:
+def roz_factory() -> Iterator[RozFactory]:
     """Starts servers with settings overrides; all are stopped at the end of the session."""
     stack: list[Any] = []
     databases: list[str] = []
+    root = ExitStack()
+    scratch = root.enter_context(private_directory())
 
     def start(**overrides: Any) -> Roz:
-        data_dir = overrides.pop("data_dir", None) or tmp_path_factory.mktemp("roz")
+        data_dir = overrides.pop("data_dir", None) or Path(tempfile.mkdtemp(dir=scratch))
         database_url = overrides.pop("database_url", None)
         if database_url is None and TEST_DATABASE_URL is not None:
             database_url = _run(_create_database(TEST_DATABASE_URL))
@@ -124,6 +149,7 @@ def roz_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RozFactory
     for url in databases:
         assert TEST_DATABASE_URL is not None
         _run(_drop_database(TEST_DATABASE_URL, url))
+    root.close()
 
 
 @pytest.fixture(scope="session")

@@ -73,8 +73,8 @@ def keys_of(url: str, key: str) -> list[str]:
     return [k["id"] for k in response.json()["api_keys"]]
 
 
-def test_first_start_mints_one_admin_key_and_restarts_keep_everything(tmp_path: Path) -> None:
-    data_dir = tmp_path / "roz"
+def test_first_start_mints_one_admin_key_and_restarts_keep_everything(roz_dir: Path) -> None:
+    data_dir = roz_dir / "roz"
     with serving(data_dir) as (url, process):
         key_file = data_dir / "admin-key"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -99,18 +99,18 @@ def test_first_start_mints_one_admin_key_and_restarts_keep_everything(tmp_path: 
     assert key not in log
 
 
-def test_admin_key_from_the_environment(tmp_path: Path) -> None:
+def test_admin_key_from_the_environment(roz_dir: Path) -> None:
     from server.domain.api_keys import mint_secret
 
     key = mint_secret()
-    with serving(tmp_path / "roz", ROZ_ADMIN_KEY=key) as (url, process):
+    with serving(roz_dir / "roz", ROZ_ADMIN_KEY=key) as (url, process):
         assert len(keys_of(url, key)) == 1
-        assert not (tmp_path / "roz" / "admin-key").exists()
+        assert not (roz_dir / "roz" / "admin-key").exists()
         assert key not in stop(process)
 
 
-def test_create_tenant_prints_a_working_key_last(tmp_path: Path) -> None:
-    data_dir = tmp_path / "roz"
+def test_create_tenant_prints_a_working_key_last(roz_dir: Path) -> None:
+    data_dir = roz_dir / "roz"
     with serving(data_dir) as (url, _process):
         env = environment(data_dir, 0)
         result = subprocess.run(
@@ -140,8 +140,8 @@ def test_create_tenant_prints_a_working_key_last(tmp_path: Path) -> None:
         assert "Traceback" not in again.stderr
 
 
-def test_sigterm_ends_open_streams_with_unavailable(tmp_path: Path) -> None:
-    with serving(tmp_path / "roz") as (url, process):
+def test_sigterm_ends_open_streams_with_unavailable(roz_dir: Path) -> None:
+    with serving(roz_dir / "roz") as (url, process):
         target = url.removeprefix("http://")
         with grpc.insecure_channel(target) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
@@ -160,10 +160,10 @@ def test_sigterm_ends_open_streams_with_unavailable(tmp_path: Path) -> None:
         assert process.wait(30) == 0
 
 
-def test_bad_settings_are_refused_clearly(tmp_path: Path) -> None:
+def test_bad_settings_are_refused_clearly(roz_dir: Path) -> None:
     result = subprocess.run(
         [ROZ_SERVER, "serve"],
-        env=environment(tmp_path, 8080, ROZ_RATE_LIMIT_RPS="fast"),
+        env=environment(roz_dir, 8080, ROZ_RATE_LIMIT_RPS="fast"),
         capture_output=True,
         text=True,
         timeout=30,

@@ -21,8 +21,8 @@ def shell_blocks(section: str) -> list[str]:
     return re.findall(r"```sh\n(.*?)```", body, flags=re.DOTALL)
 
 
-def test_try_it_examples_work(roz_factory: RozFactory, tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_try_it_examples_work(roz_factory: RozFactory, roz_dir: Path) -> None:
+    home = roz_dir / "home"
     roz = roz_factory(data_dir=home / ".local" / "share" / "roz", admin_key=None)
     script = "set -euo pipefail\n" + "\n".join(shell_blocks("Try it"))
     script = script.replace("localhost:8080", roz.listener.target)
