@@ -51,8 +51,10 @@ class EchoServicer(echo_pb2_grpc.EchoServiceServicer):  # type: ignore[name-defi
 
     @staticmethod
     def _seen(context: Any) -> list[str]:
-        return [f"{k}={v!r}" if isinstance(v, bytes) else f"{k}={v}"
-                for k, v in (context.invocation_metadata() or ())]
+        return [
+            f"{k}={v!r}" if isinstance(v, bytes) else f"{k}={v}"
+            for k, v in (context.invocation_metadata() or ())
+        ]
 
     async def Echo(self, request: Any, context: Any) -> Any:
         return echo_pb2.EchoResponse(echoed=request, metadata=self._seen(context))
