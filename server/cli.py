@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -57,6 +58,8 @@ async def admin_create_tenant(settings: Settings, name: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # pgserver asks platformdirs for a runtime directory it does not need for a data directory.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     parser = argparse.ArgumentParser(prog="roz-server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve REST, gRPC-web and gRPC on one port")
