@@ -71,7 +71,7 @@ def _unauthenticated(exc: errors.Unauthenticated) -> status_pb2.Status:
     return _status(
         code_pb2.UNAUTHENTICATED,
         exc.message,
-        error_details_pb2.ErrorInfo(reason="API_KEY_INVALID", domain=ERROR_DOMAIN),
+        error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN),
     )
 
 

@@ -84,7 +84,8 @@ class Authenticate:
         header = call.metadata.get_text("authorization")
         if not header:
             raise errors.Unauthenticated(
-                "missing API key: send the header 'Authorization: Bearer roz_sk_…'"
+                "missing API key: send the header 'Authorization: Bearer roz_sk_…'",
+                reason="API_KEY_MISSING",
             )
         if header[: len(BEARER)].lower() != BEARER:
             raise errors.Unauthenticated("the Authorization header must use the Bearer scheme")

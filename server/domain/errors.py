@@ -49,7 +49,10 @@ class FailedPrecondition(DomainError):
 
 
 class Unauthenticated(DomainError):
-    pass
+    def __init__(self, message: str, reason: str = "API_KEY_INVALID") -> None:
+        super().__init__(message)
+        # Machine-readable: API_KEY_MISSING, API_KEY_INVALID.
+        self.reason = reason
 
 
 class PermissionDenied(DomainError):

@@ -80,6 +80,7 @@ def denied(outcome: Outcome, code: grpc.StatusCode) -> Outcome:
 def test_missing_key_is_unauthenticated(roz: Roz, protocol: str) -> None:
     outcome = denied(call(protocol, roz, list_page(), None), grpc.StatusCode.UNAUTHENTICATED)
     assert "missing API key" in outcome.message
+    assert outcome.detail(error_details_pb2.ErrorInfo).reason == "API_KEY_MISSING"
     if protocol == "rest":
         assert outcome.http_status == 401
         assert outcome.headers["www-authenticate"].startswith("Bearer")
@@ -94,6 +95,7 @@ def test_unknown_or_malformed_key_is_unauthenticated(roz: Roz, protocol: str, se
         pytest.skip("gRPC metadata values are ASCII; grpcio refuses to send this one")
     outcome = denied(call(protocol, roz, list_page(), secret), grpc.StatusCode.UNAUTHENTICATED)
     assert outcome.message == "invalid, expired or revoked API key"
+    assert outcome.detail(error_details_pb2.ErrorInfo).reason == "API_KEY_INVALID"
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
