@@ -1,0 +1,106 @@
+"""REST bindings read at start-up from each registered method's `google.api.http` option.
+
+One Binding per HttpRule (the rule itself and each of its additional_bindings), carrying the
+compiled template, the request plan, the response body field and the success status declared
+with `(transcoding.v1.http_response).status` (never inferred from the path or the verb).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from google.api import (  # type: ignore[import-untyped, unused-ignore]
+    annotations_pb2,
+    http_pb2,
+)
+from transcoding.v1 import annotations_pb2 as transcoding_pb2
+
+from gateway.registry import Method, MethodRegistry
+from gateway.rest.request import BindingError, RequestPlan
+from gateway.rest.templates import PathTemplate, TemplateError, parse_template
+
+
+@dataclass(frozen=True)
+class Binding:
+    method: Method
+    http_method: str
+    template: PathTemplate
+    plan: RequestPlan
+    response_field: str | None
+    success_status: int
+
+    @property
+    def origin(self) -> str:
+        return self.method.descriptor.full_name
+
+
+def read_bindings(
+    registry: MethodRegistry, *, lenient_enums: bool, strict_query: bool
+) -> Iterator[Binding]:
+    for method in registry.methods():
+        options: Any = method.descriptor.GetOptions()
+        if not options.HasExtension(annotations_pb2.http):
+            continue  # not exposed over REST (e.g. robot-only streams)
+        rule = options.Extensions[annotations_pb2.http]
+        status = _success_status(method)
+        for index, each in enumerate([rule, *rule.additional_bindings]):
+            where = method.descriptor.full_name + (
+                f" additional_bindings[{index - 1}]" if index else ""
+            )
+            try:
+                if index and each.additional_bindings:
+                    raise BindingError("additional_bindings may not nest")
+                yield _binding(method, each, status, lenient_enums, strict_query)
+            except (BindingError, TemplateError) as exc:
+                raise BindingError(f"{where}: {exc}") from None
+
+
+def _binding(
+    method: Method, rule: http_pb2.HttpRule, status: int, lenient_enums: bool, strict_query: bool
+) -> Binding:
+    kind = rule.WhichOneof("pattern")
+    if kind is None:
+        raise BindingError("the rule has no HTTP method and path")
+    if kind == "custom":
+        http_method, path = rule.custom.kind.upper(), rule.custom.path
+        if not http_method:
+            raise BindingError("custom rule without a kind")
+    else:
+        http_method, path = kind.upper(), getattr(rule, kind)
+    template = parse_template(path)
+    if method.kind.request_streaming and rule.body != "*":
+        raise BindingError(
+            'a client-streaming method needs body: "*" (one JSON object per message)'
+        )
+    plan = RequestPlan(
+        method.request_class,
+        template,
+        rule.body,
+        lenient_enums=lenient_enums,
+        strict_query=strict_query,
+    )
+    response_field: str | None = None
+    if rule.response_body:
+        output = method.response_class.DESCRIPTOR
+        if rule.response_body not in output.fields_by_name:
+            raise BindingError(
+                f"response_body {rule.response_body!r} is not a field of {output.full_name}"
+            )
+        response_field = rule.response_body
+    return Binding(method, http_method, template, plan, response_field, status)
+
+
+def _success_status(method: Method) -> int:
+    options: Any = method.descriptor.GetOptions()
+    if not options.HasExtension(transcoding_pb2.http_response):
+        return 200
+    status: int = options.Extensions[transcoding_pb2.http_response].status or 200
+    if not 200 <= status <= 299:
+        raise BindingError(
+            f"{method.descriptor.full_name}: http_response status {status} is not a 2xx status"
+        )
+    if status == 204 and method.kind.response_streaming:
+        raise BindingError(f"{method.descriptor.full_name}: a streaming method cannot answer 204")
+    return status
