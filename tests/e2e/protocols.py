@@ -75,20 +75,27 @@ def _unpack(status: status_pb2.Status) -> list[Message]:
 
 
 def call(protocol: str, roz: Roz, rpc: Rpc, key: str | None) -> Outcome:
+    return call_with_authorization(protocol, roz, rpc, f"Bearer {key}" if key else None)
+
+
+def call_with_authorization(
+    protocol: str, roz: Roz, rpc: Rpc, authorization: str | None
+) -> Outcome:
+    """The call with this exact Authorization header (None: without one)."""
     if protocol == "rest":
-        return _rest(roz, rpc, key)
+        return _rest(roz, rpc, authorization)
     if protocol == "grpc":
-        return _grpc(roz, rpc, key)
+        return _grpc(roz, rpc, authorization)
     if protocol == "grpc-web":
-        return _grpc_web(roz, rpc, key)
+        return _grpc_web(roz, rpc, authorization)
     raise ValueError(protocol)
 
 
-def _metadata(key: str | None) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {key}")] if key else []
+def _metadata(authorization: str | None) -> list[tuple[str, str]]:
+    return [("authorization", authorization)] if authorization else []
 
 
-def _grpc(roz: Roz, rpc: Rpc, key: str | None) -> Outcome:
+def _grpc(roz: Roz, rpc: Rpc, authorization: str | None) -> Outcome:
     with roz.channel() as channel:
         method = channel.unary_unary(
             rpc.path,
@@ -96,7 +103,9 @@ def _grpc(roz: Roz, rpc: Rpc, key: str | None) -> Outcome:
             response_deserializer=rpc.response_class.FromString,
         )
         try:
-            response, call_ = method.with_call(rpc.request, metadata=_metadata(key), timeout=30)
+            response, call_ = method.with_call(
+                rpc.request, metadata=_metadata(authorization), timeout=30
+            )
         except grpc.RpcError as error:
             status = rpc_status.from_call(error)
             return Outcome(
@@ -108,23 +117,23 @@ def _grpc(roz: Roz, rpc: Rpc, key: str | None) -> Outcome:
     return Outcome(code=grpc.StatusCode.OK, response=response, headers=headers)
 
 
-def _grpc_web(roz: Roz, rpc: Rpc, key: str | None) -> Outcome:
+def _grpc_web(roz: Roz, rpc: Rpc, authorization: str | None) -> Outcome:
     with sonora.client.insecure_web_channel(roz.url) as channel:
         method = channel.unary_unary(
             rpc.path, type(rpc.request).SerializeToString, rpc.response_class.FromString
         )
         try:
-            response = method(rpc.request, metadata=_metadata(key), timeout=30)
+            response = method(rpc.request, metadata=_metadata(authorization), timeout=30)
         except grpc.RpcError:
-            return _grpc_web_failure(roz, rpc, key)
+            return _grpc_web_failure(roz, rpc, authorization)
     return Outcome(code=grpc.StatusCode.OK, response=response)
 
 
-def _grpc_web_failure(roz: Roz, rpc: Rpc, key: str | None) -> Outcome:
+def _grpc_web_failure(roz: Roz, rpc: Rpc, authorization: str | None) -> Outcome:
     """sonora's client drops grpc-status-details-bin; read the wire ourselves."""
     payload = rpc.request.SerializeToString()
     headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
-    headers.update(dict(_metadata(key)))
+    headers.update(dict(_metadata(authorization)))
     response = httpx.post(
         roz.url + rpc.path,
         content=struct.pack(">BI", 0, len(payload)) + payload,
@@ -150,9 +159,12 @@ def _grpc_web_failure(roz: Roz, rpc: Rpc, key: str | None) -> Outcome:
     return Outcome(code=code, message=unquote(trailers.get("grpc-message", "")), details=details)
 
 
-def _rest(roz: Roz, rpc: Rpc, key: str | None) -> Outcome:
-    with roz.rest(key) as client:
-        response = client.request(rpc.http_method, rpc.http_path, json=rpc.body, params=rpc.query)
+def _rest(roz: Roz, rpc: Rpc, authorization: str | None) -> Outcome:
+    sent = {"authorization": authorization.encode()} if authorization else {}
+    with roz.rest() as client:
+        response = client.request(
+            rpc.http_method, rpc.http_path, json=rpc.body, params=rpc.query, headers=sent
+        )
     headers = {k.lower(): v for k, v in response.headers.items()}
     if response.status_code < 300:
         message = rpc.response_class()

@@ -236,3 +236,15 @@ def test_rate_limit_is_per_tenant_and_says_when_to_retry(
     assert call(protocol, limited, list_page(), other).code == grpc.StatusCode.OK
     with limited.rest() as client:
         assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_scheme_is_bearer_case_insensitively(roz: Roz, protocol: str) -> None:
+    from tests.e2e import protocols
+
+    rpc = list_page()
+    basic = protocols.call_with_authorization(protocol, roz, rpc, f"Basic {roz.admin_key}")
+    denied(basic, grpc.StatusCode.UNAUTHENTICATED)
+    assert "Bearer scheme" in basic.message
+    lower = protocols.call_with_authorization(protocol, roz, rpc, f"bearer {roz.admin_key}")
+    assert lower.code == grpc.StatusCode.OK
