@@ -19,7 +19,6 @@ from uuid import UUID
 from psycopg import AsyncConnection
 from psycopg.rows import kwargs_row
 
-from server.domain import pagination
 from server.domain.api_keys import (
     ApiKey,
     NewApiKey,
@@ -30,9 +29,10 @@ from server.domain.api_keys import (
     mint_secret,
 )
 from server.domain.errors import AlreadyExists, NotFound
-from server.domain.pagination import Page, PagePosition
+from server.domain.pagination import Page
 from server.storage.database import Pool
 from server.storage.errors import database_errors, resource_id
+from server.storage.listing import Listing
 from server.storage.tenancy import tenant_transaction
 
 log = logging.getLogger(__name__)
@@ -50,23 +50,12 @@ _INSERT = (
 )
 _GET = "SELECT " + _COLUMNS + " FROM roz.api_keys WHERE id = %s"
 # No tenant filter: row-level security is the filter (and the tests prove it).
-_LIST_FIRST = (
-    "SELECT " + _COLUMNS + " FROM roz.api_keys WHERE revoke_time IS NULL"
-    " ORDER BY create_time DESC, id DESC LIMIT %s"
-)
-_LIST_AFTER = (
-    "SELECT " + _COLUMNS + " FROM roz.api_keys WHERE revoke_time IS NULL"
-    " AND (create_time, id) < (%s, %s)"
-    " ORDER BY create_time DESC, id DESC LIMIT %s"
-)
 _REVOKE = (
     "UPDATE roz.api_keys SET revoke_time = now() WHERE id = %s AND revoke_time IS NULL"
     " RETURNING " + _COLUMNS
 )
 _AUTHENTICATE = "SELECT key_id, tenant_id, scopes FROM roz.authenticate_api_key(%s, %s)"
 _TOUCH = "SELECT roz.touch_api_keys(%s::uuid[], %s::timestamptz[])"
-
-_LIST_FINGERPRINT = pagination.fingerprint("api_keys", "not_revoked")
 
 
 def _utcnow() -> datetime:
@@ -118,6 +107,9 @@ async def insert_api_key(
     return key, secret
 
 
+_LISTING = Listing("roz.api_keys", _COLUMNS, _api_key, condition="revoke_time IS NULL")
+
+
 class ApiKeyRepository:
     """The API keys of each tenant, as the request role sees them."""
 
@@ -155,18 +147,9 @@ class ApiKeyRepository:
         self, tenant_id: UUID, *, page_size: int = 0, page_token: str = ""
     ) -> Page[ApiKey]:
         """Keys that are not revoked, newest first."""
-        size = pagination.page_size(page_size)
-        after = pagination.decode_page_token(page_token, _LIST_FINGERPRINT)
-        async with (
-            tenant_transaction(self._pool, tenant_id) as conn,
-            conn.cursor(row_factory=kwargs_row(_api_key)) as cursor,
-        ):
-            if after is None:
-                await cursor.execute(_LIST_FIRST, (size + 1,))
-            else:
-                await cursor.execute(_LIST_AFTER, (after.create_time, after.id, size + 1))
-            rows = await cursor.fetchall()
-        return pagination.page_of(rows, size, _position, _LIST_FINGERPRINT)
+        return await _LISTING.page(
+            self._pool, tenant_id, page_size=page_size, page_token=page_token
+        )
 
     async def revoke(self, tenant_id: UUID, key_id: str | UUID) -> ApiKey:
         """Revokes a key; the next request made with it fails. Revoking twice is NotFound."""
@@ -197,10 +180,6 @@ class ApiKeyRepository:
         if self._recorder is not None:
             self._recorder.record(principal.key_id, self._clock())
         return principal
-
-
-def _position(key: ApiKey) -> PagePosition:
-    return PagePosition(key.create_time, key.id)
 
 
 class LastUsedRecorder:

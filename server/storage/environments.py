@@ -14,7 +14,6 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow, kwargs_row
 from psycopg.types.json import Jsonb
 
-from server.domain import pagination
 from server.domain.environments import (
     Environment,
     EnvironmentDraft,
@@ -22,9 +21,10 @@ from server.domain.environments import (
     EnvironmentKind,
 )
 from server.domain.errors import AlreadyExists, NotFound
-from server.domain.pagination import Page, PagePosition
+from server.domain.pagination import Page
 from server.storage.database import Pool
 from server.storage.errors import ConstraintErrors, database_errors, resource_id
+from server.storage.listing import Listing
 from server.storage.tenancy import tenant_transaction
 
 RESOURCE = "environment"
@@ -40,13 +40,6 @@ _INSERT = (
 )
 _GET = "SELECT " + _COLUMNS + " FROM roz.environments WHERE id = %s"
 _GET_FOR_UPDATE = _GET + " FOR UPDATE"
-_LIST_FIRST = (
-    "SELECT " + _COLUMNS + " FROM roz.environments ORDER BY create_time DESC, id DESC LIMIT %s"
-)
-_LIST_AFTER = (
-    "SELECT " + _COLUMNS + " FROM roz.environments WHERE (create_time, id) < (%s, %s)"
-    " ORDER BY create_time DESC, id DESC LIMIT %s"
-)
 _UPDATE = (
     "UPDATE roz.environments SET name = %s, description = %s, kind = %s,"
     " allowed_tools = %s::text[], safety_policy_ids = %s::uuid[], host_ids = %s::uuid[],"
@@ -54,8 +47,6 @@ _UPDATE = (
     " WHERE id = %s RETURNING " + _COLUMNS
 )
 _DELETE = "DELETE FROM roz.environments WHERE id = %s RETURNING id"
-
-_LIST_FINGERPRINT = pagination.fingerprint("environments")
 
 
 def _environment(
@@ -95,8 +86,7 @@ def _constraints(fields: EnvironmentFields) -> ConstraintErrors:
     }
 
 
-def _position(environment: Environment) -> PagePosition:
-    return PagePosition(environment.create_time, environment.id)
+_LISTING = Listing("roz.environments", _COLUMNS, _environment)
 
 
 class EnvironmentRepository:
@@ -125,18 +115,9 @@ class EnvironmentRepository:
         self, tenant_id: UUID, *, page_size: int = 0, page_token: str = ""
     ) -> Page[Environment]:
         """Newest first; the token is stable while rows are added or removed."""
-        size = pagination.page_size(page_size)
-        after = pagination.decode_page_token(page_token, _LIST_FINGERPRINT)
-        async with (
-            tenant_transaction(self._pool, tenant_id) as conn,
-            conn.cursor(row_factory=kwargs_row(_environment)) as cursor,
-        ):
-            if after is None:
-                await cursor.execute(_LIST_FIRST, (size + 1,))
-            else:
-                await cursor.execute(_LIST_AFTER, (after.create_time, after.id, size + 1))
-            rows = await cursor.fetchall()
-        return pagination.page_of(rows, size, _position, _LIST_FINGERPRINT)
+        return await _LISTING.page(
+            self._pool, tenant_id, page_size=page_size, page_token=page_token
+        )
 
     async def update(
         self,
