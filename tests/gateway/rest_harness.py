@@ -22,27 +22,9 @@ from gateway.chain import InterceptorChain
 from gateway.registry import MethodRegistry
 from gateway.rest import RestApp
 from tests.gateway.echo_service import EchoServicer, echo_pb2, echo_pb2_grpc
-from tests.support.server import RunningServer, running
+from tests.support.server import ASGIApp, RunningServer, running, with_lifespan
 
 __all__ = ["echo_pb2"]
-
-
-class WithLifespan:
-    """The least a router does: answer lifespan, pass HTTP to the REST app."""
-
-    def __init__(self, app: RestApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        await self.app(scope, receive, send)
 
 
 @dataclass
@@ -72,13 +54,13 @@ def rest_server(
     """Serves the EchoService (and whatever `extra` registers) over REST only."""
     built: dict[str, Any] = {}
 
-    def factory() -> WithLifespan:
+    def factory() -> ASGIApp:
         registry, servicer = echo_registry(servicer_factory())
         if extra is not None:
             extra(registry)
         app = RestApp(registry, **options)
         built.update(servicer=servicer, app=app)
-        return WithLifespan(app)
+        return with_lifespan(app)
 
     with (
         running(factory) as server,

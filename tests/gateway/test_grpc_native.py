@@ -25,7 +25,7 @@ from gateway.chain import InterceptorChain
 from gateway.grpc_native import NativeGrpcApp
 from gateway.registry import MethodRegistry
 from tests.gateway.echo_service import EchoServicer, echo_pb2, echo_pb2_grpc
-from tests.support.server import RunningServer, running
+from tests.support.server import RunningServer, running, with_lifespan
 
 SERVICE = "/testing.echo.v1.EchoService"
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
@@ -111,17 +111,12 @@ def harness() -> Iterator[Harness]:
         app = NativeGrpcApp(registry, max_message_bytes=MAX_MESSAGE_BYTES)
         built.update(app=app, servicer=servicer)
 
-        async def asgi(scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "lifespan":
-                while (await receive())["type"] != "lifespan.shutdown":
-                    await send({"type": "lifespan.startup.complete"})
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        async def recorder(scope: Any, receive: Any, send: Any) -> None:
             seen[scope["path"]] = dict(scope["headers"])
             clients.append(tuple(scope["client"]))
             await app(scope, receive, send)
 
-        return asgi
+        return with_lifespan(recorder)
 
     with running(factory) as server:
         yield Harness(server, built["app"], built["servicer"], seen, clients)

@@ -22,44 +22,19 @@ from sonora.client import insecure_web_channel
 from sonora.protocol import WebRpcError
 
 from gateway.chain import InterceptorChain
+from gateway.grpc_native import NativeGrpcApp
 from gateway.grpc_web import GrpcWebApp
 from gateway.health import add_health_to
 from gateway.reflection import add_reflection_to
 from gateway.registry import MethodRegistry
+from gateway.rest import RestApp
 from gateway.router import GatewayRouter
 from tests.gateway.echo_service import EchoServicer, echo_pb2, echo_pb2_grpc
 from tests.support.server import RunningServer, running
 
-try:
-    from gateway.grpc_native import NativeGrpcApp
-except ImportError as exc:  # written in parallel; the parity test needs it
-    NativeGrpcApp = None
-    NATIVE_MISSING = f"gateway.grpc_native.NativeGrpcApp is not importable yet: {exc}"
-else:
-    NATIVE_MISSING = ""
-try:
-    from gateway.rest import RestApp
-except ImportError:  # written in parallel; only stands in for REST, which is not tested here
-    RestApp = None
-
 LIMIT = 64 * 1024
 ORIGIN = "https://console.example"
 SERVICE = "/testing.echo.v1.EchoService"
-
-
-class _NoRest:
-    """Only while RestApp does not exist: REST is not what these tests exercise."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 404, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    def allowed_methods(self, path: str) -> None:
-        return None
-
-
-class _NoNative(_NoRest):
-    """Only while NativeGrpcApp does not exist (the parity test is skipped then)."""
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +48,9 @@ def stack() -> Iterator[tuple[RunningServer, EchoServicer]]:
         add_reflection_to(registry)
         add_health_to(registry)
         return GatewayRouter(
-            grpc_app=NativeGrpcApp(registry) if NativeGrpcApp else _NoNative(),
+            grpc_app=NativeGrpcApp(registry),
             grpc_web_app=GrpcWebApp(registry, max_message_bytes=LIMIT),
-            rest_app=RestApp(registry) if RestApp else _NoRest(),
+            rest_app=RestApp(registry),
             allowed_origins=[ORIGIN],
         )
 
@@ -200,7 +175,6 @@ def test_an_aborted_call_keeps_its_status_details(server: RunningServer) -> None
     assert bad_request.field_violations[0].field == "message"
 
 
-@pytest.mark.skipif(NativeGrpcApp is None, reason=NATIVE_MISSING)
 def test_error_details_are_the_same_over_grpc_web_and_native_grpc(server: RunningServer) -> None:
     web = _post(server, "Fail", _frame(echo_pb2.EchoRequest(code=3, message="nope")))
     web_status = status_pb2.Status.FromString(

@@ -14,39 +14,17 @@ from sonora.client import insecure_web_channel
 from sonora.protocol import WebRpcError
 
 from gateway.chain import InterceptorChain
+from gateway.grpc_native import NativeGrpcApp
 from gateway.grpc_web import GrpcWebApp
 from gateway.health import LIST_LIMIT, NOT_SERVING, SERVING, HealthServicer, add_health_to
 from gateway.registry import MethodRegistry
+from gateway.rest import RestApp
 from gateway.router import GatewayRouter
 from tests.gateway.echo_service import EchoServicer, echo_pb2_grpc
 from tests.support.server import RunningServer, running
 
-try:
-    from gateway.grpc_native import NativeGrpcApp
-except ImportError as exc:  # written in parallel; the grpcio client needs it
-    NativeGrpcApp = None
-    NATIVE_MISSING = f"gateway.grpc_native.NativeGrpcApp is not importable yet: {exc}"
-else:
-    NATIVE_MISSING = ""
-try:
-    from gateway.rest import RestApp
-except ImportError:  # written in parallel; only stands in for REST, which is not tested here
-    RestApp = None
-
-needs_native = pytest.mark.skipif(NativeGrpcApp is None, reason=NATIVE_MISSING)
 Status = health_pb2.HealthCheckResponse
 CHECK = "/grpc.health.v1.Health/Check"
-
-
-class _Refuse:
-    """Only while NativeGrpcApp / RestApp do not exist (the tests needing them are skipped)."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 404, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    def allowed_methods(self, path: str) -> None:
-        return None
 
 
 def _serve() -> Any:
@@ -58,9 +36,9 @@ def _serve() -> Any:
         echo_pb2_grpc.add_EchoServiceServicer_to_server(EchoServicer(), registry)
         servicers.append(add_health_to(registry))
         return GatewayRouter(
-            grpc_app=NativeGrpcApp(registry) if NativeGrpcApp else _Refuse(),
+            grpc_app=NativeGrpcApp(registry),
             grpc_web_app=GrpcWebApp(registry),
-            rest_app=RestApp(registry) if RestApp else _Refuse(),
+            rest_app=RestApp(registry),
         )
 
     return running(build), servicers
@@ -95,7 +73,6 @@ def _set(stack: tuple[RunningServer, HealthServicer], service: str, status: Any)
 # -- native gRPC -----------------------------------------------------------------------------
 
 
-@needs_native
 def test_check_reports_the_server_serving_and_unknown_services_not_found(stub: Any) -> None:
     assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == Status.SERVING
     with pytest.raises(grpc.RpcError) as failure:
@@ -103,7 +80,6 @@ def test_check_reports_the_server_serving_and_unknown_services_not_found(stub: A
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-@needs_native
 def test_check_follows_set(stack: tuple[RunningServer, HealthServicer], stub: Any) -> None:
     _set(stack, "checked.Service", NOT_SERVING)
     request = health_pb2.HealthCheckRequest(service="checked.Service")
@@ -112,7 +88,6 @@ def test_check_follows_set(stack: tuple[RunningServer, HealthServicer], stub: An
     assert stub.Check(request, timeout=10).status == Status.SERVING
 
 
-@needs_native
 def test_watch_sends_the_current_status_then_each_change(
     stack: tuple[RunningServer, HealthServicer], stub: Any
 ) -> None:
@@ -126,7 +101,6 @@ def test_watch_sends_the_current_status_then_each_change(
         updates.cancel()
 
 
-@needs_native
 def test_watch_of_an_unknown_service_stays_open_until_it_appears(
     stack: tuple[RunningServer, HealthServicer], stub: Any
 ) -> None:
@@ -139,7 +113,6 @@ def test_watch_of_an_unknown_service_stays_open_until_it_appears(
         updates.cancel()
 
 
-@needs_native
 def test_list_reports_every_known_service(
     stack: tuple[RunningServer, HealthServicer], stub: Any
 ) -> None:
@@ -149,7 +122,6 @@ def test_list_reports_every_known_service(
     assert statuses["listed.Service"].status == Status.NOT_SERVING
 
 
-@needs_native
 def test_list_refuses_more_than_the_limit(fresh: tuple[RunningServer, HealthServicer]) -> None:
     server, servicer = fresh
 
@@ -166,7 +138,6 @@ def test_list_refuses_more_than_the_limit(fresh: tuple[RunningServer, HealthServ
     assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-@needs_native
 def test_graceful_shutdown_turns_everything_not_serving(
     fresh: tuple[RunningServer, HealthServicer],
 ) -> None:

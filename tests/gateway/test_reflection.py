@@ -18,38 +18,20 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from gateway.chain import InterceptorChain
+from gateway.grpc_native import NativeGrpcApp
 from gateway.grpc_web import GrpcWebApp
 from gateway.health import add_health_to
 from gateway.reflection import add_reflection_to
 from gateway.registry import MethodRegistry
+from gateway.rest import RestApp
 from gateway.router import GatewayRouter
 from tests.gateway.echo_service import EchoServicer, echo_pb2_grpc
 from tests.support.server import RunningServer, running
-
-try:
-    from gateway.grpc_native import NativeGrpcApp
-except ImportError as exc:  # written in parallel; every client here speaks native gRPC
-    pytestmark = pytest.mark.skip(reason=f"gateway.grpc_native is not importable yet: {exc}")
-try:
-    from gateway.rest import RestApp
-except ImportError:  # written in parallel; only stands in for REST, which is not tested here
-    RestApp = None
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 ECHO = "testing.echo.v1.EchoService"
 V1_INFO = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 V1ALPHA_INFO = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
-
-
-class _NoRest:
-    """Only while RestApp does not exist: REST is not what these tests exercise."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 404, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    def allowed_methods(self, path: str) -> None:
-        return None
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +44,7 @@ def server() -> Iterator[RunningServer]:
         return GatewayRouter(
             grpc_app=NativeGrpcApp(registry),
             grpc_web_app=GrpcWebApp(registry),
-            rest_app=RestApp(registry) if RestApp else _NoRest(),
+            rest_app=RestApp(registry),
         )
 
     with running(build) as running_server:

@@ -17,28 +17,15 @@ from google.rpc import status_pb2
 from sonora.client import insecure_web_channel
 
 from gateway.chain import InterceptorChain
+from gateway.grpc_native import NativeGrpcApp
 from gateway.grpc_web import GrpcWebApp
 from gateway.health import add_health_to
 from gateway.reflection import add_reflection_to
 from gateway.registry import MethodRegistry
+from gateway.rest import RestApp
 from gateway.router import GatewayRouter
 from tests.gateway.echo_service import EchoServicer, echo_pb2, echo_pb2_grpc
 from tests.support.server import RunningServer, running
-
-try:
-    from gateway.grpc_native import NativeGrpcApp
-except ImportError as exc:  # written in parallel
-    NativeGrpcApp = None
-    NATIVE_MISSING = f"gateway.grpc_native.NativeGrpcApp is not importable yet: {exc}"
-else:
-    NATIVE_MISSING = ""
-try:
-    from gateway.rest import RestApp
-except ImportError as exc:  # written in parallel
-    RestApp = None
-    REST_MISSING = f"gateway.rest.RestApp is not importable yet: {exc}"
-else:
-    REST_MISSING = ""
 
 ORIGIN = "https://console.example"
 OTHER_ORIGIN = "https://evil.example"
@@ -98,7 +85,7 @@ def wildcard() -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def real() -> Iterator[RunningServer]:
-    """The echo service on the real apps (stand-ins only for an app that does not exist yet)."""
+    """The echo service on the real apps."""
 
     def build() -> GatewayRouter:
         registry = MethodRegistry(InterceptorChain())
@@ -106,9 +93,9 @@ def real() -> Iterator[RunningServer]:
         add_reflection_to(registry)
         add_health_to(registry)
         return GatewayRouter(
-            grpc_app=NativeGrpcApp(registry) if NativeGrpcApp else _Recorder("grpc"),
+            grpc_app=NativeGrpcApp(registry),
             grpc_web_app=GrpcWebApp(registry),
-            rest_app=RestApp(registry) if RestApp else _RestRecorder("rest"),
+            rest_app=RestApp(registry),
             allowed_origins=[ORIGIN],
         )
 
@@ -215,7 +202,6 @@ def test_request_id_on_grpc_web(real: RunningServer) -> None:
     assert f"x-request-id={request_id}" in generated.metadata  # the servicer saw the same id
 
 
-@pytest.mark.skipif(NativeGrpcApp is None, reason=NATIVE_MISSING)
 def test_request_id_on_native_grpc(real: RunningServer) -> None:
     with grpc.insecure_channel(real.target) as channel:
         stub = echo_pb2_grpc.EchoServiceStub(channel)
@@ -234,7 +220,6 @@ def test_request_id_on_native_grpc(real: RunningServer) -> None:
     assert GENERATED_ID.fullmatch(dict(failure.value.initial_metadata())["x-request-id"])
 
 
-@pytest.mark.skipif(RestApp is None, reason=REST_MISSING)
 def test_request_id_on_rest(real: RunningServer) -> None:
     response = _get(real, "/v1/echo/hello", headers={"x-request-id": "r-1"})
     assert response.status_code == 200
@@ -285,7 +270,6 @@ def test_rest_preflight_for_an_unknown_path_is_404(routed: RunningServer) -> Non
     assert "access-control-allow-origin" not in response.headers
 
 
-@pytest.mark.skipif(RestApp is None, reason=REST_MISSING)
 def test_rest_preflight_reads_the_real_route_table(real: RunningServer) -> None:
     # echo.proto binds POST /v1/echo and GET /v1/echo/{message}.
     assert "POST" in _preflight(real, "/v1/echo").headers["access-control-allow-methods"]

@@ -17,7 +17,7 @@ from gateway.registry import MethodRegistry
 from server.listener import hypercorn_config
 from server.settings import Settings
 from tests.gateway.echo_service import EchoServicer, echo_pb2, echo_pb2_grpc
-from tests.support.server import running
+from tests.support.server import ASGIApp, running, with_lifespan
 
 
 class AnswersEarly(EchoServicer):
@@ -28,20 +28,10 @@ class AnswersEarly(EchoServicer):
         return echo_pb2.EchoResponse(echoed=first)
 
 
-def app() -> NativeGrpcApp:
+def app() -> ASGIApp:
     registry = MethodRegistry(InterceptorChain())
     echo_pb2_grpc.add_EchoServiceServicer_to_server(AnswersEarly(), registry)
-    native = NativeGrpcApp(registry)
-
-    async def asgi(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        await native(scope, receive, send)
-
-    return asgi  # type: ignore[return-value]
+    return with_lifespan(NativeGrpcApp(registry))
 
 
 def framed(message: Any) -> bytes:

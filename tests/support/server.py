@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
 @dataclass
@@ -32,6 +34,27 @@ class RunningServer:
     def call(self, coroutine: Any, timeout: float = 30) -> Any:
         """Runs a coroutine on the server's loop (to reach app state from a test)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+
+def with_lifespan(app: ASGIApp) -> ASGIApp:
+    """The least a router does: answers lifespan startup and shutdown, passes the rest to `app`.
+
+    For serving an app that is not a GatewayRouter (which answers lifespan itself).
+    """
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return asgi
 
 
 def free_port() -> int:
