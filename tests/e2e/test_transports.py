@@ -1,4 +1,4 @@
-"""With a certificate configured the one port speaks TLS: h2 for gRPC, h2 or HTTP/1.1 for REST."""
+"""The one port's transports: TLS (h2, HTTP/1.1) when configured, else h2c and HTTP/1.1."""
 
 from __future__ import annotations
 
@@ -54,3 +54,10 @@ def test_grpc_over_tls(tls_roz: tuple[Roz, bytes]) -> None:
             timeout=30,
         )
     assert response.next_page_token == ""
+
+
+def test_rest_over_h2c_with_prior_knowledge(roz: Roz) -> None:
+    with httpx.Client(http1=False, http2=True, base_url=roz.url) as client:
+        response = client.get("/health")
+    assert response.http_version == "HTTP/2"
+    assert response.json() == {"status": "ok"}
