@@ -54,5 +54,16 @@ lint: third_party
 		rm -rf $$against; \
 	else echo "buf breaking: main has no protos yet, nothing to compare"; fi
 
+# Load generators: h2load (nghttp2-client) for gRPC, wrk for HTTP/1.1, from Debian's packages when
+# missing and apt-get can install them; otherwise bench falls back to its asyncio load generator.
+BENCH_TOOLS := nghttp2-client wrk
 bench: install
+	@if ! command -v h2load >/dev/null 2>&1 || ! command -v wrk >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -qq $(BENCH_TOOLS) >/dev/null 2>&1 \
+				|| { apt-get update -qq && apt-get install -y -qq $(BENCH_TOOLS) >/dev/null; } \
+				|| echo "bench: could not install $(BENCH_TOOLS)"; \
+		fi; \
+	fi
 	$(PY) -m bench
