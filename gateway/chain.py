@@ -106,7 +106,10 @@ class InterceptorChain:
             outcome = _Outcome()
             try:
                 await self._before(call)
-                async with asyncio.timeout_at(_deadline(context)):
+                deadline = _deadline(context)
+                if deadline is None:
+                    return await behavior(request, context)
+                async with asyncio.timeout_at(deadline):
                     return await behavior(request, context)
             except asyncio.CancelledError:
                 # The client went away (or the server is ending the call); nothing to answer.
@@ -162,6 +165,8 @@ class InterceptorChain:
         return status
 
     def _log(self, call: Call, outcome: _Outcome) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         elapsed_ms = (time.perf_counter() - outcome.started) * 1000
         access_log.info(
             "%s %s %.1fms",

@@ -8,16 +8,21 @@ refuses, so a query outside a tenant transaction errors rather than seeing rows.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from uuid import UUID
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
 
 from server.storage.database import Pool
 
 _SET_TENANT = "SELECT set_config('roz.tenant_id', %s, true)"
+# BEGIN and the tenant in one round trip: a query without parameters goes over the simple
+# protocol, which takes several statements. The tenant is a UUID, rendered as a literal.
+_BEGIN_FOR_TENANT = "BEGIN; SELECT set_config('roz.tenant_id', {}, true)"
+log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
@@ -27,9 +32,21 @@ async def tenant_transaction(
     """A transaction in which row-level security shows and accepts only `tenant_id`'s rows."""
     if not isinstance(tenant_id, UUID):
         raise TypeError("tenant_id must be a UUID")
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute(_SET_TENANT, (str(tenant_id),))
-        yield conn
+    async with pool.connection() as conn:
+        await conn.execute(sql.SQL(_BEGIN_FOR_TENANT).format(sql.Literal(str(tenant_id))))
+        try:
+            yield conn
+        except BaseException:
+            await _roll_back(conn)
+            raise
+        await conn.execute("COMMIT")
+
+
+async def _roll_back(conn: AsyncConnection[TupleRow]) -> None:
+    try:
+        await conn.execute("ROLLBACK")
+    except Exception:  # a broken connection: the pool discards it; the first error matters
+        log.debug("rollback failed", exc_info=True)
 
 
 @asynccontextmanager
