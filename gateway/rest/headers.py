@@ -31,6 +31,8 @@ FORWARDED_HEADERS: frozenset[bytes] = frozenset(
         b"forwarded",
         b"traceparent",
         b"tracestate",
+        # draft-ietf-httpapi-idempotency-key-header: lets a servicer deduplicate retried creates.
+        b"idempotency-key",
     }
 )
 METADATA_PREFIX = b"grpc-metadata-"
