@@ -39,13 +39,33 @@ class AlreadyExists(DomainError):
         self.resource = resource
 
 
+@dataclass(frozen=True)
+class ErrorReason:
+    """One machine-readable cause: a reason constant and its facts (google.rpc.ErrorInfo)."""
+
+    reason: str
+    metadata: Mapping[str, str]
+
+
 class FailedPrecondition(DomainError):
+    """The request is fine but the system's state refuses it (an illegal transition, …).
+
+    `reason`/`metadata` describe the cause; `causes` lists several when there are several
+    (e.g. one per violated safety constraint). Each becomes an ErrorInfo detail.
+    """
+
     def __init__(
-        self, message: str, reason: str = "", metadata: Mapping[str, str] | None = None
+        self,
+        message: str,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        causes: Sequence[ErrorReason] = (),
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.metadata = dict(metadata or {})
+        first = (ErrorReason(reason, self.metadata),) if reason else ()
+        self.causes: tuple[ErrorReason, ...] = first + tuple(causes)
 
 
 class Unauthenticated(DomainError):
