@@ -21,11 +21,12 @@ Choices worth knowing:
 - Hypercorn acknowledges DATA as soon as it arrives, so HTTP/2 flow control does not hold a
   client back; received messages wait in memory until the servicer reads them. Each one is bounded
   by `max_message_bytes`, before and after decompression.
-- Hypercorn 0.18 drops the whole connection when DATA arrives for a stream whose response has
-  ended (pgjones/hypercorn#329), and ASGI cannot send the RST_STREAM that would stop the client.
-  So a call we refuse (unknown method, oversized message …) is answered once the client has sent
-  its END_STREAM, waiting at most `REFUSAL_GRACE_SECONDS`; the request is discarded meanwhile.
-  A servicer that ends its response while the client is still sending can still hit the bug.
+- Hypercorn 0.18 can drop the whole connection when DATA arrives for a stream whose response
+  has ended (pgjones/hypercorn#329; seen with refused oversized uploads), and ASGI cannot send the
+  RST_STREAM that would stop the client. So a call we refuse (unknown method, oversized message …)
+  is answered once the client has sent its END_STREAM, waiting at most `REFUSAL_GRACE_SECONDS`;
+  the request is discarded meanwhile. DATA after a servicer's own answer keeps the connection
+  alive (pinned by tests/server/test_listener.py).
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ import functools
 import logging
 import re
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import grpc
 
+from gateway.asgi import Headers, Receive, Scope, Send
 from gateway.chain import ALREADY_ABORTED
 from gateway.context import GatewayContext, MetadataItems
 from gateway.registry import Method, MethodRegistry
@@ -52,11 +54,6 @@ __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "NativeGrpcApp"]
 
 log = logging.getLogger(__name__)
 
-ASGIMessage = MutableMapping[str, Any]
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[ASGIMessage]]
-Send = Callable[[ASGIMessage], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
 
 SERVED_CONTENT_TYPES = frozenset({"application/grpc", "application/grpc+proto"})
 ACCEPT_ENCODING = "gzip, identity"

@@ -24,7 +24,7 @@ import binascii
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -32,15 +32,12 @@ from grpc import aio
 from sonora import protocol
 from sonora.asgi import grpcASGI
 
+from gateway.asgi import Receive, Scope, Send
 from gateway.context import GatewayContext, MetadataItems
 from gateway.registry import MethodRegistry
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 # A grpc.RpcMethodHandler whose callables are grpc.aio-style coroutines and async generators;
 # grpc-stubs types only the synchronous flavour.

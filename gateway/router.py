@@ -21,15 +21,12 @@ import inspect
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Collection, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
+
 LifespanContext = Callable[[], AbstractAsyncContextManager[Any]]
 
 

@@ -20,10 +20,10 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped, unused-ignore]
 from grpc import aio
 
+from gateway.asgi import Headers, Receive, Scope, Send
 from gateway.context import GatewayContext
 from gateway.registry import MethodRegistry
 from gateway.rest import codec
-from gateway.rest.asgi import Receive, Scope, Send
 from gateway.rest.bindings import Binding, read_bindings
 from gateway.rest.headers import (
     METADATA_PREFIX,
@@ -36,7 +36,6 @@ from gateway.rest.printer import to_jsonable
 from gateway.rest.request import PRETTY
 from gateway.rest.routes import Route, RouteTable
 from gateway.rest.status import (
-    Headers,
     RestError,
     bad_request,
     http_status_for_number,

@@ -15,7 +15,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from gateway.rest.status import Headers, bad_request
+from gateway.asgi import Headers
+from gateway.rest.status import bad_request
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,10 @@ from google.rpc import (  # type: ignore[import-untyped, unused-ignore]
     status_pb2,
 )
 
+from gateway.asgi import Headers
+
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[bytes, bytes]]
 
 _HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
