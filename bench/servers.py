@@ -36,11 +36,15 @@ from bench.handwritten import HandwrittenEnvironmentEndpoint
 from server.app import RozServer
 from server.domain.api_keys import mint_secret, validate_new_key
 from server.domain.environments import EnvironmentDraft, EnvironmentKind
+from server.domain.hosts import HostDraft
+from server.domain.safety_policies import Limits, SafetyPolicyDraft
 from server.listener import hypercorn_config
 from server.logs import configure_logging
 from server.settings import Settings
 from server.storage.api_keys import ApiKeyRepository
 from server.storage.environments import EnvironmentRepository
+from server.storage.hosts import HostRepository
+from server.storage.safety_policies import SafetyPolicyRepository
 
 HOST = "127.0.0.1"
 READER_SCOPES = ("environments:read",)
@@ -111,6 +115,10 @@ async def _seed(app: RozServer, admin_key: str) -> tuple[str, str, str]:
         raise RuntimeError("the bootstrap admin key does not authenticate")
     new_key = validate_new_key("bench-reader", READER_SCOPES, None, now=datetime.now(UTC))
     _, secret = await ApiKeyRepository(pool).create(admin.tenant_id, new_key)
+    policy = await SafetyPolicyRepository(pool).create(
+        admin.tenant_id,
+        SafetyPolicyDraft(name="bench-cell-limits", limits=Limits(max_linear_velocity=1.5)),
+    )
     environment = await EnvironmentRepository(pool).create(
         admin.tenant_id,
         EnvironmentDraft(
@@ -118,14 +126,15 @@ async def _seed(app: RozServer, admin_key: str) -> tuple[str, str, str]:
             description="Two arms and a conveyor; used by the benchmark.",
             kind=EnvironmentKind.HARDWARE,
             allowed_tools=("move_arm", "open_gripper", "close_gripper", "camera.snapshot"),
-            safety_policy_ids=("0b7f4a52-3c1e-4d2a-9a43-6f1d2e8c9b10",),
-            host_ids=(
-                "5d0c7e3a-1b2f-4c6d-8e9f-0a1b2c3d4e5f",
-                "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b",
-            ),
+            safety_policy_ids=(policy.id,),
             config={"max_speed_mps": 1.5, "zones": ["pick", "pack"], "lights": {"on": True}},
         ),
     )
+    # Hosts name their environment; the environment reads them back as host_ids.
+    for arm in ("bench-arm-left", "bench-arm-right"):
+        await HostRepository(pool).create(
+            admin.tenant_id, HostDraft(name=arm, environment_id=environment.id)
+        )
     async with pool.connection() as conn:
         row = await (await conn.execute("SHOW server_version")).fetchone()
     version = str(row[0]) if row else "unknown"

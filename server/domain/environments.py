@@ -1,7 +1,9 @@
 """Environments: a robot configuration (kind, tools, safety policies, hosts, free-form config).
 
 The rules here are the whole contract of the resource; storage enforces them by calling
-`EnvironmentDraft.validate` before every write, and the database only backs them up.
+`EnvironmentDraft.validate` before every write, and the database only backs them up. Its hosts
+are not set here: a host names its environment, and `Environment.host_ids` is derived from that,
+so there is one source of truth for which environment a host belongs to.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ _Violation = Callable[[str, str], None]
 
 # What an update mask may name; everything else on the resource is output-only.
 UPDATABLE_FIELDS: frozenset[str] = frozenset(
-    {"name", "description", "kind", "allowed_tools", "safety_policy_ids", "host_ids", "config"}
+    {"name", "description", "kind", "allowed_tools", "safety_policy_ids", "config"}
 )
 
 
@@ -48,8 +50,8 @@ class EnvironmentFields:
     description: str
     kind: EnvironmentKind
     allowed_tools: tuple[str, ...]
+    # In the order given: the order in which commands are checked against them.
     safety_policy_ids: tuple[UUID, ...]
-    host_ids: tuple[UUID, ...]
     config: dict[str, Any]
 
 
@@ -62,6 +64,7 @@ class Environment:
     kind: EnvironmentKind
     allowed_tools: tuple[str, ...]
     safety_policy_ids: tuple[UUID, ...]
+    # Output only: the hosts whose environment this is, oldest registration first.
     host_ids: tuple[UUID, ...]
     config: dict[str, Any]
     create_time: datetime
@@ -74,7 +77,6 @@ class Environment:
             kind=self.kind,
             allowed_tools=self.allowed_tools,
             safety_policy_ids=tuple(str(value) for value in self.safety_policy_ids),
-            host_ids=tuple(str(value) for value in self.host_ids),
             config=self.config,
         )
 
@@ -88,11 +90,10 @@ class EnvironmentDraft:
     kind: EnvironmentKind = EnvironmentKind.SIMULATION
     allowed_tools: Sequence[str] = ()
     safety_policy_ids: Sequence[str | UUID] = ()
-    host_ids: Sequence[str | UUID] = ()
     config: Mapping[str, Any] = field(default_factory=dict)
 
     def validate(self, resource_field: str = "environment") -> EnvironmentFields:
-        """Every problem at once, each on its wire name ("environment.host_ids[2]")."""
+        """Every problem at once, each on its wire name ("environment.safety_policy_ids[2]")."""
         violations: list[FieldViolation] = []
 
         def violation(name: str, description: str) -> None:
@@ -111,7 +112,6 @@ class EnvironmentDraft:
             violation("kind", "kind must be simulation, hardware or hybrid")
         tools = _check_tools(self.allowed_tools, violation)
         policies = _check_ids("safety_policy_ids", self.safety_policy_ids, violation)
-        hosts = _check_ids("host_ids", self.host_ids, violation)
         config = _check_config(self.config, violation)
         if violations:
             raise InvalidArgument("the environment is not valid", violations)
@@ -121,7 +121,6 @@ class EnvironmentDraft:
             kind=self.kind,
             allowed_tools=tools,
             safety_policy_ids=policies,
-            host_ids=hosts,
             config=config,
         )
 

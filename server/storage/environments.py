@@ -2,6 +2,8 @@
 
 Every method runs in a tenant transaction, and no statement filters by tenant: row-level
 security does, so another tenant's id behaves exactly like a missing one (NotFound).
+`safety_policy_ids` live in roz.environment_safety_policies (ordered, foreign keys to both
+sides) and `host_ids` are the hosts naming this environment; both are read by subquery.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 from uuid import UUID
 
 from psycopg import AsyncConnection
+from psycopg import errors as pg
 from psycopg.rows import TupleRow, kwargs_row
 from psycopg.types.json import Jsonb
 
@@ -20,7 +23,13 @@ from server.domain.environments import (
     EnvironmentFields,
     EnvironmentKind,
 )
-from server.domain.errors import AlreadyExists, NotFound
+from server.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from server.domain.pagination import Page
 from server.storage.database import Pool
 from server.storage.errors import ConstraintErrors, database_errors, resource_id
@@ -28,25 +37,42 @@ from server.storage.listing import Listing
 from server.storage.tenancy import tenant_transaction
 
 RESOURCE = "environment"
+IN_USE = "ENVIRONMENT_IN_USE"
 _COLUMNS = (
-    "id, tenant_id, name, description, kind, allowed_tools, safety_policy_ids, host_ids,"
+    "id, tenant_id, name, description, kind, allowed_tools,"
+    " ARRAY(SELECT esp.safety_policy_id FROM roz.environment_safety_policies AS esp"
+    " WHERE esp.environment_id = environments.id ORDER BY esp.position) AS safety_policy_ids,"
+    " ARRAY(SELECT h.id FROM roz.hosts AS h WHERE h.environment_id = environments.id"
+    " ORDER BY h.create_time, h.id) AS host_ids,"
     " config, create_time, update_time"
 )
 _INSERT = (
-    "INSERT INTO roz.environments"
-    " (tenant_id, name, description, kind, allowed_tools, safety_policy_ids, host_ids, config)"
-    " VALUES (%s, %s, %s, %s, %s::text[], %s::uuid[], %s::uuid[], %s)"
-    " RETURNING " + _COLUMNS
+    "INSERT INTO roz.environments (tenant_id, name, description, kind, allowed_tools, config)"
+    " VALUES (%s, %s, %s, %s, %s::text[], %s) RETURNING id"
 )
 _GET = "SELECT " + _COLUMNS + " FROM roz.environments WHERE id = %s"
 _GET_FOR_UPDATE = _GET + " FOR UPDATE"
 _UPDATE = (
     "UPDATE roz.environments SET name = %s, description = %s, kind = %s,"
-    " allowed_tools = %s::text[], safety_policy_ids = %s::uuid[], host_ids = %s::uuid[],"
-    " config = %s, update_time = greatest(now(), create_time)"
-    " WHERE id = %s RETURNING " + _COLUMNS
+    " allowed_tools = %s::text[], config = %s, update_time = greatest(now(), create_time)"
+    " WHERE id = %s RETURNING id"
 )
 _DELETE = "DELETE FROM roz.environments WHERE id = %s RETURNING id"
+# RLS hides other tenants' policies, so theirs are reported exactly like ids that name nothing.
+_MISSING_POLICIES = (
+    "SELECT (listed.ordinality - 1)::integer, listed.id"
+    " FROM unnest(%s::uuid[]) WITH ORDINALITY AS listed (id, ordinality)"
+    " WHERE NOT EXISTS (SELECT 1 FROM roz.safety_policies AS p WHERE p.id = listed.id)"
+    " ORDER BY 1"
+)
+_DETACH_POLICIES = "DELETE FROM roz.environment_safety_policies WHERE environment_id = %s"
+_ATTACH_POLICIES = (
+    "INSERT INTO roz.environment_safety_policies"
+    " (tenant_id, environment_id, safety_policy_id, position)"
+    " SELECT %s, %s, listed.id, (listed.ordinality - 1)::integer"
+    " FROM unnest(%s::uuid[]) WITH ORDINALITY AS listed (id, ordinality)"
+)
+_A_HOST = "SELECT id FROM roz.hosts WHERE environment_id = %s ORDER BY create_time, id LIMIT 1"
 
 
 def _environment(
@@ -72,8 +98,6 @@ def _values(fields: EnvironmentFields) -> tuple[Any, ...]:
         fields.description,
         fields.kind.value,
         list(fields.allowed_tools),
-        list(fields.safety_policy_ids),
-        list(fields.host_ids),
         Jsonb(fields.config),
     )
 
@@ -83,7 +107,36 @@ def _constraints(fields: EnvironmentFields) -> ConstraintErrors:
         "environments_tenant_id_name_key": lambda: AlreadyExists(
             f"an environment named {fields.name!r} already exists", resource=RESOURCE
         ),
+        # Only when a policy is deleted between our check and our insert.
+        "environment_safety_policies_policy_fkey": lambda: InvalidArgument(
+            "a safety policy of the environment does not exist",
+            [FieldViolation("environment.safety_policy_ids", "a listed policy was just deleted")],
+        ),
     }
+
+
+async def _attach_policies(
+    conn: AsyncConnection[TupleRow],
+    tenant_id: UUID,
+    environment_id: UUID,
+    policy_ids: tuple[UUID, ...],
+) -> None:
+    """Makes `policy_ids`, in order, the environment's policies; unknown ids are violations."""
+    await conn.execute(_DETACH_POLICIES, (environment_id,))
+    if not policy_ids:
+        return
+    missing = await (await conn.execute(_MISSING_POLICIES, (list(policy_ids),))).fetchall()
+    if missing:
+        raise InvalidArgument(
+            "the environment names safety policies that do not exist",
+            [
+                FieldViolation(
+                    f"environment.safety_policy_ids[{index}]", f"safety policy {policy} not found"
+                )
+                for index, policy in missing
+            ],
+        )
+    await conn.execute(_ATTACH_POLICIES, (tenant_id, environment_id, list(policy_ids)))
 
 
 _LISTING = Listing("roz.environments", _COLUMNS, _environment)
@@ -99,7 +152,10 @@ class EnvironmentRepository:
         fields = draft.validate()
         with database_errors(RESOURCE, _constraints(fields)):
             async with tenant_transaction(self._pool, tenant_id) as conn:
-                created = await _one(conn, _INSERT, (tenant_id, *_values(fields)))
+                row = await (await conn.execute(_INSERT, (tenant_id, *_values(fields)))).fetchone()
+                assert row is not None
+                await _attach_policies(conn, tenant_id, row[0], fields.safety_policy_ids)
+                created = await _one(conn, _GET, (row[0],))
         assert created is not None
         return created
 
@@ -141,15 +197,40 @@ class EnvironmentRepository:
                     raise NotFound(RESOURCE, str(environment_uuid))
                 fields = draft.merged_into(current.draft(), mask).validate()
             with database_errors(RESOURCE, _constraints(fields)):
-                updated = await _one(conn, _UPDATE, (*_values(fields), environment_uuid))
-        if updated is None:
-            raise NotFound(RESOURCE, str(environment_uuid))
+                row = await (
+                    await conn.execute(_UPDATE, (*_values(fields), environment_uuid))
+                ).fetchone()
+                if row is None:
+                    raise NotFound(RESOURCE, str(environment_uuid))
+                await _attach_policies(conn, tenant_id, environment_uuid, fields.safety_policy_ids)
+                updated = await _one(conn, _GET, (environment_uuid,))
+        assert updated is not None
         return updated
 
     async def delete(self, tenant_id: UUID, environment_id: str | UUID) -> None:
+        """Detaches its safety policies; refused (FailedPrecondition) while anything uses it."""
         environment_uuid = resource_id(environment_id, RESOURCE)
-        async with tenant_transaction(self._pool, tenant_id) as conn:
-            row = await (await conn.execute(_DELETE, (environment_uuid,))).fetchone()
+        try:
+            async with tenant_transaction(self._pool, tenant_id) as conn:
+                host = await (await conn.execute(_A_HOST, (environment_uuid,))).fetchone()
+                if host is not None:
+                    raise FailedPrecondition(
+                        "the environment still has hosts; move them to another environment"
+                        " or delete them first",
+                        reason=IN_USE,
+                        metadata={"environment_id": str(environment_uuid), "host_id": str(host[0])},
+                    )
+                row = await (await conn.execute(_DELETE, (environment_uuid,))).fetchone()
+        except pg.ForeignKeyViolation as exc:
+            # Whatever else refers to it (tasks, triggers …), or a host added meanwhile.
+            raise FailedPrecondition(
+                "the environment is still in use",
+                reason=IN_USE,
+                metadata={
+                    "environment_id": str(environment_uuid),
+                    "referenced_by": exc.diag.table_name or "",
+                },
+            ) from exc
         if row is None:
             raise NotFound(RESOURCE, str(environment_uuid))
 

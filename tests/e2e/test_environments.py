@@ -228,3 +228,72 @@ def test_more_than_a_thousand_calls_on_one_channel(roz: Roz) -> None:
             stub.ListEnvironments(
                 pb.ListEnvironmentsRequest(page_size=1), metadata=metadata, timeout=10
             )
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_host_ids_are_output_only(roz: Roz, protocol: str) -> None:
+    sent = [str(uuid.uuid4())]
+    created = ok(call(protocol, roz, create(unique("hosts"), host_ids=sent), roz.admin_key))
+    # Ignored on input (AIP-203): a host names its environment, not the other way round.
+    assert list(created.host_ids) == []
+    replaced = ok(
+        call(protocol, roz, update(created.id, name=created.name, host_ids=sent), roz.admin_key)
+    )
+    assert list(replaced.host_ids) == []
+    masked = call(protocol, roz, update(created.id, ["host_ids"], host_ids=sent), roz.admin_key)
+    assert masked.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert masked.detail(error_details_pb2.BadRequest).field_violations[0].field == "update_mask"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_safety_policies_must_exist_in_the_tenant_and_keep_their_order(
+    roz: Roz, protocol: str
+) -> None:
+    tenant = roz.new_tenant("links")
+    other = roz.new_tenant("other")
+
+    def new_policy(key: str) -> str:
+        with roz.rest(key) as client:
+            response = client.post("/api/v1/safety-policies", json={"name": unique("p")})
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    first, second = new_policy(tenant), new_policy(tenant)
+    theirs = new_policy(other)
+    missing = str(uuid.uuid4())
+    refused = call(
+        protocol,
+        roz,
+        create(unique("linked"), safety_policy_ids=[first, theirs, second, missing]),
+        tenant,
+    )
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
+    violations = refused.detail(error_details_pb2.BadRequest).field_violations
+    assert [(v.field, v.description) for v in violations] == [
+        ("environment.safety_policy_ids[1]", f"safety policy {theirs} not found"),
+        ("environment.safety_policy_ids[3]", f"safety policy {missing} not found"),
+    ]
+    if protocol == "rest":
+        assert refused.http_status == 400
+
+    created = ok(
+        call(protocol, roz, create(unique("linked"), safety_policy_ids=[second, first]), tenant)
+    )
+    assert list(created.safety_policy_ids) == [second, first]
+    fetched = ok(call(protocol, roz, get(created.id), tenant))
+    assert list(fetched.safety_policy_ids) == [second, first]
+    swapped = ok(
+        call(
+            protocol,
+            roz,
+            update(created.id, ["safety_policy_ids"], safety_policy_ids=[first, second]),
+            tenant,
+        )
+    )
+    assert list(swapped.safety_policy_ids) == [first, second]
+    smuggled = call(
+        protocol, roz, update(created.id, ["safety_policy_ids"], safety_policy_ids=[theirs]), tenant
+    )
+    assert smuggled.code == grpc.StatusCode.INVALID_ARGUMENT
+    still = ok(call(protocol, roz, get(created.id), tenant))
+    assert list(still.safety_policy_ids) == [first, second]

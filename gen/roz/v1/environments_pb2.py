@@ -32,7 +32,7 @@ from roz.v1 import access_pb2 as roz_dot_v1_dot_access__pb2
 from transcoding.v1 import annotations_pb2 as transcoding_dot_v1_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19roz/v1/environments.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\x87\x04\n\x0b\x45nvironment\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x18\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x04name\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\x12,\n\x04kind\x18\x04 \x01(\x0e\x32\x18.roz.v1.Environment.KindR\x04kind\x12#\n\rallowed_tools\x18\x05 \x03(\tR\x0c\x61llowedTools\x12*\n\x11safety_policy_ids\x18\x06 \x03(\tR\x0fsafetyPolicyIds\x12\x19\n\x08host_ids\x18\x07 \x03(\tR\x07hostIds\x12/\n\x06\x63onfig\x18\x08 \x01(\x0b\x32\x17.google.protobuf.StructR\x06\x63onfig\x12\x41\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\"U\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fKIND_SIMULATION\x10\x01\x12\x11\n\rKIND_HARDWARE\x10\x02\x12\x0f\n\x0bKIND_HYBRID\x10\x03\"W\n\x18\x43reateEnvironmentRequest\x12;\n\x0b\x65nvironment\x18\x01 \x01(\x0b\x32\x13.roz.v1.EnvironmentB\x04\xe2\x41\x01\x02R\x0b\x65nvironment\"-\n\x15GetEnvironmentRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"U\n\x17ListEnvironmentsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"{\n\x18ListEnvironmentsResponse\x12\x37\n\x0c\x65nvironments\x18\x01 \x03(\x0b\x32\x13.roz.v1.EnvironmentR\x0c\x65nvironments\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xaa\x01\n\x18UpdateEnvironmentRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12;\n\x0b\x65nvironment\x18\x02 \x01(\x0b\x32\x13.roz.v1.EnvironmentB\x04\xe2\x41\x01\x02R\x0b\x65nvironment\x12;\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskR\nupdateMask\"0\n\x18\x44\x65leteEnvironmentRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id2\xdf\x05\n\x12\x45nvironmentService\x12\x94\x01\n\x11\x43reateEnvironment\x12 .roz.v1.CreateEnvironmentRequest\x1a\x13.roz.v1.Environment\"H\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\x14\n\x12\x65nvironments:write\x82\xd3\xe4\x93\x02#\"\x14/api/v1/environments:\x0b\x65nvironment\x12~\n\x0eGetEnvironment\x12\x1d.roz.v1.GetEnvironmentRequest\x1a\x13.roz.v1.Environment\"8\xea\xf9\x18\x13\n\x11\x65nvironments:read\x82\xd3\xe4\x93\x02\x1b\x12\x19/api/v1/environments/{id}\x12\x8a\x01\n\x10ListEnvironments\x12\x1f.roz.v1.ListEnvironmentsRequest\x1a .roz.v1.ListEnvironmentsResponse\"3\xea\xf9\x18\x13\n\x11\x65nvironments:read\x82\xd3\xe4\x93\x02\x16\x12\x14/api/v1/environments\x12\x92\x01\n\x11UpdateEnvironment\x12 .roz.v1.UpdateEnvironmentRequest\x1a\x13.roz.v1.Environment\"F\xea\xf9\x18\x14\n\x12\x65nvironments:write\x82\xd3\xe4\x93\x02(\x1a\x19/api/v1/environments/{id}:\x0b\x65nvironment\x12\x8f\x01\n\x11\x44\x65leteEnvironment\x12 .roz.v1.DeleteEnvironmentRequest\x1a\x16.google.protobuf.Empty\"@\xca\xf3\x18\x03\x08\xcc\x01\xea\xf9\x18\x14\n\x12\x65nvironments:write\x82\xd3\xe4\x93\x02\x1b*\x19/api/v1/environments/{id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19roz/v1/environments.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\x8d\x04\n\x0b\x45nvironment\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x18\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x04name\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\x12,\n\x04kind\x18\x04 \x01(\x0e\x32\x18.roz.v1.Environment.KindR\x04kind\x12#\n\rallowed_tools\x18\x05 \x03(\tR\x0c\x61llowedTools\x12*\n\x11safety_policy_ids\x18\x06 \x03(\tR\x0fsafetyPolicyIds\x12\x1f\n\x08host_ids\x18\x07 \x03(\tB\x04\xe2\x41\x01\x03R\x07hostIds\x12/\n\x06\x63onfig\x18\x08 \x01(\x0b\x32\x17.google.protobuf.StructR\x06\x63onfig\x12\x41\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\"U\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fKIND_SIMULATION\x10\x01\x12\x11\n\rKIND_HARDWARE\x10\x02\x12\x0f\n\x0bKIND_HYBRID\x10\x03\"W\n\x18\x43reateEnvironmentRequest\x12;\n\x0b\x65nvironment\x18\x01 \x01(\x0b\x32\x13.roz.v1.EnvironmentB\x04\xe2\x41\x01\x02R\x0b\x65nvironment\"-\n\x15GetEnvironmentRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"U\n\x17ListEnvironmentsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"{\n\x18ListEnvironmentsResponse\x12\x37\n\x0c\x65nvironments\x18\x01 \x03(\x0b\x32\x13.roz.v1.EnvironmentR\x0c\x65nvironments\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xaa\x01\n\x18UpdateEnvironmentRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12;\n\x0b\x65nvironment\x18\x02 \x01(\x0b\x32\x13.roz.v1.EnvironmentB\x04\xe2\x41\x01\x02R\x0b\x65nvironment\x12;\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskR\nupdateMask\"0\n\x18\x44\x65leteEnvironmentRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id2\xdf\x05\n\x12\x45nvironmentService\x12\x94\x01\n\x11\x43reateEnvironment\x12 .roz.v1.CreateEnvironmentRequest\x1a\x13.roz.v1.Environment\"H\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\x14\n\x12\x65nvironments:write\x82\xd3\xe4\x93\x02#\"\x14/api/v1/environments:\x0b\x65nvironment\x12~\n\x0eGetEnvironment\x12\x1d.roz.v1.GetEnvironmentRequest\x1a\x13.roz.v1.Environment\"8\xea\xf9\x18\x13\n\x11\x65nvironments:read\x82\xd3\xe4\x93\x02\x1b\x12\x19/api/v1/environments/{id}\x12\x8a\x01\n\x10ListEnvironments\x12\x1f.roz.v1.ListEnvironmentsRequest\x1a .roz.v1.ListEnvironmentsResponse\"3\xea\xf9\x18\x13\n\x11\x65nvironments:read\x82\xd3\xe4\x93\x02\x16\x12\x14/api/v1/environments\x12\x92\x01\n\x11UpdateEnvironment\x12 .roz.v1.UpdateEnvironmentRequest\x1a\x13.roz.v1.Environment\"F\xea\xf9\x18\x14\n\x12\x65nvironments:write\x82\xd3\xe4\x93\x02(\x1a\x19/api/v1/environments/{id}:\x0b\x65nvironment\x12\x8f\x01\n\x11\x44\x65leteEnvironment\x12 .roz.v1.DeleteEnvironmentRequest\x1a\x16.google.protobuf.Empty\"@\xca\xf3\x18\x03\x08\xcc\x01\xea\xf9\x18\x14\n\x12\x65nvironments:write\x82\xd3\xe4\x93\x02\x1b*\x19/api/v1/environments/{id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENVIRONMENT'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_ENVIRONMENT'].fields_by_name['name']._loaded_options = None
   _globals['_ENVIRONMENT'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_ENVIRONMENT'].fields_by_name['host_ids']._loaded_options = None
+  _globals['_ENVIRONMENT'].fields_by_name['host_ids']._serialized_options = b'\342A\001\003'
   _globals['_ENVIRONMENT'].fields_by_name['create_time']._loaded_options = None
   _globals['_ENVIRONMENT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_ENVIRONMENT'].fields_by_name['update_time']._loaded_options = None
@@ -68,21 +70,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENVIRONMENTSERVICE'].methods_by_name['DeleteEnvironment']._loaded_options = None
   _globals['_ENVIRONMENTSERVICE'].methods_by_name['DeleteEnvironment']._serialized_options = b'\312\363\030\003\010\314\001\352\371\030\024\n\022environments:write\202\323\344\223\002\033*\031/api/v1/environments/{id}'
   _globals['_ENVIRONMENT']._serialized_start=282
-  _globals['_ENVIRONMENT']._serialized_end=801
-  _globals['_ENVIRONMENT_KIND']._serialized_start=716
-  _globals['_ENVIRONMENT_KIND']._serialized_end=801
-  _globals['_CREATEENVIRONMENTREQUEST']._serialized_start=803
-  _globals['_CREATEENVIRONMENTREQUEST']._serialized_end=890
-  _globals['_GETENVIRONMENTREQUEST']._serialized_start=892
-  _globals['_GETENVIRONMENTREQUEST']._serialized_end=937
-  _globals['_LISTENVIRONMENTSREQUEST']._serialized_start=939
-  _globals['_LISTENVIRONMENTSREQUEST']._serialized_end=1024
-  _globals['_LISTENVIRONMENTSRESPONSE']._serialized_start=1026
-  _globals['_LISTENVIRONMENTSRESPONSE']._serialized_end=1149
-  _globals['_UPDATEENVIRONMENTREQUEST']._serialized_start=1152
-  _globals['_UPDATEENVIRONMENTREQUEST']._serialized_end=1322
-  _globals['_DELETEENVIRONMENTREQUEST']._serialized_start=1324
-  _globals['_DELETEENVIRONMENTREQUEST']._serialized_end=1372
-  _globals['_ENVIRONMENTSERVICE']._serialized_start=1375
-  _globals['_ENVIRONMENTSERVICE']._serialized_end=2110
+  _globals['_ENVIRONMENT']._serialized_end=807
+  _globals['_ENVIRONMENT_KIND']._serialized_start=722
+  _globals['_ENVIRONMENT_KIND']._serialized_end=807
+  _globals['_CREATEENVIRONMENTREQUEST']._serialized_start=809
+  _globals['_CREATEENVIRONMENTREQUEST']._serialized_end=896
+  _globals['_GETENVIRONMENTREQUEST']._serialized_start=898
+  _globals['_GETENVIRONMENTREQUEST']._serialized_end=943
+  _globals['_LISTENVIRONMENTSREQUEST']._serialized_start=945
+  _globals['_LISTENVIRONMENTSREQUEST']._serialized_end=1030
+  _globals['_LISTENVIRONMENTSRESPONSE']._serialized_start=1032
+  _globals['_LISTENVIRONMENTSRESPONSE']._serialized_end=1155
+  _globals['_UPDATEENVIRONMENTREQUEST']._serialized_start=1158
+  _globals['_UPDATEENVIRONMENTREQUEST']._serialized_end=1328
+  _globals['_DELETEENVIRONMENTREQUEST']._serialized_start=1330
+  _globals['_DELETEENVIRONMENTREQUEST']._serialized_end=1378
+  _globals['_ENVIRONMENTSERVICE']._serialized_start=1381
+  _globals['_ENVIRONMENTSERVICE']._serialized_end=2116
 # @@protoc_insertion_point(module_scope)

@@ -96,7 +96,8 @@ class EnvironmentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteEnvironment(self, request, context):
-        """Deletes an environment.
+        """Deletes an environment and detaches its safety policies. Refused (FAILED_PRECONDITION,
+        reason ENVIRONMENT_IN_USE) while hosts or other resources still refer to it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -24,12 +24,14 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from roz.v1 import access_pb2 as roz_dot_v1_dot_access__pb2
 from transcoding.v1 import annotations_pb2 as transcoding_dot_v1_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12roz/v1/hosts.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\xc9\x05\n\x04Host\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x18\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x04name\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x11.roz.v1.Host.KindR\x04kind\x12%\n\x0e\x65nvironment_id\x18\x04 \x01(\tR\renvironmentId\x12\"\n\x0c\x63\x61pabilities\x18\x05 \x03(\tR\x0c\x63\x61pabilities\x12\x30\n\x06labels\x18\x06 \x03(\x0b\x32\x18.roz.v1.Host.LabelsEntryR\x06labels\x12\x31\n\x06status\x18\x07 \x01(\x0e\x32\x13.roz.v1.Host.StatusB\x04\xe2\x41\x01\x03R\x06status\x12\x46\n\x0elast_seen_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0clastSeenTime\x12\x41\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_EDGE\x10\x01\x12\x0e\n\nKIND_CLOUD\x10\x02\"t\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rSTATUS_ONLINE\x10\x01\x12\x12\n\x0eSTATUS_OFFLINE\x10\x02\x12\x13\n\x0fSTATUS_DEGRADED\x10\x03\x12\x16\n\x12STATUS_MAINTENANCE\x10\x04\";\n\x11\x43reateHostRequest\x12&\n\x04host\x18\x01 \x01(\x0b\x32\x0c.roz.v1.HostB\x04\xe2\x41\x01\x02R\x04host\"\xa2\x01\n\x10ListHostsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x13.roz.v1.Host.StatusR\x06status\x12%\n\x0e\x65nvironment_id\x18\x04 \x01(\tR\renvironmentId\"_\n\x11ListHostsResponse\x12\"\n\x05hosts\x18\x01 \x03(\x0b\x32\x0c.roz.v1.HostR\x05hosts\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"&\n\x0eGetHostRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"z\n\x17UpdateHostStatusRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12\x31\n\x06status\x18\x02 \x01(\x0e\x32\x13.roz.v1.Host.StatusB\x04\xe2\x41\x01\x02R\x06status\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason2\xb9\x03\n\x0bHostService\x12j\n\nCreateHost\x12\x19.roz.v1.CreateHostRequest\x1a\x0c.roz.v1.Host\"3\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\r\n\x0bhosts:write\x82\xd3\xe4\x93\x02\x15\"\r/api/v1/hosts:\x04host\x12g\n\tListHosts\x12\x18.roz.v1.ListHostsRequest\x1a\x19.roz.v1.ListHostsResponse\"%\xea\xf9\x18\x0c\n\nhosts:read\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/hosts\x12[\n\x07GetHost\x12\x16.roz.v1.GetHostRequest\x1a\x0c.roz.v1.Host\"*\xea\xf9\x18\x0c\n\nhosts:read\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/hosts/{id}\x12x\n\x10UpdateHostStatus\x12\x1f.roz.v1.UpdateHostStatusRequest\x1a\x0c.roz.v1.Host\"5\xea\xf9\x18\r\n\x0bhosts:write\x82\xd3\xe4\x93\x02\x1e\x1a\x19/api/v1/hosts/{id}/status:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12roz/v1/hosts.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\xc9\x05\n\x04Host\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x18\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x04name\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x11.roz.v1.Host.KindR\x04kind\x12%\n\x0e\x65nvironment_id\x18\x04 \x01(\tR\renvironmentId\x12\"\n\x0c\x63\x61pabilities\x18\x05 \x03(\tR\x0c\x63\x61pabilities\x12\x30\n\x06labels\x18\x06 \x03(\x0b\x32\x18.roz.v1.Host.LabelsEntryR\x06labels\x12\x31\n\x06status\x18\x07 \x01(\x0e\x32\x13.roz.v1.Host.StatusB\x04\xe2\x41\x01\x03R\x06status\x12\x46\n\x0elast_seen_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0clastSeenTime\x12\x41\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_EDGE\x10\x01\x12\x0e\n\nKIND_CLOUD\x10\x02\"t\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rSTATUS_ONLINE\x10\x01\x12\x12\n\x0eSTATUS_OFFLINE\x10\x02\x12\x13\n\x0fSTATUS_DEGRADED\x10\x03\x12\x16\n\x12STATUS_MAINTENANCE\x10\x04\";\n\x11\x43reateHostRequest\x12&\n\x04host\x18\x01 \x01(\x0b\x32\x0c.roz.v1.HostB\x04\xe2\x41\x01\x02R\x04host\"\xa2\x01\n\x10ListHostsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x13.roz.v1.Host.StatusR\x06status\x12%\n\x0e\x65nvironment_id\x18\x04 \x01(\tR\renvironmentId\"_\n\x11ListHostsResponse\x12\"\n\x05hosts\x18\x01 \x03(\x0b\x32\x0c.roz.v1.HostR\x05hosts\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"&\n\x0eGetHostRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"z\n\x17UpdateHostStatusRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12\x31\n\x06status\x18\x02 \x01(\x0e\x32\x13.roz.v1.Host.StatusB\x04\xe2\x41\x01\x02R\x06status\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"\xcd\x02\n\x10HostStatusChange\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x1d\n\x07host_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\x06hostId\x12:\n\x0b\x66rom_status\x18\x03 \x01(\x0e\x32\x13.roz.v1.Host.StatusB\x04\xe2\x41\x01\x03R\nfromStatus\x12\x36\n\tto_status\x18\x04 \x01(\x0e\x32\x13.roz.v1.Host.StatusB\x04\xe2\x41\x01\x03R\x08toStatus\x12\x1c\n\x06reason\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03R\x06reason\x12/\n\x11\x63hanged_by_key_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03R\x0e\x63hangedByKeyId\x12\x41\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\"y\n\x1cListHostStatusChangesRequest\x12\x1d\n\x07host_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x06hostId\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"\x88\x01\n\x1dListHostStatusChangesResponse\x12?\n\x0estatus_changes\x18\x01 \x03(\x0b\x32\x18.roz.v1.HostStatusChangeR\rstatusChanges\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x8e\x01\n\x11UpdateHostRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12&\n\x04host\x18\x02 \x01(\x0b\x32\x0c.roz.v1.HostB\x04\xe2\x41\x01\x02R\x04host\x12;\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskR\nupdateMask\")\n\x11\x44\x65leteHostRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id2\xbf\x06\n\x0bHostService\x12j\n\nCreateHost\x12\x19.roz.v1.CreateHostRequest\x1a\x0c.roz.v1.Host\"3\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\r\n\x0bhosts:write\x82\xd3\xe4\x93\x02\x15\"\r/api/v1/hosts:\x04host\x12g\n\tListHosts\x12\x18.roz.v1.ListHostsRequest\x1a\x19.roz.v1.ListHostsResponse\"%\xea\xf9\x18\x0c\n\nhosts:read\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/hosts\x12[\n\x07GetHost\x12\x16.roz.v1.GetHostRequest\x1a\x0c.roz.v1.Host\"*\xea\xf9\x18\x0c\n\nhosts:read\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/hosts/{id}\x12x\n\x10UpdateHostStatus\x12\x1f.roz.v1.UpdateHostStatusRequest\x1a\x0c.roz.v1.Host\"5\xea\xf9\x18\r\n\x0bhosts:write\x82\xd3\xe4\x93\x02\x1e\x1a\x19/api/v1/hosts/{id}/status:\x01*\x12\xa4\x01\n\x15ListHostStatusChanges\x12$.roz.v1.ListHostStatusChangesRequest\x1a%.roz.v1.ListHostStatusChangesResponse\">\xea\xf9\x18\x0c\n\nhosts:read\x82\xd3\xe4\x93\x02(\x12&/api/v1/hosts/{host_id}/status-changes\x12h\n\nUpdateHost\x12\x19.roz.v1.UpdateHostRequest\x1a\x0c.roz.v1.Host\"1\xea\xf9\x18\r\n\x0bhosts:write\x82\xd3\xe4\x93\x02\x1a\x1a\x12/api/v1/hosts/{id}:\x04host\x12s\n\nDeleteHost\x12\x19.roz.v1.DeleteHostRequest\x1a\x16.google.protobuf.Empty\"2\xca\xf3\x18\x03\x08\xcc\x01\xea\xf9\x18\r\n\x0bhosts:write\x82\xd3\xe4\x93\x02\x14*\x12/api/v1/hosts/{id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,6 +60,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEHOSTSTATUSREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_UPDATEHOSTSTATUSREQUEST'].fields_by_name['status']._loaded_options = None
   _globals['_UPDATEHOSTSTATUSREQUEST'].fields_by_name['status']._serialized_options = b'\342A\001\002'
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['id']._loaded_options = None
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['host_id']._loaded_options = None
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['host_id']._serialized_options = b'\342A\001\003'
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['from_status']._loaded_options = None
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['from_status']._serialized_options = b'\342A\001\003'
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['to_status']._loaded_options = None
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['to_status']._serialized_options = b'\342A\001\003'
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['reason']._loaded_options = None
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['reason']._serialized_options = b'\342A\001\003'
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['changed_by_key_id']._loaded_options = None
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['changed_by_key_id']._serialized_options = b'\342A\001\003'
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['create_time']._loaded_options = None
+  _globals['_HOSTSTATUSCHANGE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_LISTHOSTSTATUSCHANGESREQUEST'].fields_by_name['host_id']._loaded_options = None
+  _globals['_LISTHOSTSTATUSCHANGESREQUEST'].fields_by_name['host_id']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATEHOSTREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_UPDATEHOSTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATEHOSTREQUEST'].fields_by_name['host']._loaded_options = None
+  _globals['_UPDATEHOSTREQUEST'].fields_by_name['host']._serialized_options = b'\342A\001\002'
+  _globals['_DELETEHOSTREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_DELETEHOSTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_HOSTSERVICE'].methods_by_name['CreateHost']._loaded_options = None
   _globals['_HOSTSERVICE'].methods_by_name['CreateHost']._serialized_options = b'\312\363\030\003\010\311\001\352\371\030\r\n\013hosts:write\202\323\344\223\002\025\"\r/api/v1/hosts:\004host'
   _globals['_HOSTSERVICE'].methods_by_name['ListHosts']._loaded_options = None
@@ -66,24 +90,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOSTSERVICE'].methods_by_name['GetHost']._serialized_options = b'\352\371\030\014\n\nhosts:read\202\323\344\223\002\024\022\022/api/v1/hosts/{id}'
   _globals['_HOSTSERVICE'].methods_by_name['UpdateHostStatus']._loaded_options = None
   _globals['_HOSTSERVICE'].methods_by_name['UpdateHostStatus']._serialized_options = b'\352\371\030\r\n\013hosts:write\202\323\344\223\002\036\032\031/api/v1/hosts/{id}/status:\001*'
-  _globals['_HOST']._serialized_start=182
-  _globals['_HOST']._serialized_end=895
-  _globals['_HOST_LABELSENTRY']._serialized_start=659
-  _globals['_HOST_LABELSENTRY']._serialized_end=716
-  _globals['_HOST_KIND']._serialized_start=718
-  _globals['_HOST_KIND']._serialized_end=777
-  _globals['_HOST_STATUS']._serialized_start=779
-  _globals['_HOST_STATUS']._serialized_end=895
-  _globals['_CREATEHOSTREQUEST']._serialized_start=897
-  _globals['_CREATEHOSTREQUEST']._serialized_end=956
-  _globals['_LISTHOSTSREQUEST']._serialized_start=959
-  _globals['_LISTHOSTSREQUEST']._serialized_end=1121
-  _globals['_LISTHOSTSRESPONSE']._serialized_start=1123
-  _globals['_LISTHOSTSRESPONSE']._serialized_end=1218
-  _globals['_GETHOSTREQUEST']._serialized_start=1220
-  _globals['_GETHOSTREQUEST']._serialized_end=1258
-  _globals['_UPDATEHOSTSTATUSREQUEST']._serialized_start=1260
-  _globals['_UPDATEHOSTSTATUSREQUEST']._serialized_end=1382
-  _globals['_HOSTSERVICE']._serialized_start=1385
-  _globals['_HOSTSERVICE']._serialized_end=1826
+  _globals['_HOSTSERVICE'].methods_by_name['ListHostStatusChanges']._loaded_options = None
+  _globals['_HOSTSERVICE'].methods_by_name['ListHostStatusChanges']._serialized_options = b'\352\371\030\014\n\nhosts:read\202\323\344\223\002(\022&/api/v1/hosts/{host_id}/status-changes'
+  _globals['_HOSTSERVICE'].methods_by_name['UpdateHost']._loaded_options = None
+  _globals['_HOSTSERVICE'].methods_by_name['UpdateHost']._serialized_options = b'\352\371\030\r\n\013hosts:write\202\323\344\223\002\032\032\022/api/v1/hosts/{id}:\004host'
+  _globals['_HOSTSERVICE'].methods_by_name['DeleteHost']._loaded_options = None
+  _globals['_HOSTSERVICE'].methods_by_name['DeleteHost']._serialized_options = b'\312\363\030\003\010\314\001\352\371\030\r\n\013hosts:write\202\323\344\223\002\024*\022/api/v1/hosts/{id}'
+  _globals['_HOST']._serialized_start=245
+  _globals['_HOST']._serialized_end=958
+  _globals['_HOST_LABELSENTRY']._serialized_start=722
+  _globals['_HOST_LABELSENTRY']._serialized_end=779
+  _globals['_HOST_KIND']._serialized_start=781
+  _globals['_HOST_KIND']._serialized_end=840
+  _globals['_HOST_STATUS']._serialized_start=842
+  _globals['_HOST_STATUS']._serialized_end=958
+  _globals['_CREATEHOSTREQUEST']._serialized_start=960
+  _globals['_CREATEHOSTREQUEST']._serialized_end=1019
+  _globals['_LISTHOSTSREQUEST']._serialized_start=1022
+  _globals['_LISTHOSTSREQUEST']._serialized_end=1184
+  _globals['_LISTHOSTSRESPONSE']._serialized_start=1186
+  _globals['_LISTHOSTSRESPONSE']._serialized_end=1281
+  _globals['_GETHOSTREQUEST']._serialized_start=1283
+  _globals['_GETHOSTREQUEST']._serialized_end=1321
+  _globals['_UPDATEHOSTSTATUSREQUEST']._serialized_start=1323
+  _globals['_UPDATEHOSTSTATUSREQUEST']._serialized_end=1445
+  _globals['_HOSTSTATUSCHANGE']._serialized_start=1448
+  _globals['_HOSTSTATUSCHANGE']._serialized_end=1781
+  _globals['_LISTHOSTSTATUSCHANGESREQUEST']._serialized_start=1783
+  _globals['_LISTHOSTSTATUSCHANGESREQUEST']._serialized_end=1904
+  _globals['_LISTHOSTSTATUSCHANGESRESPONSE']._serialized_start=1907
+  _globals['_LISTHOSTSTATUSCHANGESRESPONSE']._serialized_end=2043
+  _globals['_UPDATEHOSTREQUEST']._serialized_start=2046
+  _globals['_UPDATEHOSTREQUEST']._serialized_end=2188
+  _globals['_DELETEHOSTREQUEST']._serialized_start=2190
+  _globals['_DELETEHOSTREQUEST']._serialized_end=2231
+  _globals['_HOSTSERVICE']._serialized_start=2234
+  _globals['_HOSTSERVICE']._serialized_end=3065
 # @@protoc_insertion_point(module_scope)

@@ -2,6 +2,8 @@ import datetime
 
 from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from roz.v1 import access_pb2 as _access_pb2
 from transcoding.v1 import annotations_pb2 as _annotations_pb2_1
@@ -106,3 +108,55 @@ class UpdateHostStatusRequest(_message.Message):
     status: Host.Status
     reason: str
     def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[Host.Status, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class HostStatusChange(_message.Message):
+    __slots__ = ("id", "host_id", "from_status", "to_status", "reason", "changed_by_key_id", "create_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_STATUS_FIELD_NUMBER: _ClassVar[int]
+    TO_STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_BY_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    host_id: str
+    from_status: Host.Status
+    to_status: Host.Status
+    reason: str
+    changed_by_key_id: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., host_id: _Optional[str] = ..., from_status: _Optional[_Union[Host.Status, str]] = ..., to_status: _Optional[_Union[Host.Status, str]] = ..., reason: _Optional[str] = ..., changed_by_key_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListHostStatusChangesRequest(_message.Message):
+    __slots__ = ("host_id", "page_size", "page_token")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, host_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListHostStatusChangesResponse(_message.Message):
+    __slots__ = ("status_changes", "next_page_token")
+    STATUS_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    status_changes: _containers.RepeatedCompositeFieldContainer[HostStatusChange]
+    next_page_token: str
+    def __init__(self, status_changes: _Optional[_Iterable[_Union[HostStatusChange, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class UpdateHostRequest(_message.Message):
+    __slots__ = ("id", "host", "update_mask")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    host: Host
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, id: _Optional[str] = ..., host: _Optional[_Union[Host, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class DeleteHostRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...

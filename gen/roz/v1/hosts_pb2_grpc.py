@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from roz.v1 import hosts_pb2 as roz_dot_v1_dot_hosts__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -55,6 +56,21 @@ class HostServiceStub:
                 request_serializer=roz_dot_v1_dot_hosts__pb2.UpdateHostStatusRequest.SerializeToString,
                 response_deserializer=roz_dot_v1_dot_hosts__pb2.Host.FromString,
                 _registered_method=True)
+        self.ListHostStatusChanges = channel.unary_unary(
+                '/roz.v1.HostService/ListHostStatusChanges',
+                request_serializer=roz_dot_v1_dot_hosts__pb2.ListHostStatusChangesRequest.SerializeToString,
+                response_deserializer=roz_dot_v1_dot_hosts__pb2.ListHostStatusChangesResponse.FromString,
+                _registered_method=True)
+        self.UpdateHost = channel.unary_unary(
+                '/roz.v1.HostService/UpdateHost',
+                request_serializer=roz_dot_v1_dot_hosts__pb2.UpdateHostRequest.SerializeToString,
+                response_deserializer=roz_dot_v1_dot_hosts__pb2.Host.FromString,
+                _registered_method=True)
+        self.DeleteHost = channel.unary_unary(
+                '/roz.v1.HostService/DeleteHost',
+                request_serializer=roz_dot_v1_dot_hosts__pb2.DeleteHostRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class HostServiceServicer:
@@ -83,7 +99,31 @@ class HostServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateHostStatus(self, request, context):
-        """Changes a host's status; the change is recorded.
+        """Changes a host's status; the change is recorded. Reporting the status the host already has
+        is a heartbeat: it refreshes last_seen_time (ONLINE, DEGRADED) and records nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHostStatusChanges(self, request, context):
+        """Lists a host's recorded status changes, newest first; the oldest is its registration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateHost(self, request, context):
+        """Replaces a host's settable fields (not its status), or only those named in update_mask.
+        This is how a host moves to another environment, or leaves one (an empty environment_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteHost(self, request, context):
+        """Deletes a host and its status history. Refused (FAILED_PRECONDITION, reason HOST_IN_USE)
+        while something still refers to it (its commands); tasks that named it lose their host.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +151,21 @@ def add_HostServiceServicer_to_server(servicer, server):
                     servicer.UpdateHostStatus,
                     request_deserializer=roz_dot_v1_dot_hosts__pb2.UpdateHostStatusRequest.FromString,
                     response_serializer=roz_dot_v1_dot_hosts__pb2.Host.SerializeToString,
+            ),
+            'ListHostStatusChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHostStatusChanges,
+                    request_deserializer=roz_dot_v1_dot_hosts__pb2.ListHostStatusChangesRequest.FromString,
+                    response_serializer=roz_dot_v1_dot_hosts__pb2.ListHostStatusChangesResponse.SerializeToString,
+            ),
+            'UpdateHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateHost,
+                    request_deserializer=roz_dot_v1_dot_hosts__pb2.UpdateHostRequest.FromString,
+                    response_serializer=roz_dot_v1_dot_hosts__pb2.Host.SerializeToString,
+            ),
+            'DeleteHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteHost,
+                    request_deserializer=roz_dot_v1_dot_hosts__pb2.DeleteHostRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +277,87 @@ class HostService:
             '/roz.v1.HostService/UpdateHostStatus',
             roz_dot_v1_dot_hosts__pb2.UpdateHostStatusRequest.SerializeToString,
             roz_dot_v1_dot_hosts__pb2.Host.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHostStatusChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roz.v1.HostService/ListHostStatusChanges',
+            roz_dot_v1_dot_hosts__pb2.ListHostStatusChangesRequest.SerializeToString,
+            roz_dot_v1_dot_hosts__pb2.ListHostStatusChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roz.v1.HostService/UpdateHost',
+            roz_dot_v1_dot_hosts__pb2.UpdateHostRequest.SerializeToString,
+            roz_dot_v1_dot_hosts__pb2.Host.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roz.v1.HostService/DeleteHost',
+            roz_dot_v1_dot_hosts__pb2.DeleteHostRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

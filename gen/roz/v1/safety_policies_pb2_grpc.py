@@ -89,14 +89,15 @@ class SafetyPolicyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSafetyPolicy(self, request, context):
-        """Writes a new version; earlier versions stay readable.
+        """Writes the body as a new version (every field replaced); earlier versions stay readable.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSafetyPolicy(self, request, context):
-        """Deletes a policy and its versions; refused while an environment uses it.
+        """Deletes a policy and its versions; refused (FAILED_PRECONDITION, reason SAFETY_POLICY_IN_USE)
+        while an environment lists it in safety_policy_ids.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -25,12 +25,7 @@ def _fields(draft: EnvironmentDraft) -> list[str]:
 def test_only_the_name_is_required() -> None:
     fields = EnvironmentDraft(name="lab").validate()
     assert (fields.name, fields.description, fields.kind) == ("lab", "", EnvironmentKind.SIMULATION)
-    assert (fields.allowed_tools, fields.safety_policy_ids, fields.host_ids, fields.config) == (
-        (),
-        (),
-        (),
-        {},
-    )
+    assert (fields.allowed_tools, fields.safety_policy_ids, fields.config) == ((), (), {})
     assert _fields(EnvironmentDraft()) == ["environment.name"]
 
 
@@ -64,11 +59,24 @@ def test_tools_are_checked_one_by_one() -> None:
 
 def test_ids_are_parsed_and_checked_by_index() -> None:
     a, b = uuid.uuid4(), uuid.uuid4()
-    ok = EnvironmentDraft(name="n", safety_policy_ids=(str(a),), host_ids=(b, str(a))).validate()
-    assert (ok.safety_policy_ids, ok.host_ids) == ((a,), (b, a))
+    ok = EnvironmentDraft(name="n", safety_policy_ids=(str(b), a)).validate()
+    assert ok.safety_policy_ids == (b, a)  # order kept: it is the order of the checks
     assert _fields(
-        EnvironmentDraft(name="n", safety_policy_ids=(str(a), "nope"), host_ids=(str(b), str(b)))
-    ) == ["environment.safety_policy_ids[1]", "environment.host_ids[1]"]
+        EnvironmentDraft(name="n", safety_policy_ids=(str(a), "nope", str(b), str(b)))
+    ) == ["environment.safety_policy_ids[1]", "environment.safety_policy_ids[3]"]
+    assert _fields(
+        EnvironmentDraft(name="n", safety_policy_ids=tuple(uuid.uuid4() for _ in range(257)))
+    ) == ["environment.safety_policy_ids"]
+
+
+def test_host_ids_are_not_settable() -> None:
+    # A host names its environment; the environment only reports its hosts.
+    assert "host_ids" not in UPDATABLE_FIELDS
+    with pytest.raises(TypeError):
+        EnvironmentDraft(name="n", host_ids=(uuid.uuid4(),))  # type: ignore[call-arg]
+    with pytest.raises(InvalidArgument) as raised:
+        parse_update_mask(["host_ids"])
+    assert "'host_ids' is not an updatable field" in raised.value.violations[0].description
 
 
 def test_config_must_be_a_small_json_object() -> None:
@@ -88,11 +96,13 @@ def test_config_must_be_a_small_json_object() -> None:
 
 def test_all_problems_are_reported_together() -> None:
     assert _fields(
-        EnvironmentDraft(name="", description="d" * 5000, host_ids=("x",), config={"n": "\x00"})
+        EnvironmentDraft(
+            name="", description="d" * 5000, safety_policy_ids=("x",), config={"n": "\x00"}
+        )
     ) == [
         "environment.name",
         "environment.description",
-        "environment.host_ids[0]",
+        "environment.safety_policy_ids[0]",
         "environment.config",
     ]
 
