@@ -37,6 +37,7 @@ class Settings:
     shutdown_grace_seconds: float = 10.0
     keep_alive_timeout_seconds: float = 300.0
     health_check_interval_seconds: float = 5.0
+    sweep_interval_seconds: float = 5.0
     db_pool_max: int = 10
     log_level: str = "INFO"
     log_format: str = "text"
@@ -72,6 +73,9 @@ class Settings:
             ),
             health_check_interval_seconds=reader.number(
                 "ROZ_HEALTH_CHECK_INTERVAL_SECONDS", cls.health_check_interval_seconds, minimum=0.1
+            ),
+            sweep_interval_seconds=reader.number(
+                "ROZ_SWEEP_INTERVAL_SECONDS", cls.sweep_interval_seconds, minimum=0.1
             ),
             db_pool_max=reader.integer("ROZ_DB_POOL_MAX", cls.db_pool_max, minimum=1),
             log_level=reader.choice(

@@ -1,0 +1,329 @@
+"""Task rows and their history: create (idempotent), get, list, transition, and the timeout sweep.
+
+Every method runs in a tenant transaction and no statement filters by tenant: row-level
+security does, so another tenant's task, environment, host or parent behaves exactly like a
+missing one. A transition reads its task under FOR UPDATE, asks the domain's transition table,
+then writes the new state and its history row in one statement, so two racing transitions of
+one task are serialised and the second is judged against the state the first left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow, kwargs_row
+from psycopg.types.json import Jsonb
+
+from server.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from server.domain.pagination import Page
+from server.domain.tasks import (
+    Task,
+    TaskDraft,
+    TaskFields,
+    TaskState,
+    TaskTransition,
+    check_reason,
+    check_target,
+    check_transition,
+    resolve_tools,
+)
+from server.storage.database import Pool
+from server.storage.errors import ConstraintErrors, database_errors, resource_id
+from server.storage.listing import Listing
+from server.storage.tenancy import tenant_transaction
+
+RESOURCE = "task"
+_COLUMNS = (
+    "id, tenant_id, prompt, environment_id, host_id, timeout, allowed_tools, parent_task_id,"
+    " labels, state, result, create_time, update_time, start_time, end_time"
+)
+# What the tenant holds that a new task refers to, in one round trip. FOR SHARE keeps the
+# environment's tools and the host's environment as checked until the task is committed.
+_REFERENCES = """
+SELECT (SELECT e.allowed_tools FROM roz.environments AS e
+         WHERE e.id = %(environment)s FOR SHARE) AS environment_tools,
+       (SELECT ARRAY[h.environment_id] FROM roz.hosts AS h
+         WHERE h.id = %(host)s FOR SHARE) AS host_placement,
+       EXISTS (SELECT 1 FROM roz.tasks AS t WHERE t.id = %(parent)s) AS parent_exists
+"""
+# The task and its creation in the history; with a key already taken (a concurrent create with
+# the same key committed first) nothing is inserted and the caller replays the winner.
+_INSERT = (
+    "WITH created AS ("
+    " INSERT INTO roz.tasks (tenant_id, environment_id, host_id, parent_task_id, prompt,"
+    " timeout, allowed_tools, labels, idempotency_key, request_fingerprint)"
+    " VALUES (%(tenant)s, %(environment)s, %(host)s, %(parent)s, %(prompt)s, %(timeout)s,"
+    " %(tools)s::text[], %(labels)s, %(key)s, %(fingerprint)s)"
+    " ON CONFLICT ON CONSTRAINT tasks_tenant_id_idempotency_key_key DO NOTHING"
+    " RETURNING " + _COLUMNS + "), recorded AS ("
+    " INSERT INTO roz.task_transitions"
+    " (tenant_id, task_id, from_state, to_state, reason, actor_key_id, transition_time)"
+    " SELECT tenant_id, id, NULL, state, '', %(actor)s, create_time FROM created)"
+    " SELECT " + _COLUMNS + " FROM created"
+)
+_BY_KEY = "SELECT " + _COLUMNS + ", request_fingerprint FROM roz.tasks WHERE idempotency_key = %s"
+_GET = "SELECT " + _COLUMNS + " FROM roz.tasks WHERE id = %s"
+_LOCK = "SELECT state FROM roz.tasks WHERE id = %s FOR UPDATE"
+# statement_timestamp(), not now(): this statement runs after the row lock was granted, so the
+# times of one task's transitions follow the order in which they took the lock.
+_MOVE = (
+    "WITH moved AS ("
+    " UPDATE roz.tasks SET state = %(to)s, result = %(reason)s,"
+    " update_time = greatest(statement_timestamp(), create_time),"
+    " start_time = CASE WHEN %(starts)s THEN statement_timestamp() ELSE start_time END,"
+    " run_deadline = CASE WHEN %(starts)s THEN statement_timestamp() + timeout END,"
+    " end_time = CASE WHEN %(ends)s"
+    "  THEN greatest(statement_timestamp(), start_time, create_time) END"
+    " WHERE id = %(id)s AND state = %(from)s"
+    " RETURNING " + _COLUMNS + "), recorded AS ("
+    " INSERT INTO roz.task_transitions"
+    " (tenant_id, task_id, from_state, to_state, reason, actor_key_id, transition_time)"
+    " SELECT tenant_id, id, %(from)s, %(to)s, %(reason)s, %(actor)s, update_time FROM moved)"
+    " SELECT " + _COLUMNS + " FROM moved"
+)
+_HISTORY = (
+    "SELECT from_state, to_state, reason, actor_key_id AS actor, transition_time"
+    " FROM roz.task_transitions WHERE task_id = %s ORDER BY id"
+)
+_TIME_OUT = "SELECT roz.time_out_tasks(%s)"
+
+
+def _task(*, state: str, allowed_tools: list[str], labels: dict[str, str], **columns: Any) -> Task:
+    return Task(
+        state=TaskState(state), allowed_tools=tuple(allowed_tools), labels=labels, **columns
+    )
+
+
+def _transition(*, from_state: str | None, to_state: str, **columns: Any) -> TaskTransition:
+    return TaskTransition(
+        from_state=None if from_state is None else TaskState(from_state),
+        to_state=TaskState(to_state),
+        **columns,
+    )
+
+
+def _keyed_task(*, request_fingerprint: bytes, **columns: Any) -> tuple[Task, bytes]:
+    return _task(**columns), bytes(request_fingerprint)
+
+
+def _missing(field: str, what: str) -> InvalidArgument:
+    return InvalidArgument(
+        "the task refers to things it may not use",
+        [FieldViolation(f"task.{field}", f"there is no such {what}")],
+    )
+
+
+# Backstops for rows that vanish between the check and the insert, on the field they concern.
+_CONSTRAINTS: ConstraintErrors = {
+    "tasks_environment_fkey": lambda: _missing("environment_id", "environment"),
+    "tasks_host_fkey": lambda: _missing("host_id", "host"),
+    "tasks_parent_fkey": lambda: _missing("parent_task_id", "task"),
+}
+
+_LISTING = Listing("roz.tasks", _COLUMNS, _task, filters=("state", "environment_id", "host_id"))
+
+
+class TaskRepository:
+    """The tasks of each tenant, as the request role sees them."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    async def create(
+        self,
+        tenant_id: UUID,
+        draft: TaskDraft,
+        *,
+        actor: UUID | None = None,
+        idempotency_key: str | None = None,
+    ) -> Task:
+        """A new PENDING task, or with a known `idempotency_key` the task that key created.
+
+        The same key with a request of another meaning is AlreadyExists. A replay returns the
+        original task as it is now, even if its environment has changed since.
+        """
+        fields = draft.validate()
+        fingerprint = fields.fingerprint() if idempotency_key is not None else None
+        with database_errors(RESOURCE, _CONSTRAINTS):
+            async with tenant_transaction(self._pool, tenant_id) as conn:
+                if idempotency_key is not None:
+                    replayed = await _replay(conn, idempotency_key, fingerprint)
+                    if replayed is not None:
+                        return replayed
+                tools = await _checked_tools(conn, fields)
+                created = await _insert(
+                    conn, tenant_id, fields, tools, actor, idempotency_key, fingerprint
+                )
+                if created is None:
+                    assert idempotency_key is not None
+                    replayed = await _replay(conn, idempotency_key, fingerprint)
+                    assert replayed is not None, "a conflicting key is visible once committed"
+                    return replayed
+                return await _with_history(conn, created)
+
+    async def get(self, tenant_id: UUID, task_id: str | UUID) -> Task:
+        """The task with its whole history, oldest first."""
+        task_uuid = resource_id(task_id, RESOURCE)
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            task = await _one(conn, _GET, (task_uuid,))
+            if task is None:
+                raise NotFound(RESOURCE, str(task_uuid))
+            return await _with_history(conn, task)
+
+    async def list(
+        self,
+        tenant_id: UUID,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        state: TaskState | None = None,
+        environment_id: UUID | None = None,
+        host_id: UUID | None = None,
+    ) -> Page[Task]:
+        """Newest first, without history; the token only continues the same filters."""
+        return await _LISTING.page(
+            self._pool,
+            tenant_id,
+            page_size=page_size,
+            page_token=page_token,
+            filters={
+                "state": None if state is None else state.value,
+                "environment_id": environment_id,
+                "host_id": host_id,
+            },
+        )
+
+    async def transition(
+        self,
+        tenant_id: UUID,
+        task_id: str | UUID,
+        target: TaskState | None,
+        *,
+        reason: str = "",
+        actor: UUID | None = None,
+    ) -> Task:
+        """Moves the task if the transition table allows it; returns it with its history."""
+        task_uuid = resource_id(task_id, RESOURCE)
+        check_target(target)
+        check_reason(reason)
+        with database_errors(RESOURCE):
+            async with tenant_transaction(self._pool, tenant_id) as conn:
+                row = await (await conn.execute(_LOCK, (task_uuid,))).fetchone()
+                if row is None:
+                    raise NotFound(RESOURCE, str(task_uuid))
+                current = TaskState(row[0])
+                target = check_transition(current, target)
+                moved = await _one(
+                    conn,
+                    _MOVE,
+                    {
+                        "id": task_uuid,
+                        "from": current.value,
+                        "to": target.value,
+                        "reason": reason,
+                        "actor": actor,
+                        "starts": target is TaskState.RUNNING,
+                        "ends": target.terminal,
+                    },
+                )
+                assert moved is not None, "the row is locked; its state cannot have changed"
+                return await _with_history(conn, moved)
+
+
+async def time_out_tasks(pool: Pool, batch_size: int = 500) -> int:
+    """The sweep: every RUNNING task past its deadline, in every tenant, becomes TIMED_OUT.
+
+    Each batch is one statement (its own transaction) of roz.time_out_tasks, which skips rows
+    another process is moving; returns how many tasks this call moved.
+    """
+    moved = 0
+    while True:
+        async with pool.connection() as conn:
+            row = await (await conn.execute(_TIME_OUT, (batch_size,))).fetchone()
+        assert row is not None
+        moved += int(row[0])
+        if row[0] < batch_size:
+            return moved
+
+
+async def _checked_tools(conn: AsyncConnection[TupleRow], fields: TaskFields) -> tuple[str, ...]:
+    cursor = await conn.execute(
+        _REFERENCES,
+        {
+            "environment": fields.environment_id,
+            "host": fields.host_id,
+            "parent": fields.parent_task_id,
+        },
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    environment_tools, host_placement, parent_exists = row
+    return resolve_tools(
+        fields,
+        environment_tools=environment_tools,
+        host_exists=host_placement is not None,
+        host_environment=host_placement[0] if host_placement else None,
+        parent_exists=bool(parent_exists),
+    )
+
+
+async def _insert(
+    conn: AsyncConnection[TupleRow],
+    tenant_id: UUID,
+    fields: TaskFields,
+    tools: Sequence[str],
+    actor: UUID | None,
+    idempotency_key: str | None,
+    fingerprint: bytes | None,
+) -> Task | None:
+    return await _one(
+        conn,
+        _INSERT,
+        {
+            "tenant": tenant_id,
+            "environment": fields.environment_id,
+            "host": fields.host_id,
+            "parent": fields.parent_task_id,
+            "prompt": fields.prompt,
+            "timeout": fields.timeout,
+            "tools": list(tools),
+            "labels": Jsonb(dict(fields.labels)),
+            "key": idempotency_key,
+            "fingerprint": fingerprint,
+            "actor": actor,
+        },
+    )
+
+
+async def _replay(
+    conn: AsyncConnection[TupleRow], idempotency_key: str, fingerprint: bytes | None
+) -> Task | None:
+    async with conn.cursor(row_factory=kwargs_row(_keyed_task)) as cursor:
+        await cursor.execute(_BY_KEY, (idempotency_key,))
+        found = await cursor.fetchone()
+    if found is None:
+        return None
+    task, stored = found
+    if stored != fingerprint:
+        raise AlreadyExists(
+            f"idempotency key {idempotency_key!r} was already used for a different task",
+            resource=RESOURCE,
+        )
+    return await _with_history(conn, task)
+
+
+async def _with_history(conn: AsyncConnection[TupleRow], task: Task) -> Task:
+    async with conn.cursor(row_factory=kwargs_row(_transition)) as cursor:
+        await cursor.execute(_HISTORY, (task.id,))
+        history = await cursor.fetchall()
+    return replace(task, transitions=tuple(history))
+
+
+async def _one(conn: AsyncConnection[TupleRow], query: str, params: Any) -> Task | None:
+    async with conn.cursor(row_factory=kwargs_row(_task)) as cursor:
+        await cursor.execute(query, params)
+        return await cursor.fetchone()
