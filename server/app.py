@@ -11,7 +11,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from roz.v1 import api_keys_pb2_grpc, environments_pb2_grpc, health_pb2_grpc
+from roz.v1 import (
+    api_keys_pb2_grpc,
+    commands_pb2_grpc,
+    environments_pb2_grpc,
+    health_pb2_grpc,
+    hosts_pb2_grpc,
+    metrics_pb2_grpc,
+    safety_policies_pb2_grpc,
+    tasks_pb2_grpc,
+)
 
 from gateway.chain import InterceptorChain
 from gateway.grpc_native import NativeGrpcApp
@@ -22,17 +31,28 @@ from gateway.registry import MethodRegistry
 from gateway.rest.app import RestApp
 from gateway.router import GatewayRouter
 from server.api.api_keys import ApiKeyServicer
+from server.api.commands import CommandServicer
 from server.api.environments import EnvironmentServicer
 from server.api.errors import status_for
 from server.api.health import HealthMonitor, ServerHealthServicer
+from server.api.hosts import HostServicer
 from server.api.interceptors import AccessRules, Authenticate, Authorize, RateLimit
+from server.api.metrics import MetricsServicer
+from server.api.safety_policies import SafetyPolicyServicer
+from server.api.tasks import TaskServicer
 from server.domain.api_keys import Principal
 from server.domain.rate_limits import TokenBuckets
 from server.settings import Settings
 from server.storage.api_keys import ApiKeyRepository, LastUsedRecorder
 from server.storage.bootstrap import bootstrap
+from server.storage.commands import CommandRepository, time_out_commands
 from server.storage.database import Database
 from server.storage.environments import EnvironmentRepository
+from server.storage.hosts import HostRepository
+from server.storage.metrics import MetricsRepository
+from server.storage.safety_policies import SafetyPolicyRepository
+from server.storage.sweeps import Sweeper
+from server.storage.tasks import TaskRepository, time_out_tasks
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +68,12 @@ class RozServer:
             pool_max_size=settings.db_pool_max,
         )
         self._recorder: LastUsedRecorder | None = None
+        # Every process sweeps; each sweep is safe alongside the same sweep elsewhere.
+        self.sweeper = (
+            Sweeper(settings.sweep_interval_seconds)
+            .add("task timeouts", time_out_tasks)
+            .add("command timeouts", time_out_commands)
+        )
 
         rules = AccessRules()
         chain = InterceptorChain(
@@ -61,6 +87,21 @@ class RozServer:
         self.registry = registry = MethodRegistry(chain)
         environments_pb2_grpc.add_EnvironmentServiceServicer_to_server(
             EnvironmentServicer(lambda: EnvironmentRepository(self.database.pool)), registry
+        )
+        hosts_pb2_grpc.add_HostServiceServicer_to_server(
+            HostServicer(lambda: HostRepository(self.database.pool)), registry
+        )
+        safety_policies_pb2_grpc.add_SafetyPolicyServiceServicer_to_server(
+            SafetyPolicyServicer(lambda: SafetyPolicyRepository(self.database.pool)), registry
+        )
+        tasks_pb2_grpc.add_TaskServiceServicer_to_server(
+            TaskServicer(lambda: TaskRepository(self.database.pool)), registry
+        )
+        metrics_pb2_grpc.add_MetricsServiceServicer_to_server(
+            MetricsServicer(lambda: MetricsRepository(self.database.pool)), registry
+        )
+        commands_pb2_grpc.add_CommandServiceServicer_to_server(
+            CommandServicer(lambda: CommandRepository(self.database.pool)), registry
         )
         api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(
             ApiKeyServicer(self._api_keys), registry
@@ -104,8 +145,10 @@ class RozServer:
             self._recorder = LastUsedRecorder(self.database.pool)
             self._recorder.start()
             await self.health_monitor.start()
+            self.sweeper.start(self.database.pool)
             yield
         finally:
+            await self.sweeper.stop()
             await self.health_monitor.stop()
             if self._recorder is not None:
                 await self._recorder.close()

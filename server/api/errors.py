@@ -57,13 +57,14 @@ def _already_exists(exc: errors.AlreadyExists) -> status_pb2.Status:
 
 
 def _failed_precondition(exc: errors.FailedPrecondition) -> status_pb2.Status:
-    details: list[Message] = []
-    if exc.reason:
-        details.append(
-            error_details_pb2.ErrorInfo(
-                reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata
-            )
+    # One ErrorInfo per cause (e.g. per violated safety constraint); `causes` starts with
+    # `reason` when one was given.
+    details = [
+        error_details_pb2.ErrorInfo(
+            reason=cause.reason, domain=ERROR_DOMAIN, metadata=dict(cause.metadata)
         )
+        for cause in exc.causes
+    ]
     return _status(code_pb2.FAILED_PRECONDITION, exc.message, *details)
 
 

@@ -214,7 +214,12 @@ async def test_definer_functions_are_not_executable_by_public(database: Database
                 " WHERE n.nspname = 'roz' AND p.prosecdef ORDER BY 1"
             )
         ).fetchall()
-    assert [row[0] for row in rows] == ["authenticate_api_key", "touch_api_keys"]
+    assert [row[0] for row in rows] == [
+        "authenticate_api_key",
+        "overdue_commands",
+        "time_out_tasks",
+        "touch_api_keys",
+    ]
     for _, public, app, config in rows:
         assert public is False
         assert app is True
