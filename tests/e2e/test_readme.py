@@ -54,3 +54,48 @@ def test_try_it_examples_work(roz_factory: RozFactory, roz_dir: Path) -> None:
 def test_readme_names_the_two_commands(section: str) -> None:
     blocks = shell_blocks(section)
     assert any("make run" in b and "make test" in b for b in blocks)
+
+
+def test_whole_flow_runs_as_written(roz_factory: RozFactory, roz_dir: Path) -> None:
+    home = roz_dir / "home"
+    roz = roz_factory(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    script = (
+        "set -euo pipefail\n"
+        "export ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n"
+        + "\n".join(
+            f"{block}\necho '<<<END OF BLOCK>>>'" for block in shell_blocks("The whole flow")
+        )
+    ).replace("localhost:8080", roz.listener.target)
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("XDG_DATA_HOME", None)
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    rest, grpcurl = result.stdout.split("<<<END OF BLOCK>>>")[:2]
+    decoder = json.JSONDecoder()
+    answers = []
+    position = 0
+    while (start := rest.find("{", position)) != -1:
+        answer, position = decoder.raw_decode(rest, start)
+        answers.append(answer)
+    host, running, completed, refused, *tasks, metrics = answers
+    assert host["status"] == "STATUS_ONLINE"
+    assert (running["state"], completed["state"]) == ("STATE_RUNNING", "STATE_COMPLETED")
+    assert completed["applied_policies"][0]["version"] == 1
+    assert refused["code"] == 9  # FAILED_PRECONDITION
+    reasons = {d["reason"] for d in refused["details"]}
+    assert reasons == {"SAFETY_LIMIT_EXCEEDED", "OUTSIDE_WORKSPACE"}
+    assert [t["state"] for t in tasks] == ["STATE_QUEUED", "STATE_RUNNING", "STATE_SUCCEEDED"]
+    counts = {c["state"]: c["count"] for c in metrics["state_counts"]}
+    assert counts["STATE_SUCCEEDED"] == "1"
+    assert metrics["total"] == "1"
+    assert '"state": "STATE_COMPLETED"' in grpcurl  # GetCommand and ListCommands
+    assert '"prompt": "count the parts"' in grpcurl
+    assert '"STATE_PENDING"' in grpcurl  # the metrics now count the new task
