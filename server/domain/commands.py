@@ -17,16 +17,20 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from server.domain.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    ReportViolation,
+)
+from server.domain.json_objects import check_json_object
 from server.domain.safety import Motion, PolicyVersion, motion_of
+from server.domain.safety_policies import MAX_COMMAND_TYPE_LENGTH, command_type_problem
 
-MAX_TYPE_LENGTH = 64
 MAX_PARAMS_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
 MAX_REASON_LENGTH = 1024
 MAX_TIMEOUT = timedelta(days=7)
-# Letters, digits and _ . : - — a token that reads well in logs and policy lists ("move_to").
-_TYPE = re.compile(r"[A-Za-z0-9_.:-]+")
 # Printable ASCII, as the HTTP Idempotency-Key header carries it.
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]+")
 
@@ -203,10 +207,12 @@ class CommandDraft:
         host_id = _check_host_id(self.host_id, violation)
         if not self.type:
             violation("type", "type is required")
-        elif len(self.type) > MAX_TYPE_LENGTH or _TYPE.fullmatch(self.type) is None:
+        # A type any policy could list ("move_to"), so that every policy can name it.
+        elif command_type_problem(self.type) is not None:
             violation(
                 "type",
-                f"type has 1 to {MAX_TYPE_LENGTH} letters, digits or _ . : - (e.g. move_to)",
+                f"type has 1 to {MAX_COMMAND_TYPE_LENGTH} letters, digits or _ . : - "
+                "(e.g. move_to)",
             )
         motion = Motion()
         if isinstance(self.params, Mapping):
@@ -215,7 +221,7 @@ class CommandDraft:
                 motion = motion_of(self.params, f"{resource_field}.params")
             except InvalidArgument as exc:
                 violations.extend(exc.violations)
-        params = _check_params(self.params, violation)
+        params = check_json_object("params", self.params, MAX_PARAMS_BYTES, violation)
         if self.idempotency_key and (
             len(self.idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH
             or _IDEMPOTENCY_KEY.fullmatch(self.idempotency_key) is None
@@ -273,7 +279,7 @@ def unknown_host(resource_field: str = "command") -> InvalidArgument:
     )
 
 
-def _check_host_id(value: str | UUID, violation: Any) -> UUID | None:
+def _check_host_id(value: str | UUID, violation: ReportViolation) -> UUID | None:
     if isinstance(value, UUID):
         return value
     if not value:
@@ -284,37 +290,6 @@ def _check_host_id(value: str | UUID, violation: Any) -> UUID | None:
     except (ValueError, TypeError, AttributeError):
         violation("host_id", f"{str(value)[:64]!r} is not a valid id")
         return None
-
-
-def _check_params(params: Mapping[str, Any], violation: Any) -> dict[str, Any] | None:
-    if not isinstance(params, Mapping):
-        violation("params", "params must be a JSON object")
-        return None
-    try:
-        text = json.dumps(params, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError):
-        violation("params", "params must be JSON: objects, arrays, strings, finite numbers")
-        return None
-    if len(text.encode("utf-8")) > MAX_PARAMS_BYTES:
-        violation("params", f"params must be at most {MAX_PARAMS_BYTES} bytes of JSON")
-        return None
-    # PostgreSQL's jsonb cannot hold NUL in strings; refuse it here rather than fail there.
-    if _contains_nul(params):
-        violation("params", "params must not contain NUL characters")
-        return None
-    # A round trip leaves plain dicts, lists and scalars, whatever mappings came in.
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
-
-
-def _contains_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, Mapping):
-        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
-    if isinstance(value, list | tuple):
-        return any(_contains_nul(item) for item in value)
-    return False
 
 
 def _canonical(value: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -10,6 +10,11 @@ from dataclasses import dataclass
 class FieldViolation:
     field: str
     description: str
+
+
+# How a check reports one problem and carries on: (field, description). The validator that
+# collects them raises one InvalidArgument with all of them at the end.
+ReportViolation = Callable[[str, str], None]
 
 
 class DomainError(Exception):

@@ -10,13 +10,15 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain import update_masks
+from server.domain.errors import FieldViolation, InvalidArgument, ReportViolation
 from server.domain.names import name_problem
+from server.domain.tokens import TokenKind
 
 MAX_CAPABILITIES = 64
 MAX_CAPABILITY_LENGTH = 64
@@ -24,11 +26,13 @@ MAX_LABELS = 64
 MAX_LABEL_KEY_LENGTH = 63
 MAX_LABEL_VALUE_LENGTH = 255
 MAX_REASON_LENGTH = 1024
-_CAPABILITY = re.compile(r"[A-Za-z0-9_.:-]+")
+CAPABILITIES = TokenKind(
+    singular="capability",
+    plural="capabilities",
+    max_count=MAX_CAPABILITIES,
+    max_length=MAX_CAPABILITY_LENGTH,
+)
 _LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.:/-]*)")
-
-# How the checks below report a problem: (field below the resource, description).
-_Violation = Callable[[str, str], None]
 
 # What an update mask may name; status, last_seen_time and the times are output-only.
 UPDATABLE_FIELDS: frozenset[str] = frozenset(
@@ -126,7 +130,7 @@ class HostDraft:
                 environment_id = UUID(self.environment_id)
             except (ValueError, TypeError, AttributeError):
                 violation("environment_id", f"{self.environment_id[:64]!r} is not a valid id")
-        capabilities = _check_capabilities(self.capabilities, violation)
+        capabilities = CAPABILITIES.check_list("capabilities", self.capabilities, violation)
         labels = _check_labels(self.labels, violation)
         if violations:
             raise InvalidArgument("the host is not valid", violations)
@@ -140,10 +144,7 @@ class HostDraft:
 
     def merged_into(self, current: HostDraft, mask: Collection[str]) -> HostDraft:
         """`current` with the fields named in `mask` taken from this draft."""
-        unknown = set(mask) - UPDATABLE_FIELDS
-        if unknown:
-            raise ValueError(f"not updatable: {sorted(unknown)}")
-        return replace(current, **{name: getattr(self, name) for name in mask})
+        return update_masks.merge_masked(self, current, mask, UPDATABLE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -196,43 +197,12 @@ def parse_update_mask(
     paths: Iterable[str], field_name: str = "update_mask"
 ) -> frozenset[str] | None:
     """The fields an update changes; None means every mutable field (an empty mask or "*")."""
-    collected = list(paths)
-    if not collected or collected == ["*"]:
-        return None
-    unknown = [path for path in collected if path not in UPDATABLE_FIELDS]
-    if unknown:
-        raise InvalidArgument(
-            "the update mask names fields that cannot be updated",
-            [
-                FieldViolation(
-                    field_name,
-                    f"{path!r} is not an updatable field; updatable fields are "
-                    f"{', '.join(sorted(UPDATABLE_FIELDS))} (status has its own method)",
-                )
-                for path in unknown
-            ],
-        )
-    return frozenset(collected)
+    return update_masks.parse_update_mask(
+        paths, UPDATABLE_FIELDS, field_name, note="(status has its own method)"
+    )
 
 
-def _check_capabilities(values: Sequence[str], violation: _Violation) -> tuple[str, ...]:
-    if len(values) > MAX_CAPABILITIES:
-        violation("capabilities", f"at most {MAX_CAPABILITIES} capabilities are allowed")
-    seen: list[str] = []
-    for index, value in enumerate(values):
-        where = f"capabilities[{index}]"
-        if not 1 <= len(value) <= MAX_CAPABILITY_LENGTH:
-            violation(where, f"a capability has 1 to {MAX_CAPABILITY_LENGTH} characters")
-        elif _CAPABILITY.fullmatch(value) is None:
-            violation(where, "a capability uses only letters, digits and _ . : -")
-        elif value in seen:
-            violation(where, f"capability {value!r} is listed twice")
-        else:
-            seen.append(value)
-    return tuple(seen)
-
-
-def _check_labels(labels: Mapping[str, str], violation: _Violation) -> dict[str, str]:
+def _check_labels(labels: Mapping[str, str], violation: ReportViolation) -> dict[str, str]:
     if len(labels) > MAX_LABELS:
         violation("labels", f"at most {MAX_LABELS} labels are allowed")
     for key, value in labels.items():

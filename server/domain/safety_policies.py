@@ -9,14 +9,14 @@ storage calls `SafetyPolicyDraft.validate` before every write, the database only
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.errors import FieldViolation, InvalidArgument, ReportViolation
 from server.domain.names import name_problem
+from server.domain.tokens import TokenKind
 
 MAX_DESCRIPTION_LENGTH = 4096
 MAX_COMMAND_TYPES = 256
@@ -24,10 +24,13 @@ MAX_COMMAND_TYPE_LENGTH = 64
 MAX_BOXES = 64
 MAX_PRISMS = 64
 MAX_VERTICES = 256
-_COMMAND_TYPE = re.compile(r"[A-Za-z0-9_.:-]+")
-
-# How the checks below report a problem: (field below the resource, description).
-_Violation = Callable[[str, str], None]
+# The types a policy lists, and so the types a command may have (server/domain/commands.py).
+COMMAND_TYPES = TokenKind(
+    singular="command type",
+    plural="command types",
+    max_count=MAX_COMMAND_TYPES,
+    max_length=MAX_COMMAND_TYPE_LENGTH,
+)
 
 LIMIT_UNITS: dict[str, str] = {
     "max_linear_velocity": "m/s",
@@ -178,11 +181,13 @@ class SafetyPolicyDraft:
             violation("description", "description must not contain NUL characters")
         _check_limits(self.limits, violation)
         _check_workspace(self.workspace, violation)
-        allowed = _check_command_types(
+        allowed = COMMAND_TYPES.check_list(
             "allowed_command_types", self.allowed_command_types, violation
         )
-        denied = _check_command_types("denied_command_types", self.denied_command_types, violation)
-        approval = _check_command_types(
+        denied = COMMAND_TYPES.check_list(
+            "denied_command_types", self.denied_command_types, violation
+        )
+        approval = COMMAND_TYPES.check_list(
             "approval_command_types", self.approval_command_types, violation
         )
         _check_command_type_rules(self, allowed, denied, violation)
@@ -201,14 +206,10 @@ class SafetyPolicyDraft:
 
 def command_type_problem(value: str) -> str | None:
     """Why `value` cannot be a command type, or None when it can."""
-    if not 1 <= len(value) <= MAX_COMMAND_TYPE_LENGTH:
-        return f"a command type has 1 to {MAX_COMMAND_TYPE_LENGTH} characters"
-    if _COMMAND_TYPE.fullmatch(value) is None:
-        return "a command type uses only letters, digits and _ . : -"
-    return None
+    return COMMAND_TYPES.problem(value)
 
 
-def _check_limits(limits: Limits, violation: _Violation) -> None:
+def _check_limits(limits: Limits, violation: ReportViolation) -> None:
     for name, unit in LIMIT_UNITS.items():
         value = getattr(limits, name)
         if value is None:
@@ -222,7 +223,7 @@ def _check_limits(limits: Limits, violation: _Violation) -> None:
             violation(where, f"{name} must not be negative (it is an upper bound in {unit})")
 
 
-def _check_workspace(workspace: Workspace, violation: _Violation) -> None:
+def _check_workspace(workspace: Workspace, violation: ReportViolation) -> None:
     if len(workspace.boxes) > MAX_BOXES:
         violation("workspace.boxes", f"at most {MAX_BOXES} boxes are allowed")
     if len(workspace.prisms) > MAX_PRISMS:
@@ -233,7 +234,7 @@ def _check_workspace(workspace: Workspace, violation: _Violation) -> None:
         _check_prism(f"workspace.prisms[{index}]", prism, violation)
 
 
-def _check_box(where: str, box: Box, violation: _Violation) -> None:
+def _check_box(where: str, box: Box, violation: ReportViolation) -> None:
     finite = _check_point(f"{where}.min", box.min, violation)
     finite = _check_point(f"{where}.max", box.max, violation) and finite
     if not finite:
@@ -244,7 +245,7 @@ def _check_box(where: str, box: Box, violation: _Violation) -> None:
             violation(f"{where}.min.{axis}", f"min.{axis} ({low}) must be ≤ max.{axis} ({high})")
 
 
-def _check_prism(where: str, prism: Prism, violation: _Violation) -> None:
+def _check_prism(where: str, prism: Prism, violation: ReportViolation) -> None:
     heights_finite = True
     for name in ("min_z", "max_z"):
         if not math.isfinite(getattr(prism, name)):
@@ -268,7 +269,7 @@ def _check_prism(where: str, prism: Prism, violation: _Violation) -> None:
             violation(f"{where}.vertices", problem)
 
 
-def _check_point(where: str, point: Point, violation: _Violation) -> bool:
+def _check_point(where: str, point: Point, violation: ReportViolation) -> bool:
     finite = True
     for axis in ("x", "y", "z"):
         if not math.isfinite(getattr(point, axis)):
@@ -337,28 +338,11 @@ def _segments_intersect(a: Point, b: Point, c: Point, d: Point) -> bool:
     )
 
 
-def _check_command_types(
-    name: str, values: Sequence[str], violation: _Violation
-) -> tuple[str, ...]:
-    if len(values) > MAX_COMMAND_TYPES:
-        violation(name, f"at most {MAX_COMMAND_TYPES} command types are allowed")
-    seen: list[str] = []
-    for index, value in enumerate(values):
-        problem = command_type_problem(value)
-        if problem is not None:
-            violation(f"{name}[{index}]", problem)
-        elif value in seen:
-            violation(f"{name}[{index}]", f"command type {value!r} is listed twice")
-        else:
-            seen.append(value)
-    return tuple(seen)
-
-
 def _check_command_type_rules(
     draft: SafetyPolicyDraft,
     allowed: Sequence[str],
     denied: Sequence[str],
-    violation: _Violation,
+    violation: ReportViolation,
 ) -> None:
     """Lists that contradict each other are a mistake the author should hear about now."""
     for index, value in enumerate(draft.denied_command_types):

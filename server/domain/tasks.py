@@ -10,13 +10,19 @@ import enum
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from uuid import UUID
 
-from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from server.domain.environments import TOOLS
+from server.domain.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    ReportViolation,
+)
 
 MAX_PROMPT_BYTES = 32 * 1024
 MAX_REASON_LENGTH = 4096
@@ -24,7 +30,6 @@ MIN_TIMEOUT = timedelta(seconds=1)
 MAX_TIMEOUT = timedelta(hours=24)
 # A task that names no timeout may stay RUNNING this long.
 DEFAULT_TIMEOUT = timedelta(hours=1)
-MAX_TOOLS = 256
 MAX_LABELS = 64
 MAX_LABEL_KEY_LENGTH = 63
 MAX_LABEL_VALUE_LENGTH = 256
@@ -34,8 +39,6 @@ _LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.\-/]*[A-Za-z0-9])?")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]+")
 
 INVALID_TRANSITION = "INVALID_TRANSITION"
-
-_Violation = Callable[[str, str], None]
 
 
 class TaskState(enum.Enum):
@@ -237,7 +240,8 @@ class TaskDraft:
         timeout = DEFAULT_TIMEOUT if self.timeout is None else self.timeout
         if not MIN_TIMEOUT <= timeout <= MAX_TIMEOUT:
             violation("timeout", "timeout must be between 1s and 24h (86400s)")
-        tools = _check_tools(self.allowed_tools, violation)
+        # Each tool is checked against the environment's allowed_tools, in resolve_tools.
+        tools = TOOLS.check_list("allowed_tools", self.allowed_tools, violation, check_each=False)
         labels = _check_labels(self.labels, violation)
         if violations:
             raise InvalidArgument("the task is not valid", violations)
@@ -338,7 +342,7 @@ def parse_optional_id(value: str | UUID, field_name: str) -> UUID | None:
 
 
 def _reference(
-    name: str, value: str | UUID, violation: _Violation, *, required: bool = False
+    name: str, value: str | UUID, violation: ReportViolation, *, required: bool = False
 ) -> UUID | None:
     if isinstance(value, UUID):
         return value
@@ -353,18 +357,7 @@ def _reference(
         return None
 
 
-def _check_tools(tools: Sequence[str], violation: _Violation) -> tuple[str, ...]:
-    if len(tools) > MAX_TOOLS:
-        violation("allowed_tools", f"at most {MAX_TOOLS} tools are allowed")
-    seen: set[str] = set()
-    for index, tool in enumerate(tools):
-        if tool in seen:
-            violation(f"allowed_tools[{index}]", f"tool {tool!r} is listed twice")
-        seen.add(tool)
-    return tuple(tools)
-
-
-def _check_labels(labels: Mapping[str, str], violation: _Violation) -> dict[str, str]:
+def _check_labels(labels: Mapping[str, str], violation: ReportViolation) -> dict[str, str]:
     if len(labels) > MAX_LABELS:
         violation("labels", f"at most {MAX_LABELS} labels are allowed")
     for key, value in labels.items():
