@@ -1,9 +1,13 @@
-"""`make bench`: roz's one port measured against grpcio's own server and a hand-written endpoint.
+"""`make bench`: roz's one port measured against grpcio's own server and a hand-written endpoint,
+then commands created and transitioned, and 100k tasks listed page by page.
 
-`python -m bench` starts the servers in a subprocess (bench/servers.py), checks that every side
-answers the same thing correctly, then loads each side in turn — h2load for gRPC, wrk for
-HTTP/1.1, or the asyncio load generator in bench/pyload.py where they are missing — and prints
-the ratios with the machine they ran on. Settings come from the environment: BENCH_SECONDS,
-BENCH_WARMUP_SECONDS, BENCH_ROUNDS, BENCH_GRPC_CONNECTIONS, BENCH_GRPC_STREAMS,
-BENCH_HTTP1_CONNECTIONS, BENCH_LOAD (tools|python).
+`python -m bench` starts the servers in a subprocess (bench/servers.py), writes the bulk data
+(bench/dataset.py), checks that every side answers the same thing correctly, then loads each
+side in turn — h2load for gRPC, wrk for HTTP/1.1, or the asyncio load generator in
+bench/pyload.py where they are missing — and prints the ratios with the machine they ran on;
+CreateCommand and TransitionCommand (bench/commands.py) without a comparator; and ListTasks
+walked from the first page to the last, its page time by depth against a goal (bench/tasks.py).
+Settings come from the environment: BENCH_SECONDS (8), BENCH_WARMUP_SECONDS (2), BENCH_ROUNDS (3),
+BENCH_GRPC_CONNECTIONS (8), BENCH_GRPC_STREAMS (16), BENCH_HTTP1_CONNECTIONS (32), BENCH_LOAD
+(tools|python), BENCH_TASKS (100000, the tasks walked), BENCH_WALKS (1 timed walk per protocol).
 """

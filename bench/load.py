@@ -42,6 +42,7 @@ class LoadResult:
 
 class LoadGenerator(Protocol):
     name: str
+    short: str  # a word for a table cell: "h2load"
 
     def run(self, side: Side, seconds: int, warmup_seconds: int) -> LoadResult: ...
 
@@ -68,14 +69,14 @@ def median_ms(values: Sequence[float | None]) -> float | None:
     return statistics.median(known) if known else None
 
 
-def _version(args: list[str]) -> str:
+def tool_version(args: list[str]) -> str:
     completed = subprocess.run(args, capture_output=True, text=True)
     output = (completed.stdout or completed.stderr).strip()
     first = output.splitlines()[0] if output else args[0]
     return first.split(" Copyright")[0]
 
 
-def _run_tool(args: list[str], seconds: int) -> str:
+def run_tool(args: list[str], seconds: int) -> str:
     completed = subprocess.run(
         args, capture_output=True, text=True, timeout=seconds + _SLACK_SECONDS
     )
@@ -95,9 +96,11 @@ _STATUS = re.compile(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx
 class H2Load:
     """HTTP/2 with prior knowledge: --clients connections x --max-concurrent-streams each."""
 
+    short = "h2load"
+
     def __init__(self, executable: str) -> None:
         self._executable = executable
-        self.name = f"{_version([executable, '--version'])} (1 thread)"
+        self.name = f"{tool_version([executable, '--version'])} (1 thread)"
 
     @classmethod
     def find(cls) -> H2Load | None:
@@ -124,7 +127,7 @@ class H2Load:
                 body_file.write_bytes(side.body)
                 args.append(f"--data={body_file}")  # makes the request a POST
             args.append(side.url)
-            output = _run_tool(args, seconds + warmup_seconds)
+            output = run_tool(args, seconds + warmup_seconds)
             latencies = _h2load_latencies(log_file)
         return _h2load_result(output, latencies)
 
@@ -158,7 +161,7 @@ def _h2load_result(output: str, latencies: list[int]) -> LoadResult:
 
 
 # wrk's own summary rounds and mixes units; this hook prints exact numbers on one line.
-_WRK_REPORT = """
+WRK_REPORT = """
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("BENCH %d %d %d %d %d %d %d %d %d\\n", summary.duration,
@@ -169,28 +172,48 @@ end
 _WRK_LINE = re.compile(r"^BENCH (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$", re.M)
 
 
-def _lua_string(data: bytes) -> str:
+def lua_string(data: bytes) -> str:
     """A Lua string literal holding exactly these bytes (decimal escapes are 8-bit clean)."""
     return '"' + "".join(f"\\{byte:03d}" for byte in data) + '"'
 
 
 def wrk_script(side: Side) -> str:
-    lines = [f"wrk.method = {_lua_string(side.method.encode())}"]
+    lines = [f"wrk.method = {lua_string(side.method.encode())}"]
     if side.body is not None:
-        lines.append(f"wrk.body = {_lua_string(side.body)}")
+        lines.append(f"wrk.body = {lua_string(side.body)}")
     lines += [
-        f"wrk.headers[{_lua_string(name.encode())}] = {_lua_string(value.encode())}"
+        f"wrk.headers[{lua_string(name.encode())}] = {lua_string(value.encode())}"
         for name, value in side.headers
     ]
-    return "\n".join(lines) + "\n" + _WRK_REPORT
+    return "\n".join(lines) + "\n" + WRK_REPORT
+
+
+def wrk_result(output: str) -> LoadResult:
+    """The figures of the line the `done` hook above printed."""
+    match = _WRK_LINE.search(output)
+    if match is None:
+        raise LoadToolError(f"unexpected wrk output:\n{output}")
+    duration_us, requests, connect, read, write, status, timeout, p50, p99 = (
+        int(value) for value in match.groups()
+    )
+    failed = connect + read + write + status + timeout
+    return LoadResult(
+        requests_per_second=requests / (duration_us / 1e6),
+        succeeded=requests - status,  # wrk counts 3xx as fine; verify saw a 200 first
+        failed=failed,
+        p50_ms=p50 / 1000,
+        p99_ms=p99 / 1000,
+    )
 
 
 class Wrk:
     """HTTP/1.1 keep-alive: --connections, each with one request in flight."""
 
+    short = "wrk"
+
     def __init__(self, executable: str) -> None:
-        self._executable = executable
-        self.name = f"{_version([executable, '--version'])} (1 thread)"
+        self.executable = executable
+        self.name = f"{tool_version([executable, '--version'])} (1 thread)"
 
     @classmethod
     def find(cls) -> Wrk | None:
@@ -209,7 +232,7 @@ class Wrk:
 
     def _wrk(self, side: Side, script: Path, seconds: int) -> LoadResult:
         args = [
-            self._executable,
+            self.executable,
             "--threads=1",
             f"--connections={side.load.connections}",
             f"--duration={seconds}s",
@@ -217,21 +240,7 @@ class Wrk:
             f"--script={script}",
             side.url,
         ]
-        output = _run_tool(args, seconds)
-        match = _WRK_LINE.search(output)
-        if match is None:
-            raise LoadToolError(f"unexpected wrk output:\n{output}")
-        duration_us, requests, connect, read, write, status, timeout, p50, p99 = (
-            int(value) for value in match.groups()
-        )
-        failed = connect + read + write + status + timeout
-        return LoadResult(
-            requests_per_second=requests / (duration_us / 1e6),
-            succeeded=requests - status,  # wrk counts 3xx as fine; verify saw a 200 first
-            failed=failed,
-            p50_ms=p50 / 1000,
-            p99_ms=p99 / 1000,
-        )
+        return wrk_result(run_tool(args, seconds))
 
 
 class ByWire:
@@ -239,9 +248,13 @@ class ByWire:
 
     def __init__(self, generators: dict[Wire, LoadGenerator]) -> None:
         self._generators = generators
+        self.short = "/".join(generator.short for generator in generators.values())
         self.name = "; ".join(
             f"{wire.value}: {generator.name}" for wire, generator in generators.items()
         )
 
     def run(self, side: Side, seconds: int, warmup_seconds: int) -> LoadResult:
         return self._generators[side.wire].run(side, seconds, warmup_seconds)
+
+    def for_wire(self, wire: Wire) -> LoadGenerator:
+        return self._generators[wire]

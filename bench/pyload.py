@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -23,7 +24,7 @@ _GRPC_ONLY_HEADERS = frozenset({"content-type", "te"})
 
 
 @dataclass
-class _Tally:
+class Tally:
     measure_from: float
     stop_at: float
     succeeded: int = 0
@@ -42,13 +43,14 @@ class _Tally:
 
 class AsyncioLoad:
     name = "asyncio load generator (Python, in the bench process)"
+    short = "asyncio (Python)"
 
     def run(self, side: Side, seconds: int, warmup_seconds: int) -> LoadResult:
         return asyncio.run(self._run(side, seconds, warmup_seconds))
 
     async def _run(self, side: Side, seconds: int, warmup_seconds: int) -> LoadResult:
         now = time.perf_counter()
-        tally = _Tally(measure_from=now + warmup_seconds, stop_at=now + warmup_seconds + seconds)
+        tally = Tally(measure_from=now + warmup_seconds, stop_at=now + warmup_seconds + seconds)
         if side.wire is Wire.H2C:
             await _grpc_load(side, tally)
         else:
@@ -64,7 +66,7 @@ class AsyncioLoad:
         )
 
 
-async def _grpc_load(side: Side, tally: _Tally) -> None:
+async def _grpc_load(side: Side, tally: Tally) -> None:
     assert side.body is not None
     request = side.body[5:]  # grpcio frames the message itself
     metadata = tuple(
@@ -96,21 +98,24 @@ async def _grpc_load(side: Side, tally: _Tally) -> None:
             await channel.close()
 
 
-def _http1_request(side: Side) -> bytes:
-    lines = [f"{side.method} {side.path} HTTP/1.1", f"host: {HOST}:{side.port}"]
-    lines += [f"{name}: {value}" for name, value in side.headers]
-    if side.body is not None:
-        lines.append(f"content-length: {len(side.body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (side.body or b"")
+def http1_request(
+    method: str, path: str, port: int, headers: Sequence[tuple[str, str]], body: bytes | None
+) -> bytes:
+    """One HTTP/1.1 request as bytes on the wire."""
+    lines = [f"{method} {path} HTTP/1.1", f"host: {HOST}:{port}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if body is not None:
+        lines.append(f"content-length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
-async def _http1_worker(side: Side, tally: _Tally) -> None:
-    request = _http1_request(side)
+async def _http1_worker(side: Side, tally: Tally) -> None:
+    request = http1_request(side.method, side.path, side.port, side.headers, side.body)
     reader, writer = await asyncio.open_connection(HOST, side.port)
     try:
         while (started := time.perf_counter()) < tally.stop_at:
             writer.write(request)
-            status, keep_alive = await _read_response(reader)
+            status, keep_alive = await read_response(reader)
             tally.record(started, ok=200 <= status < 300)
             if not keep_alive:
                 writer.close()
@@ -119,7 +124,7 @@ async def _http1_worker(side: Side, tally: _Tally) -> None:
         writer.close()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     """Reads one whole response; returns its status and whether the connection stays open."""
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
     status = int(head[0].split(" ", 2)[1])

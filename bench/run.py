@@ -1,9 +1,11 @@
 """The benchmark run: start the servers, verify every side, load them in turn, print the report.
 
 Sides are loaded one at a time while the others idle, in rounds; each round reverses the order
-within a comparison, so a slow drift of the machine (caches, the database's own state, thermal)
-does not always favour the same side. Exits 0 whatever the ratios are; 1 only when something
-broke (a server did not start, a side answered wrongly, requests failed under load).
+within a comparison (and of the command scenarios), so a slow drift of the machine (caches, the
+database's own state, thermal) does not always favour the same side. After the rounds, ListTasks
+is walked from the first page to the last over each protocol, alternately. Exits 0 whatever the
+ratios are; 1 only when something broke (a server did not start, a side answered wrongly,
+requests failed under load, the database disagrees with the load, a walk skipped a task).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from bench import machine, report, verify
+from bench import commands, dataset, machine, report, tasks, verify
+from bench.commands import CommandBench, CommandScenario
 from bench.load import ByWire, H2Load, LoadGenerator, LoadResult, Wrk
 from bench.pyload import AsyncioLoad
 from bench.scenarios import Comparison, Load, Side, Wire, comparisons, extras
 from bench.servers import Endpoints
+from bench.tasks import DepthSample, DepthSummary
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_SECONDS = 120.0
@@ -38,6 +42,8 @@ class BenchSettings:
     grpc_load: Load
     http1_load: Load
     generator: str  # "tools" (h2load and wrk), "python" (asyncio), "" (tools when installed)
+    tasks: int  # seeded for the ListTasks walk
+    walks: int  # timed walks per protocol
 
     @classmethod
     def from_env(cls) -> BenchSettings:
@@ -48,12 +54,14 @@ class BenchSettings:
             return value
 
         return cls(
-            seconds=number("BENCH_SECONDS", 10),
+            seconds=number("BENCH_SECONDS", 8),
             warmup_seconds=number("BENCH_WARMUP_SECONDS", 2, minimum=0),
             rounds=number("BENCH_ROUNDS", 3),
             grpc_load=Load(number("BENCH_GRPC_CONNECTIONS", 8), number("BENCH_GRPC_STREAMS", 16)),
             http1_load=Load(number("BENCH_HTTP1_CONNECTIONS", 32), 1),
             generator=os.environ.get("BENCH_LOAD", "").lower(),
+            tasks=number("BENCH_TASKS", 100_000),
+            walks=number("BENCH_WALKS", 1),
         )
 
 
@@ -118,12 +126,20 @@ def _wait_ready(stdout: IO[bytes]) -> Endpoints:
 
 
 def verify_all(
-    endpoints: Endpoints, compared: list[Comparison], alone: list[tuple[str, Side]]
+    endpoints: Endpoints,
+    compared: list[Comparison],
+    alone: list[tuple[str, Side]],
+    command_scenarios: list[CommandScenario],
 ) -> None:
     for comparison in compared:
         verify.check_comparison(comparison, endpoints)
     for _, side in alone:
         verify.check_grpc_web(side, endpoints)
+    commands.verify_all(command_scenarios, endpoints)
+
+
+def _progress(round_number: int, settings: BenchSettings, label: str, wire: str, rps: float) -> str:
+    return f"  round {round_number + 1}/{settings.rounds}  {label:<24} {wire:<8} {rps:>8,.0f} req/s"
 
 
 def measure(
@@ -131,8 +147,11 @@ def measure(
     settings: BenchSettings,
     compared: list[Comparison],
     alone: list[tuple[str, Side]],
-) -> dict[Side, list[LoadResult]]:
+    command_bench: CommandBench,
+    command_scenarios: list[CommandScenario],
+) -> tuple[dict[Side, list[LoadResult]], dict[CommandScenario, list[LoadResult]]]:
     results: dict[Side, list[LoadResult]] = {}
+    command_results: dict[CommandScenario, list[LoadResult]] = {}
     for round_number in range(settings.rounds):
         order: list[Side] = []
         for comparison in compared:
@@ -143,13 +162,52 @@ def measure(
             result = generator.run(side, settings.seconds, settings.warmup_seconds)
             results.setdefault(side, []).append(result)
             print(
-                f"  round {round_number + 1}/{settings.rounds}  {side.label:<24} "
-                f"{side.wire.value:<8} {result.requests_per_second:>8,.0f} req/s"
+                _progress(
+                    round_number, settings, side.label, side.wire.value, result.requests_per_second
+                )
                 + (f"  {result.failed} FAILED" if result.failed else ""),
                 file=sys.stderr,
                 flush=True,
             )
-    return results
+        in_turn = command_scenarios if round_number % 2 == 0 else command_scenarios[::-1]
+        for scenario in in_turn:
+            result = command_bench.run(scenario, settings.seconds, settings.warmup_seconds)
+            command_results.setdefault(scenario, []).append(result)
+            print(
+                _progress(
+                    round_number,
+                    settings,
+                    scenario.short,
+                    scenario.side.wire.value,
+                    result.requests_per_second,
+                )
+                + (f"  {result.failed} FAILED" if result.failed else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+    return results, command_results
+
+
+def walk_tasks(settings: BenchSettings, endpoints: Endpoints) -> dict[str, DepthSummary]:
+    """A warm-up on each protocol, then `walks` timed walks each (with their re-reads),
+    the order alternated."""
+    walkers = tasks.walkers(endpoints)
+    for walker in walkers:
+        walker.warm(settings.warmup_seconds)
+    samples: dict[str, list[DepthSample]] = {}
+    for number in range(settings.walks):
+        for walker in walkers if number % 2 == 0 else walkers[::-1]:
+            sample = tasks.probe(walker, walker.walk(settings.tasks))
+            samples.setdefault(walker.label, []).append(sample)
+            first, _, last = (tasks.median(band) for band in sample.band_ms)
+            print(
+                f"  walk {number + 1}/{settings.walks}  {walker.label:<24} "
+                f"{len(sample.walk.page_ms):,} pages in {sample.walk.seconds:.1f} s; median "
+                f"page {first:.1f} ms first, {last:.1f} ms last",
+                file=sys.stderr,
+                flush=True,
+            )
+    return {label: tasks.summarize(runs) for label, runs in samples.items()}
 
 
 def main() -> int:
@@ -166,14 +224,29 @@ def run(settings: BenchSettings, generator: LoadGenerator) -> int:
     started = time.monotonic()
     load_before = os.getloadavg()[0]  # another busy process on the machine skews every figure
     with server_process() as endpoints:
+        seeded = dataset.seed_tasks(endpoints, settings.tasks)
+        print(
+            f"bench: {seeded.count:,} tasks and {seeded.transitions:,} history rows written in "
+            f"{seeded.seconds:.1f} s",
+            file=sys.stderr,
+        )
         compared = comparisons(endpoints, settings.grpc_load, settings.http1_load)
         alone = extras(endpoints, settings.http1_load)
-        verify_all(endpoints, compared, alone)
-        print(
-            "bench: every side verified (grpc-status 0 in trailers, same answers)", file=sys.stderr
+        command_scenarios = commands.scenarios(endpoints, settings.grpc_load, settings.http1_load)
+        command_bench = CommandBench.create(
+            endpoints, generator, tools=settings.generator != "python"
         )
-        results = measure(generator, settings, compared, alone)
-        verify_all(endpoints, compared, alone)  # still right after the load
+        verify_all(endpoints, compared, alone, command_scenarios)
+        print(
+            "bench: every side verified (grpc-status 0 in trailers, same answers, commands "
+            "stored as checked)",
+            file=sys.stderr,
+        )
+        results, command_results = measure(
+            generator, settings, compared, alone, command_bench, command_scenarios
+        )
+        walked = walk_tasks(settings, endpoints)
+        verify_all(endpoints, compared, alone, command_scenarios)  # still right after the load
     context = [
         (
             "run",
@@ -186,16 +259,45 @@ def run(settings: BenchSettings, generator: LoadGenerator) -> int:
             f"PostgreSQL {endpoints.postgres_version} (embedded pgserver), one pool shared by "
             "every server",
         ),
+        (
+            "data",
+            f"{seeded.count:,} tasks with {seeded.transitions:,} history rows, written in "
+            f"{seeded.seconds:.1f} s by SQL over the owner connection (bypassing the API, for "
+            "speed); before each TransitionCommand window, a pool of fresh PENDING commands "
+            "likewise; every command deleted again after each run",
+        ),
         ("load", generator.name),
+        ("", command_bench.transitions_description()),
         (
             "method",
             f"{settings.seconds} s per side after {settings.warmup_seconds} s warm-up, "
             f"{settings.rounds} round(s), order alternated; servers and load generator share "
             "the machine; access log off on every side",
         ),
+        (
+            "walks",
+            f"after {settings.warmup_seconds} s of warm-up each, {settings.walks} walk(s) per "
+            "protocol, alternated, one page at a time on one kept-alive connection, a page "
+            "timed from its request to the last byte of its answer; then each depth band's "
+            f"pages read again by their tokens, {tasks.DEPTH_PASSES} times, interleaved",
+        ),
     ]
-    print(report.render(context, compared, alone, results))
+    print(
+        report.render(
+            context,
+            compared,
+            alone,
+            results,
+            [(scenario, command_bench.generator(scenario).short) for scenario in command_scenarios],
+            command_results,
+            walked,
+            settings.walks,
+        )
+    )
     broken = [side.label for side, runs in results.items() if any(run.broken for run in runs)]
+    broken += [
+        scenario.title for scenario, runs in command_results.items() if any(r.broken for r in runs)
+    ]
     if broken:
         print(f"bench: requests failed under load on: {', '.join(broken)}", file=sys.stderr)
         return 1

@@ -7,8 +7,12 @@ On one event loop, sharing one RozServer (and so one database pool and one inter
 - the REST comparator: Hypercorn, configured the same, serving the hand-written endpoint.
 
 The database is an embedded PostgreSQL in a temporary ROZ_DATA_DIR. Once everything listens and
-the API key and environment exist, one line (Endpoints) goes to stdout; the process then
-serves until its stdin closes or it receives SIGTERM/SIGINT, and removes the data directory.
+the fixtures exist (through the repositories, as the API writes them: two API keys, an
+environment with its hosts for the reads and the tasks, and a second one under two safety
+policies, with one host, for the commands), one line (Endpoints) goes to stdout; the process
+then serves until its stdin closes or it receives SIGTERM/SIGINT, and removes the data
+directory. The bulk rows (100k tasks, pools of commands) are written by the load side itself,
+over the owner connection the line names (bench/dataset.py).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from server.app import RozServer
 from server.domain.api_keys import mint_secret, validate_new_key
 from server.domain.environments import EnvironmentDraft, EnvironmentKind
 from server.domain.hosts import HostDraft
-from server.domain.safety_policies import Limits, SafetyPolicyDraft
+from server.domain.safety_policies import Box, Limits, Point, Prism, SafetyPolicyDraft, Workspace
 from server.listener import hypercorn_config
 from server.logs import configure_logging
 from server.settings import Settings
@@ -48,6 +52,8 @@ from server.storage.safety_policies import SafetyPolicyRepository
 
 HOST = "127.0.0.1"
 READER_SCOPES = ("environments:read",)
+# Creates and moves commands, lists tasks: what a robot fleet's dispatcher holds.
+WRITER_SCOPES = ("commands:write", "tasks:read")
 READY = "bench-servers-ready "  # prefixes the one stdout line the load side waits for
 
 
@@ -61,6 +67,16 @@ class Endpoints:
     api_key: str
     environment_id: str
     postgres_version: str
+    # The commands and tasks scenarios (bench/commands.py, bench/tasks.py).
+    tenant_id: str
+    writer_key: str
+    writer_key_id: str
+    environment_tools: list[str]
+    host_ids: list[str]  # the hosts of environment_id: tasks run on them
+    command_host_id: str  # in an environment under the two policies below
+    command_policies: list[tuple[str, int]]  # (id, version), in the environment's order
+    # For bulk rows and clean-up between runs, never for requests (bench/dataset.py).
+    owner_dsn: str
 
     def to_line(self) -> str:
         return READY + json.dumps(dataclasses.asdict(self))
@@ -70,7 +86,9 @@ class Endpoints:
         """The endpoints, if this stdout line announces them."""
         if not line.startswith(READY):
             return None
-        return cls(**json.loads(line[len(READY) :]))
+        fields = json.loads(line[len(READY) :])
+        fields["command_policies"] = [tuple(pair) for pair in fields["command_policies"]]
+        return cls(**fields)
 
 
 def free_port() -> int:
@@ -107,20 +125,75 @@ async def _wait_listening(port: int, serving: asyncio.Task[Any]) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-async def _seed(app: RozServer, admin_key: str) -> tuple[str, str, str]:
-    """A read-only API key and one realistic environment in the bootstrap tenant."""
+@dataclass(frozen=True)
+class _Fixtures:
+    api_key: str
+    environment_id: str
+    postgres_version: str
+    tenant_id: str
+    writer_key: str
+    writer_key_id: str
+    environment_tools: list[str]
+    host_ids: list[str]
+    command_host_id: str
+    command_policies: list[tuple[str, int]]
+
+
+# What a command must stay within on the command cell: two policies, both checked every time.
+COMMAND_CELL_POLICIES = (
+    SafetyPolicyDraft(
+        name="bench-arm-limits",
+        description="Speed, force and reach of the arms on the packing line.",
+        limits=Limits(max_linear_velocity=1.5, max_acceleration=3.0, max_force=60.0),
+        workspace=Workspace(boxes=(Box(Point(-1.0, -1.0, 0.0), Point(1.0, 1.0, 1.5)),)),
+        denied_command_types=("self_destruct", "firmware.flash"),
+        approval_command_types=("maintenance.home",),
+    ),
+    SafetyPolicyDraft(
+        name="bench-line-rules",
+        description="What the packing line allows, and where people walk.",
+        limits=Limits(max_payload=5.0),
+        workspace=Workspace(
+            prisms=(
+                Prism(
+                    vertices=(
+                        Point(-1.2, -1.2, 0),
+                        Point(1.2, -1.2, 0),
+                        Point(1.2, 0.8, 0),
+                        Point(0.0, 1.4, 0),
+                        Point(-1.2, 0.8, 0),
+                    ),
+                    min_z=0.0,
+                    max_z=2.0,
+                ),
+            )
+        ),
+        allowed_command_types=("move_to", "grip", "release", "camera.snapshot"),
+    ),
+)
+
+
+async def _seed(app: RozServer, admin_key: str) -> _Fixtures:
+    """Keys, environments, hosts and policies in the bootstrap tenant, through the repositories."""
     pool = app.database.pool
     admin = await ApiKeyRepository(pool).authenticate(admin_key)
     if admin is None:
         raise RuntimeError("the bootstrap admin key does not authenticate")
-    new_key = validate_new_key("bench-reader", READER_SCOPES, None, now=datetime.now(UTC))
-    _, secret = await ApiKeyRepository(pool).create(admin.tenant_id, new_key)
-    policy = await SafetyPolicyRepository(pool).create(
-        admin.tenant_id,
+    tenant = admin.tenant_id
+    now = datetime.now(UTC)
+    _, secret = await ApiKeyRepository(pool).create(
+        tenant, validate_new_key("bench-reader", READER_SCOPES, None, now=now)
+    )
+    writer, writer_secret = await ApiKeyRepository(pool).create(
+        tenant, validate_new_key("bench-dispatcher", WRITER_SCOPES, None, now=now)
+    )
+    policies = SafetyPolicyRepository(pool)
+    policy = await policies.create(
+        tenant,
         SafetyPolicyDraft(name="bench-cell-limits", limits=Limits(max_linear_velocity=1.5)),
     )
     environment = await EnvironmentRepository(pool).create(
-        admin.tenant_id,
+        tenant,
         EnvironmentDraft(
             name="bench-warehouse-cell-3",
             description="Two arms and a conveyor; used by the benchmark.",
@@ -131,14 +204,40 @@ async def _seed(app: RozServer, admin_key: str) -> tuple[str, str, str]:
         ),
     )
     # Hosts name their environment; the environment reads them back as host_ids.
-    for arm in ("bench-arm-left", "bench-arm-right"):
+    hosts = [
         await HostRepository(pool).create(
-            admin.tenant_id, HostDraft(name=arm, environment_id=environment.id)
+            tenant, HostDraft(name=arm, environment_id=environment.id)
         )
+        for arm in ("bench-arm-left", "bench-arm-right")
+    ]
+    command_policies = [await policies.create(tenant, draft) for draft in COMMAND_CELL_POLICIES]
+    command_cell = await EnvironmentRepository(pool).create(
+        tenant,
+        EnvironmentDraft(
+            name="bench-packing-line-1",
+            description="One arm under two safety policies; the commands benchmark drives it.",
+            kind=EnvironmentKind.HARDWARE,
+            allowed_tools=("move_to", "grip", "release"),
+            safety_policy_ids=tuple(p.id for p in command_policies),
+        ),
+    )
+    command_host = await HostRepository(pool).create(
+        tenant, HostDraft(name="bench-packer-arm", environment_id=command_cell.id)
+    )
     async with pool.connection() as conn:
         row = await (await conn.execute("SHOW server_version")).fetchone()
-    version = str(row[0]) if row else "unknown"
-    return secret, str(environment.id), version
+    return _Fixtures(
+        api_key=secret,
+        environment_id=str(environment.id),
+        postgres_version=str(row[0]) if row else "unknown",
+        tenant_id=str(tenant),
+        writer_key=writer_secret,
+        writer_key_id=str(writer.id),
+        environment_tools=list(environment.allowed_tools),
+        host_ids=[str(host.id) for host in hosts],
+        command_host_id=str(command_host.id),
+        command_policies=[(str(p.id), p.version) for p in command_policies],
+    )
 
 
 def _stop_on_stdin_close_or_signal(stop: asyncio.Event) -> None:
@@ -181,14 +280,13 @@ async def serve(data_dir: Path) -> None:
     )
     await _wait_listening(handwritten_settings.port, handwritten)
 
-    api_key, environment_id, postgres_version = await _seed(app, settings.admin_key)
+    fixtures = await _seed(app, settings.admin_key)
     endpoints = Endpoints(
         roz_port=settings.port,
         grpcio_port=grpcio_port,
         handwritten_port=handwritten_settings.port,
-        api_key=api_key,
-        environment_id=environment_id,
-        postgres_version=postgres_version,
+        owner_dsn=app.database.owner_dsn,
+        **dataclasses.asdict(fixtures),
     )
     print(endpoints.to_line(), flush=True)
 

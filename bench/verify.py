@@ -106,7 +106,7 @@ def _text_headers(headers: Any) -> dict[str, str]:
     }
 
 
-def _messages(body: bytes) -> list[tuple[int, bytes]]:
+def grpc_frames(body: bytes) -> list[tuple[int, bytes]]:
     """Length-prefixed frames: (flags, payload)."""
     frames = []
     while body:
@@ -134,7 +134,7 @@ def check_grpc(side: Side, endpoints: Endpoints) -> environments_pb2.Environment
         )
     if "grpc-status" not in answer.trailers:
         raise VerificationError(f"{side.label}: grpc-status was not sent as a trailer")
-    frames = _messages(answer.body)
+    frames = grpc_frames(answer.body)
     if len(frames) != 1 or frames[0][0] != 0:
         raise VerificationError(f"{side.label}: expected one uncompressed message, got {frames}")
     return _environment(side, frames[0][1], endpoints)
@@ -160,7 +160,7 @@ def check_grpcio_client(side: Side, endpoints: Endpoints) -> environments_pb2.En
 
 def check_grpc_web(side: Side, endpoints: Endpoints) -> environments_pb2.Environment:
     answer = http1_request(side)
-    frames = _messages(answer.body)
+    frames = grpc_frames(answer.body)
     trailers = [payload for flags, payload in frames if flags & 0x80]
     messages = [payload for flags, payload in frames if not flags & 0x80]
     fields = _trailer_fields(trailers[0]) if trailers else {}
