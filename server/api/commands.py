@@ -6,11 +6,11 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, empty_pb2, struct_pb2
+from google.protobuf import duration_pb2, empty_pb2
 from roz.v1 import commands_pb2 as pb
 from roz.v1 import commands_pb2_grpc
 
-from server.api.convert import parse_id, struct_of, timestamp
+from server.api.convert import parse_id, plain_value, struct_of, timestamp
 from server.api.principal import current_principal
 from server.domain.commands import (
     Command,
@@ -82,34 +82,11 @@ def draft_from_proto(message: pb.Command, field: str = "command") -> CommandDraf
         host_id=message.host_id,
         type=message.type,
         params={
-            key: _plain(value, f"{field}.params.{key}")
+            key: plain_value(value, f"{field}.params.{key}")
             for key, value in message.params.fields.items()
         },
         idempotency_key=message.idempotency_key,
         timeout=_timeout(message, field) if message.HasField("timeout") else None,
-    )
-
-
-def _plain(value: struct_pb2.Value, field: str) -> Any:
-    """A Struct value as plain Python, NaN and infinities kept for the domain to name.
-
-    (json_format refuses to convert a NaN at all, which would make it a server error.)
-    """
-    kind = value.WhichOneof("kind")
-    if kind == "struct_value":
-        return {k: _plain(v, f"{field}.{k}") for k, v in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_plain(v, f"{field}[{i}]") for i, v in enumerate(value.list_value.values)]
-    if kind == "number_value":
-        return value.number_value
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "null_value":
-        return None
-    raise InvalidArgument(
-        "the command is not valid", [FieldViolation(field, "a params value must be set")]
     )
 
 

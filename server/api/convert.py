@@ -39,5 +39,27 @@ def struct_of(value: dict[str, Any]) -> struct_pb2.Struct:
     return struct
 
 
-def dict_of(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(struct)
+def dict_of(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    """A Struct as a plain dict; `field` names it in violations (e.g. "environment.config")."""
+    return {key: plain_value(value, f"{field}.{key}") for key, value in struct.fields.items()}
+
+
+def plain_value(value: struct_pb2.Value, field: str) -> Any:
+    """A Struct value as plain Python, NaN and infinities kept for the domain to refuse by name.
+
+    (json_format refuses to convert a NaN at all, which would make it a server error.)
+    """
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {k: plain_value(v, f"{field}.{k}") for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [plain_value(v, f"{field}[{i}]") for i, v in enumerate(value.list_value.values)]
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "null_value":
+        return None
+    raise InvalidArgument("a value is not set", [FieldViolation(field, "a value must be set")])

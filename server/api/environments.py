@@ -56,7 +56,7 @@ def draft_from_proto(message: pb.Environment, field: str = "environment") -> Env
         safety_policy_ids=tuple(message.safety_policy_ids),
         # host_ids is output-only (derived from the hosts' environment_id): ignored, as AIP-203
         # asks, so a client may send back what it read.
-        config=dict_of(message.config),
+        config=dict_of(message.config, f"{field}.config"),
     )
 
 

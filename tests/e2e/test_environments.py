@@ -297,3 +297,23 @@ def test_safety_policies_must_exist_in_the_tenant_and_keep_their_order(
     assert smuggled.code == grpc.StatusCode.INVALID_ARGUMENT
     still = ok(call(protocol, roz, get(created.id), tenant))
     assert list(still.safety_policy_ids) == [first, second]
+
+
+def test_non_finite_config_over_grpc_is_a_field_violation(roz: Roz) -> None:
+    environment = pb.Environment(name=unique("nan"))
+    environment.config.update({"gain": float("nan"), "limits": {"max": float("inf")}})
+    outcome = call(
+        "grpc",
+        roz,
+        Rpc(
+            SERVICE + "CreateEnvironment",
+            pb.CreateEnvironmentRequest(environment=environment),
+            pb.Environment,
+            "POST",
+            "/api/v1/environments",
+        ),
+        roz.admin_key,
+    )
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT  # not INTERNAL
+    fields = {v.field for v in outcome.detail(error_details_pb2.BadRequest).field_violations}
+    assert fields == {"environment.config"}
