@@ -69,25 +69,49 @@ CREATE POLICY tenant_isolation ON roz.host_status_changes
     USING (tenant_id = current_setting('roz.tenant_id')::uuid)
     WITH CHECK (tenant_id = current_setting('roz.tenant_id')::uuid);
 
--- Append-only, for every role (the request role is granted DML on every tenant table, and even
--- the owner should not rewrite history): UPDATE is refused, DELETE only happens when the host
--- itself is gone (the cascade of deleting a host or a tenant).
-CREATE FUNCTION roz.refuse_host_status_change_edit() RETURNS trigger
+-- Histories are append-only, for every role (the request role is granted DML on every tenant
+-- table, and even the owner should not rewrite history). One pair of trigger functions serves
+-- every history table: UPDATE and TRUNCATE are refused; DELETE only happens once the row the
+-- history belongs to is gone (the cascade of deleting it, or its tenant).
+-- Arguments: the parent table in schema roz, the history's column naming the parent's id, and
+-- what the history is called in the error.
+CREATE FUNCTION roz.keep_history() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    parent_exists boolean;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM roz.%I WHERE tenant_id = $1 AND id = $2)',
+                       TG_ARGV[0])
+            INTO parent_exists
+            USING OLD.tenant_id, (to_jsonb(OLD) ->> TG_ARGV[1])::uuid;
+        IF NOT parent_exists THEN
+            RETURN OLD;
+        END IF;
+    END IF;
+    RAISE EXCEPTION '% is append-only', TG_ARGV[2]
+        USING ERRCODE = 'insufficient_privilege', HINT = 'record a new entry instead';
+END;
+$$;
+
+-- Argument: what the history is called in the error.
+CREATE FUNCTION roz.refuse_history_truncate() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF TG_OP = 'DELETE' AND NOT EXISTS (SELECT 1 FROM roz.hosts AS h WHERE h.id = OLD.host_id) THEN
-        RETURN OLD;
-    END IF;
-    RAISE EXCEPTION 'host status history is append-only'
-        USING ERRCODE = 'insufficient_privilege';
+    RAISE EXCEPTION '% is append-only', TG_ARGV[0] USING ERRCODE = 'insufficient_privilege';
 END;
 $$;
 
 CREATE TRIGGER host_status_changes_append_only
     BEFORE UPDATE OR DELETE ON roz.host_status_changes
-    FOR EACH ROW EXECUTE FUNCTION roz.refuse_host_status_change_edit();
+    FOR EACH ROW EXECUTE FUNCTION roz.keep_history('hosts', 'host_id', 'host status history');
+CREATE TRIGGER host_status_changes_no_truncate
+    BEFORE TRUNCATE ON roz.host_status_changes
+    FOR EACH STATEMENT EXECUTE FUNCTION roz.refuse_history_truncate('host status history');
 
 -- Before this migration host_ids could only name hosts that did not exist (there was no hosts
 -- table to check them against), so there is nothing to carry over.

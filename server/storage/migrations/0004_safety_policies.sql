@@ -70,25 +70,14 @@ CREATE POLICY tenant_isolation ON roz.safety_policy_versions
     USING (tenant_id = current_setting('roz.tenant_id')::uuid)
     WITH CHECK (tenant_id = current_setting('roz.tenant_id')::uuid);
 
--- A version, once written, is what commands were checked against: UPDATE is refused, DELETE
--- only happens when the policy itself is deleted (the cascade).
-CREATE FUNCTION roz.refuse_safety_policy_version_edit() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF TG_OP = 'DELETE'
-       AND NOT EXISTS (SELECT 1 FROM roz.safety_policies AS p WHERE p.id = OLD.safety_policy_id) THEN
-        RETURN OLD;
-    END IF;
-    RAISE EXCEPTION 'safety policy versions are append-only'
-        USING ERRCODE = 'insufficient_privilege';
-END;
-$$;
-
+-- A version, once written, is what commands were checked against (see roz.keep_history).
 CREATE TRIGGER safety_policy_versions_append_only
     BEFORE UPDATE OR DELETE ON roz.safety_policy_versions
-    FOR EACH ROW EXECUTE FUNCTION roz.refuse_safety_policy_version_edit();
+    FOR EACH ROW EXECUTE FUNCTION
+        roz.keep_history('safety_policies', 'safety_policy_id', 'safety policy versions');
+CREATE TRIGGER safety_policy_versions_no_truncate
+    BEFORE TRUNCATE ON roz.safety_policy_versions
+    FOR EACH STATEMENT EXECUTE FUNCTION roz.refuse_history_truncate('safety policy versions');
 
 -- Which policies bind an environment, in order. Deleting the environment detaches them; deleting
 -- a policy that is still attached is refused (NO ACTION), which the API reports as

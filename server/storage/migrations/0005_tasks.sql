@@ -123,39 +123,13 @@ CREATE POLICY tenant_isolation ON roz.task_transitions
     USING (tenant_id = current_setting('roz.tenant_id')::uuid)
     WITH CHECK (tenant_id = current_setting('roz.tenant_id')::uuid);
 
--- Append-only: no UPDATE ever; DELETE only of the history of a task that no longer exists (the
--- cascade when its environment or tenant is removed). Whoever runs the SQL, the rows stay put.
-CREATE FUNCTION roz.task_transitions_append_only() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF TG_OP = 'DELETE' AND NOT EXISTS (
-        SELECT 1 FROM roz.tasks AS t WHERE t.tenant_id = OLD.tenant_id AND t.id = OLD.task_id
-    ) THEN
-        RETURN OLD;
-    END IF;
-    RAISE EXCEPTION 'task history is append-only'
-        USING ERRCODE = 'insufficient_privilege', HINT = 'record a new transition instead';
-END
-$$;
-
+-- Append-only (see roz.keep_history): DELETE only once the task is gone.
 CREATE TRIGGER task_transitions_append_only
     BEFORE UPDATE OR DELETE ON roz.task_transitions
-    FOR EACH ROW EXECUTE FUNCTION roz.task_transitions_append_only();
-
-CREATE FUNCTION roz.task_transitions_no_truncate() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RAISE EXCEPTION 'task history is append-only' USING ERRCODE = 'insufficient_privilege';
-END
-$$;
-
+    FOR EACH ROW EXECUTE FUNCTION roz.keep_history('tasks', 'task_id', 'task history');
 CREATE TRIGGER task_transitions_no_truncate
     BEFORE TRUNCATE ON roz.task_transitions
-    FOR EACH STATEMENT EXECUTE FUNCTION roz.task_transitions_no_truncate();
+    FOR EACH STATEMENT EXECUTE FUNCTION roz.refuse_history_truncate('task history');
 
 -- An environment with work in flight cannot be deleted out from under it. Raised as a foreign
 -- key violation naming roz.tasks, which the environment repository turns into

@@ -93,39 +93,13 @@ CREATE POLICY tenant_isolation ON roz.command_transitions
     USING (tenant_id = current_setting('roz.tenant_id')::uuid)
     WITH CHECK (tenant_id = current_setting('roz.tenant_id')::uuid);
 
--- Append-only: no UPDATE ever; DELETE only of the history of a command that no longer exists
--- (the cascade when a finished command is removed). Whoever runs the SQL, the rows stay put.
-CREATE FUNCTION roz.command_transitions_append_only() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF TG_OP = 'DELETE' AND NOT EXISTS (
-        SELECT 1 FROM roz.commands AS c WHERE c.tenant_id = OLD.tenant_id AND c.id = OLD.command_id
-    ) THEN
-        RETURN OLD;
-    END IF;
-    RAISE EXCEPTION 'command history is append-only'
-        USING ERRCODE = 'insufficient_privilege', HINT = 'record a new transition instead';
-END
-$$;
-
+-- Append-only (see roz.keep_history): DELETE only once the command is gone.
 CREATE TRIGGER command_transitions_append_only
     BEFORE UPDATE OR DELETE ON roz.command_transitions
-    FOR EACH ROW EXECUTE FUNCTION roz.command_transitions_append_only();
-
-CREATE FUNCTION roz.command_transitions_no_truncate() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RAISE EXCEPTION 'command history is append-only' USING ERRCODE = 'insufficient_privilege';
-END
-$$;
-
+    FOR EACH ROW EXECUTE FUNCTION roz.keep_history('commands', 'command_id', 'command history');
 CREATE TRIGGER command_transitions_no_truncate
     BEFORE TRUNCATE ON roz.command_transitions
-    FOR EACH STATEMENT EXECUTE FUNCTION roz.command_transitions_no_truncate();
+    FOR EACH STATEMENT EXECUTE FUNCTION roz.refuse_history_truncate('command history');
 
 -- The sweep's one query across tenants: running commands past their deadline, as (tenant, id)
 -- pairs and nothing else. Each is then timed out in its own tenant transaction, through the

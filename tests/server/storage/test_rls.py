@@ -231,3 +231,18 @@ async def test_owner_connections_are_not_the_request_role(database: Database) ->
         owner = await (await conn.execute("SELECT current_user")).fetchone()
     assert owner is not None
     assert owner[0] != database.app_role
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        "roz.host_status_changes",
+        "roz.safety_policy_versions",
+        "roz.task_transitions",
+        "roz.command_transitions",
+    ],
+)
+async def test_no_role_can_truncate_a_history(database: Database, history: str) -> None:
+    async with await psycopg.AsyncConnection.connect(database.owner_dsn, autocommit=True) as owner:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            await owner.execute(f"TRUNCATE {history} CASCADE")
