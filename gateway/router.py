@@ -5,6 +5,12 @@ the native gRPC app, `application/grpc-web*` to the gRPC-web app, everything els
 done here happens on every request, so headers are scanned once and every constant header value
 is built once, at construction.
 
+Mounts: a non-gRPC HTTP request whose path is a mount's prefix, or starts with prefix + "/", goes
+to that ASGI app (e.g. HTML pages) with its scope unchanged, full path included; the longest
+prefix wins. It gets the request id like any request, but none of the CORS handling: no CORS
+headers are added, and a preflight is passed to the mount, which answers it as it sees fit.
+Mounts see no lifespan events and no websockets.
+
 CORS policy (origins come from an allow-list; nothing is allowed by default):
 - An allowed origin is always echoed, never answered with `*`. An origin allowed by name also gets
   `Access-Control-Allow-Credentials: true`; one allowed only through a `"*"` entry does not, since
@@ -21,8 +27,9 @@ import inspect
 import json
 import re
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
@@ -72,6 +79,7 @@ _PREFLIGHT_VARY = (
     b"vary",
     b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
 )
+_NO_MOUNTS: Mapping[str, ASGIApp] = MappingProxyType({})
 
 
 class GatewayRouter:
@@ -87,10 +95,13 @@ class GatewayRouter:
         rest_app: RestRoutes,
         allowed_origins: Sequence[str] = (),
         lifespan: ASGIApp | LifespanContext | None = None,
+        mounts: Mapping[str, ASGIApp] = _NO_MOUNTS,
     ) -> None:
         self._grpc = grpc_app
         self._grpc_web = grpc_web_app
         self._rest = rest_app
+        self._mounts = dict(mounts)
+        self._mount_path = _mount_pattern(self._mounts)
         self._any_origin = "*" in allowed_origins
         self._named_origins = frozenset(o.encode("latin-1") for o in allowed_origins if o != "*")
         self._cors = bool(allowed_origins)
@@ -140,6 +151,14 @@ class GatewayRouter:
                 ],
             }
 
+        app = self._app_for(content_type)
+        if self._mount_path is not None and app is self._rest:
+            mounted = self._mount_path.match(scope["path"])
+            if mounted is not None:
+                mount = self._mounts[mounted.group(1)]
+                await mount(scope, receive, _with_headers(send, [(REQUEST_ID, request_id)]))
+                return
+
         credentials = False
         allowed = False
         if origin and self._cors:
@@ -160,7 +179,6 @@ class GatewayRouter:
             if credentials:
                 extra.append((b"access-control-allow-credentials", b"true"))
 
-        app = self._app_for(content_type)
         await app(scope, receive, _with_headers(send, extra, expose=allowed))
 
     def _app_for(self, content_type: bytes) -> ASGIApp:
@@ -267,7 +285,19 @@ def _lifespan_of(
     raise TypeError("lifespan must be an ASGI app or a factory of async context managers")
 
 
-def _with_headers(send: Send, extra: list[tuple[bytes, bytes]], *, expose: bool) -> Send:
+def _mount_pattern(mounts: Mapping[str, ASGIApp]) -> re.Pattern[str] | None:
+    """One regular expression for all prefixes, longest first so that the longest one wins."""
+    for prefix in mounts:
+        if not prefix.startswith("/") or prefix.endswith("/"):
+            raise ValueError(f'mount prefix {prefix!r} must start with "/" and not end with "/"')
+    if not mounts:
+        return None
+    prefixes = "|".join(re.escape(prefix) for prefix in sorted(mounts, key=len, reverse=True))
+    # \Z, not $: a path may end in a (decoded) newline, before which $ would match as well.
+    return re.compile(rf"({prefixes})(?:/|\Z)")
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]], *, expose: bool = False) -> Send:
     """`send`, with the router's headers added to the response start of whichever app answers."""
 
     async def sending(message: Message) -> None:

@@ -4,16 +4,20 @@ The servicer runs in the request's own task, through the registry's wrapped hand
 interceptor chain is the same as for gRPC). A small watcher task waits for `http.disconnect`;
 when the client leaves, the context is marked cancelled by the peer and the call is cancelled,
 so the servicer sees CancelledError as it would under grpc.aio.
+
+Once a request has matched a binding, every response to it carries the method's fixed
+`response_headers`, and every error response before the body starts goes through the method's
+error writer when it has one (options.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl
 
 import grpc
 from google.protobuf.message import Message
@@ -25,6 +29,7 @@ from gateway.context import GatewayContext
 from gateway.registry import MethodRegistry
 from gateway.rest import codec
 from gateway.rest.bindings import Binding, read_bindings
+from gateway.rest.form import FORM, media_type, read_form
 from gateway.rest.headers import (
     METADATA_PREFIX,
     TRAILER_PREFIX,
@@ -32,7 +37,9 @@ from gateway.rest.headers import (
     metadata_headers,
     read_headers,
 )
+from gateway.rest.options import NO_OPTIONS, RestMethodOptions, write_error
 from gateway.rest.printer import to_jsonable
+from gateway.rest.query import parse_pairs
 from gateway.rest.request import PRETTY
 from gateway.rest.routes import Route, RouteTable
 from gateway.rest.status import (
@@ -47,11 +54,11 @@ from gateway.rest.streaming import StreamFormat, stream_format
 
 log = logging.getLogger(__name__)
 
-MAX_QUERY_PARAMETERS = 256
 _ABORTED = (aio.AbortError, grpc.RpcError)
 _JSON = b"application/json"
 _STREAM_TYPES = frozenset({b"application/x-ndjson", b"application/jsonl", b"application/json-seq"})
 _PRETTY_VALUES = frozenset({"", "true", "1"})
+_NO_METHOD_OPTIONS: Mapping[str, RestMethodOptions] = MappingProxyType({})
 
 
 class _Exchange(NamedTuple):
@@ -79,7 +86,10 @@ class _ClientGone(Exception):
 
 
 class RestApp:
-    """JSON REST over the registry's methods, routed by their google.api.http rules."""
+    """JSON REST over the registry's methods, routed by their google.api.http rules.
+
+    `method_options` maps full method paths ("/pkg.Service/Method") to RestMethodOptions.
+    """
 
     def __init__(
         self,
@@ -88,11 +98,15 @@ class RestApp:
         max_body_bytes: int = 4 * 1024 * 1024,
         lenient_enums: bool = True,
         reject_unknown_query_parameters: bool = False,
+        method_options: Mapping[str, RestMethodOptions] = _NO_METHOD_OPTIONS,
     ) -> None:
         self._max_body_bytes = max_body_bytes
         self._routes: RouteTable[Binding] = RouteTable()
         for binding in read_bindings(
-            registry, lenient_enums=lenient_enums, strict_query=reject_unknown_query_parameters
+            registry,
+            lenient_enums=lenient_enums,
+            strict_query=reject_unknown_query_parameters,
+            method_options=method_options,
         ):
             self._routes.add(Route(binding.http_method, binding.template, binding, binding.origin))
 
@@ -131,13 +145,13 @@ class RestApp:
         pretty = False
         head = method == "HEAD"
         progress = _Progress()
+        matched: Binding | None = None
         try:
-            pairs = _parse_query(query) if query else []
-            pretty = _wants_pretty(pairs)
             hit = self._routes.find(method, path)
             if hit is None and head:
                 hit = self._routes.find("GET", path)
             if hit is None:
+                pretty = _wants_pretty(_parse_query(query) if query else [])
                 allowed = self.allowed_methods(path)
                 if method == "OPTIONS" and allowed is not None:
                     await self._drain(receive, progress)
@@ -146,12 +160,12 @@ class RestApp:
                     await send({"type": "http.response.body", "body": b""})
                     return None
                 raise _unrouted(method, path, allowed)
-            binding = hit.route.target
-            if not binding.plan.reserves_pretty:
-                pretty = False
+            binding = matched = hit.route.target
+            pairs = _parse_query(query) if query else []
+            pretty = binding.plan.reserves_pretty and _wants_pretty(pairs)
             headers = read_headers(scope["headers"])
             body = await self._read_body(receive, headers, binding, progress)
-            request = self._build(binding, hit.segments, body, pairs)
+            request = self._build(binding, hit.segments, body, headers.content_type, pairs)
         except RestError as error:
             extra = error.headers
             # An unread body must be consumed for an HTTP/1 connection to carry the next request;
@@ -161,7 +175,7 @@ class RestApp:
             )
             if not reusable and scope.get("http_version") in ("1.0", "1.1"):
                 extra = [*extra, (b"connection", b"close")]
-            await _send_error(send, error.status, error.http_status, extra, pretty, head)
+            await _send_error(send, error.status, error.http_status, extra, pretty, head, matched)
             return None
         except _ClientGone:
             return None
@@ -189,7 +203,7 @@ class RestApp:
         if declared is not None and declared > limit:
             raise _too_large(limit)  # refused before a byte of it is read
         if declared and not _accepts(headers.content_type, binding):
-            raise _unsupported(headers.content_type)
+            raise _unsupported(headers.content_type, binding)
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _ClientGone
@@ -212,17 +226,24 @@ class RestApp:
         if len(body) > limit:
             raise _too_large(limit)
         if body and not _accepts(headers.content_type, binding):
-            raise _unsupported(headers.content_type)
+            raise _unsupported(headers.content_type, binding)
         return body
 
     def _build(
-        self, binding: Binding, segments: list[str], body: bytes, pairs: list[tuple[str, str]]
+        self,
+        binding: Binding,
+        segments: list[str],
+        body: bytes,
+        content_type: bytes | None,
+        pairs: list[tuple[str, str]],
     ) -> Any:
         plan = binding.plan
         blank = not body or body.isspace()
         if binding.method.kind.request_streaming:
             documents = [] if blank else codec.load_json_sequence(body)
             return plan.build_stream(segments, documents, pairs)
+        if plan.form is not None and media_type(content_type) == FORM:
+            return plan.build_form(segments, read_form(body), pairs)
         if not plan.takes_body:
             if not blank and body.strip() != b"{}":
                 raise bad_request(codec.BODY, "this method takes no request body")
@@ -279,9 +300,10 @@ class RestApp:
         if response is None or (code is not None and code != grpc.StatusCode.OK):
             if code is None or code == grpc.StatusCode.OK:
                 _internal(context, "the method returned no response")
-            await self._send_call_error(context, send, pretty, head)
+            await _send_call_error(binding, context, send, pretty, head)
             return
         extra = _call_headers(context)
+        extra.extend(binding.options.response_headers)
         status = binding.success_status
         if status == 204:
             await send({"type": "http.response.start", "status": 204, "headers": extra})
@@ -292,7 +314,7 @@ class RestApp:
         except Exception:
             log.exception("%s: the response cannot be written as JSON", binding.method.path)
             _internal(context, "the response cannot be written as JSON")
-            await self._send_call_error(context, send, pretty, head)
+            await _send_call_error(binding, context, send, pretty, head)
             return
         extra.append((b"content-type", _JSON))
         extra.append((b"content-length", str(len(body)).encode()))
@@ -319,7 +341,7 @@ class RestApp:
             async for response in responses:
                 frame = frames.message(_payload(binding, response))
                 if not started:
-                    await _start_stream(send, frames, context, trailers)
+                    await _start_stream(send, frames, binding, context, trailers)
                     started = True
                     if head:
                         break
@@ -339,10 +361,11 @@ class RestApp:
                 status_headers(failure) + _call_headers(context),
                 False,
                 head,
+                binding,
             )
             return
         if not started:
-            await _start_stream(send, frames, context, trailers)
+            await _start_stream(send, frames, binding, context, trailers)
         tail = frames.error(failure) if failure is not None and not head else b""
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         if trailers:
@@ -353,13 +376,6 @@ class RestApp:
                     "more_trailers": False,
                 }
             )
-
-    async def _send_call_error(
-        self, context: GatewayContext, send: Send, pretty: bool, head: bool
-    ) -> None:
-        status = status_from_call(context.code(), context.details(), context.trailing_metadata)
-        extra = status_headers(status) + _call_headers(context)
-        await _send_error(send, status, http_status_for_number(status.code), extra, pretty, head)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -392,13 +408,23 @@ async def _close(responses: Any) -> None:
 
 
 async def _start_stream(
-    send: Send, frames: StreamFormat, context: GatewayContext, trailers: bool
+    send: Send, frames: StreamFormat, binding: Binding, context: GatewayContext, trailers: bool
 ) -> None:
     headers = [(b"content-type", frames.content_type), *frames.extra_headers]
     headers += metadata_headers(METADATA_PREFIX, context.initial_metadata)
+    headers += binding.options.response_headers
     await send(
         {"type": "http.response.start", "status": 200, "headers": headers, "trailers": trailers}
     )
+
+
+async def _send_call_error(
+    binding: Binding, context: GatewayContext, send: Send, pretty: bool, head: bool
+) -> None:
+    status = status_from_call(context.code(), context.details(), context.trailing_metadata)
+    extra = status_headers(status) + _call_headers(context)
+    http_status = http_status_for_number(status.code)
+    await _send_error(send, status, http_status, extra, pretty, head, binding)
 
 
 async def _send_error(
@@ -408,10 +434,27 @@ async def _send_error(
     extra: Headers,
     pretty: bool,
     head: bool,
+    binding: Binding | None = None,
 ) -> None:
-    body = status_body(status, indent=2 if pretty else None)
+    """The error response: the method's writer's when it has one that works, else the default.
+
+    `binding` is None when no binding matched: such errors keep the default shape. The writer's
+    headers win over the gateway's of the same name (status, call and fixed headers).
+    """
+    options = binding.options if binding is not None else NO_OPTIONS
+    extra = [*extra, *options.response_headers]
+    written = None
+    if binding is not None and options.error_writer is not None:
+        written = write_error(options.error_writer, status, http_status, binding.method.path)
+    if written is None:
+        body = status_body(status, indent=2 if pretty else None)
+        content_type = _JSON
+    else:
+        http_status, body, content_type = written.http_status, written.body, written.content_type
+        own = {name for name, _ in written.headers}
+        extra = [*written.headers, *(header for header in extra if header[0] not in own)]
     headers = [
-        (b"content-type", _JSON),
+        (b"content-type", content_type),
         (b"content-length", str(len(body)).encode()),
         *extra,
     ]
@@ -438,18 +481,7 @@ def _payload(binding: Binding, response: Message) -> Any:
 
 
 def _parse_query(query: bytes) -> list[tuple[str, str]]:
-    try:
-        return parse_qsl(
-            query.decode("utf-8"),
-            keep_blank_values=True,
-            encoding="utf-8",
-            errors="strict",
-            max_num_fields=MAX_QUERY_PARAMETERS,
-        )
-    except UnicodeDecodeError:
-        raise bad_request("query", "the query string is not valid UTF-8") from None
-    except ValueError:
-        raise bad_request("query", f"more than {MAX_QUERY_PARAMETERS} query parameters") from None
+    return parse_pairs(query, field="query", what="query")
 
 
 def _wants_pretty(pairs: list[tuple[str, str]]) -> bool:
@@ -459,9 +491,11 @@ def _wants_pretty(pairs: list[tuple[str, str]]) -> bool:
 def _accepts(content_type: bytes | None, binding: Binding) -> bool:
     if content_type is None:
         return True  # a body without a declared type is taken for what the route expects
-    media = content_type.split(b";", 1)[0].strip().lower()
+    media = media_type(content_type)
     if media == _JSON or (media.startswith(b"application/") and media.endswith(b"+json")):
         return True
+    if media == FORM:
+        return binding.plan.form is not None
     return binding.method.kind.request_streaming and media in _STREAM_TYPES
 
 
@@ -485,11 +519,14 @@ def _too_large(limit: int) -> RestError:
     )
 
 
-def _unsupported(content_type: bytes | None) -> RestError:
+def _unsupported(content_type: bytes | None, binding: Binding) -> RestError:
     shown = (content_type or b"").decode("latin-1")
+    wanted = "application/json"
+    if binding.plan.form is not None:
+        wanted += f" or {FORM.decode()}"
     return RestError(
         grpc.StatusCode.INVALID_ARGUMENT,
-        f"unsupported content type {shown!r}; send application/json",
+        f"unsupported content type {shown!r}; send {wanted}",
         http_status=415,
     )
 

@@ -2,12 +2,14 @@
 
 One Binding per HttpRule (the rule itself and each of its additional_bindings), carrying the
 compiled template, the request plan, the response body field and the success status declared
-with `(transcoding.v1.http_response).status` (never inferred from the path or the verb).
+with `(transcoding.v1.http_response).status` (never inferred from the path or the verb), and the
+method's RestMethodOptions. Options for a method the registry lacks, or one without a rule, are
+refused: they would silently do nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ from google.api import (  # type: ignore[import-untyped, unused-ignore]
 from transcoding.v1 import annotations_pb2 as transcoding_pb2
 
 from gateway.registry import Method, MethodRegistry
+from gateway.rest.options import NO_OPTIONS, RestMethodOptions
 from gateway.rest.request import BindingError, RequestPlan
 from gateway.rest.templates import PathTemplate, TemplateError, parse_template
 
@@ -30,6 +33,7 @@ class Binding:
     plan: RequestPlan
     response_field: str | None
     success_status: int
+    options: RestMethodOptions
 
     @property
     def origin(self) -> str:
@@ -37,14 +41,26 @@ class Binding:
 
 
 def read_bindings(
-    registry: MethodRegistry, *, lenient_enums: bool, strict_query: bool
+    registry: MethodRegistry,
+    *,
+    lenient_enums: bool,
+    strict_query: bool,
+    method_options: Mapping[str, RestMethodOptions],
 ) -> Iterator[Binding]:
+    unknown = sorted(set(method_options) - {method.path for method in registry.methods()})
+    if unknown:
+        raise BindingError(f"method_options for methods not registered: {', '.join(unknown)}")
     for method in registry.methods():
-        options: Any = method.descriptor.GetOptions()
-        if not options.HasExtension(annotations_pb2.http):
+        descriptor_options: Any = method.descriptor.GetOptions()
+        if not descriptor_options.HasExtension(annotations_pb2.http):
+            if method.path in method_options:
+                raise BindingError(
+                    f"method_options for {method.path}, which has no google.api.http rule"
+                )
             continue  # not exposed over REST (e.g. robot-only streams)
-        rule = options.Extensions[annotations_pb2.http]
+        rule = descriptor_options.Extensions[annotations_pb2.http]
         status = _success_status(method)
+        options = method_options.get(method.path, NO_OPTIONS)
         for index, each in enumerate([rule, *rule.additional_bindings]):
             where = method.descriptor.full_name + (
                 f" additional_bindings[{index - 1}]" if index else ""
@@ -52,13 +68,18 @@ def read_bindings(
             try:
                 if index and each.additional_bindings:
                     raise BindingError("additional_bindings may not nest")
-                yield _binding(method, each, status, lenient_enums, strict_query)
+                yield _binding(method, each, status, options, lenient_enums, strict_query)
             except (BindingError, TemplateError) as exc:
                 raise BindingError(f"{where}: {exc}") from None
 
 
 def _binding(
-    method: Method, rule: http_pb2.HttpRule, status: int, lenient_enums: bool, strict_query: bool
+    method: Method,
+    rule: http_pb2.HttpRule,
+    status: int,
+    options: RestMethodOptions,
+    lenient_enums: bool,
+    strict_query: bool,
 ) -> Binding:
     kind = rule.WhichOneof("pattern")
     if kind is None:
@@ -74,12 +95,15 @@ def _binding(
         raise BindingError(
             'a client-streaming method needs body: "*" (one JSON object per message)'
         )
+    if method.kind.request_streaming and options.form_body:
+        raise BindingError("form_body does not apply to a client-streaming method")
     plan = RequestPlan(
         method.request_class,
         template,
         rule.body,
         lenient_enums=lenient_enums,
         strict_query=strict_query,
+        form=options.form_body,
     )
     response_field: str | None = None
     if rule.response_body:
@@ -89,7 +113,7 @@ def _binding(
                 f"response_body {rule.response_body!r} is not a field of {output.full_name}"
             )
         response_field = rule.response_body
-    return Binding(method, http_method, template, plan, response_field, status)
+    return Binding(method, http_method, template, plan, response_field, status, options)
 
 
 def _success_status(method: Method) -> int:

@@ -1,6 +1,7 @@
 """Query string → request fields, for every field neither the path nor the body binds.
 
-Names are dotted field paths by proto or lowerCamel name (`sub.page_size`, `sub.pageSize`); a
+Form bodies (see form.py) are read by the same decoder, so a name means the same in both. Names
+are dotted field paths by proto or lowerCamel name (`sub.page_size`, `sub.pageSize`); a
 repeated field repeats its key; maps use grpc-gateway's `labels[key]=value`. Unknown names are
 ignored (grpc-gateway's behaviour), or refused with a 400 in strict mode. Every bad parameter
 is reported in one BadRequest, each under the name the client wrote.
@@ -11,14 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 import grpc
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from gateway.rest.fields import FieldPath, is_map, resolve
-from gateway.rest.status import RestError
+from gateway.rest.status import RestError, bad_request
 from gateway.rest.values import Converter, converter_for
+
+MAX_QUERY_PARAMETERS = 256  # also bounds the pairs of a form body
 
 # Bounded by the schema (each field has at most two spellings per level), never by the client:
 # names that do not resolve are not cached.
@@ -37,6 +41,22 @@ class _Param:
     bound: bool = False
     # A field the query cannot set (a plain message, a repeated message, a map without a key).
     refusal: str | None = None
+
+
+def parse_pairs(data: bytes, *, field: str, what: str) -> list[tuple[str, str]]:
+    """The name=value pairs of a query string or a form body ("query", "form" in errors)."""
+    try:
+        return parse_qsl(
+            data.decode("utf-8"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_QUERY_PARAMETERS,
+        )
+    except UnicodeDecodeError:
+        raise bad_request(field, f"the {what} parameters are not valid UTF-8") from None
+    except ValueError:
+        raise bad_request(field, f"more than {MAX_QUERY_PARAMETERS} {what} parameters") from None
 
 
 class QueryDecoder:

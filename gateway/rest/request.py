@@ -3,7 +3,8 @@
 Order and collision rule: the body is decoded first, then path values are set, then the query
 fills what neither binds. A path value that disagrees with a value the body gave for the same
 field is a 400 (grpc-gateway lets the path win, Envoy the body; silently picking one hides
-client bugs). With `body: "*"` there are no query parameters.
+client bugs). With `body: "*"` there are no query parameters. A form body (form.py) takes the
+JSON body's place: its pairs are applied first, then the path values, which must agree.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class RequestPlan:
         *,
         lenient_enums: bool,
         strict_query: bool,
+        form: bool = False,
     ) -> None:
         descriptor = descriptor_of(request_class)
         self.request_class = request_class
@@ -69,6 +71,9 @@ class RequestPlan:
                 raise BindingError(
                     f"body {body!r} is not a top-level field of {descriptor.full_name}"
                 )
+        if form and body != "*":
+            has = f"body: {body!r}" if body else "no body"
+            raise BindingError(f'form_body needs body: "*" (a form names request fields); {has}')
 
         bound = [setter.path.names for _, setter in self.path]
         if self.body_field is not None:
@@ -80,6 +85,12 @@ class RequestPlan:
             self.query = QueryDecoder(
                 descriptor, bound=bound, lenient_enums=lenient_enums, strict=strict_query
             )
+        # Forms never refuse unknown names (RFC 6749 §3.2), whatever the query's strictness.
+        self.form: QueryDecoder | None = None
+        if form:
+            self.form = QueryDecoder(
+                descriptor, bound=(), lenient_enums=lenient_enums, strict=False
+            )
 
     def build(
         self, segments: list[str], document: Any, pairs: Sequence[tuple[str, str]]
@@ -88,6 +99,23 @@ class RequestPlan:
         message = self.request_class()
         if document is not None:
             codec.parse_into(document, message, self.body_field, self.lenient_enums)
+        for variable, setter in self.path:
+            self._set_from_path(message, variable, setter, segments)
+        if pairs:
+            self._apply_query(message, pairs)
+        return message
+
+    def build_form(
+        self,
+        segments: list[str],
+        form: Sequence[tuple[str, str]],
+        pairs: Sequence[tuple[str, str]],
+    ) -> Message:
+        """As build(), with a form body's pairs (those with a value) in place of a JSON body."""
+        assert self.form is not None
+        message = self.request_class()
+        if form:
+            self.form.apply(message, form)
         for variable, setter in self.path:
             self._set_from_path(message, variable, setter, segments)
         if pairs:

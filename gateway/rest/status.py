@@ -2,8 +2,9 @@
 
 The table is the one google/rpc/code.proto, grpc-gateway and Envoy share. Errors found by the
 gateway itself (routing, body, query) are `RestError`s and take the same shape as a servicer's
-errors. Writing an error must not fail: an undecodable detail is dropped rather than turned
-into a 500, and a last hard-coded body stands behind everything else.
+errors, unless the method has an error writer of its own (options.py). Writing an error must not
+fail: an undecodable detail is dropped rather than turned into a 500, and a last hard-coded body
+stands behind everything else.
 """
 
 from __future__ import annotations

@@ -89,6 +89,11 @@ class EchoServicer(echo_pb2_grpc.EchoServiceServicer):  # type: ignore[name-defi
             status.details.append(detail)
         await context.abort_with_status(rpc_status.to_status(status))
 
+    async def Submit(self, request: Any, context: Any) -> Any:
+        if request.code:
+            return await self.Fail(request, context)
+        return echo_pb2.EchoResponse(echoed=request)
+
     async def Sleep(self, request: Any, context: Any) -> Any:
         self.sleeping.set()
         try:

@@ -38,8 +38,10 @@ class RestServer:
         return self.server.call(coroutine, timeout)
 
 
-def echo_registry(servicer: Any | None = None) -> tuple[MethodRegistry, Any]:
-    registry = MethodRegistry(InterceptorChain())
+def echo_registry(
+    servicer: Any | None = None, chain: InterceptorChain | None = None
+) -> tuple[MethodRegistry, Any]:
+    registry = MethodRegistry(chain or InterceptorChain())
     servicer = servicer or EchoServicer()
     echo_pb2_grpc.add_EchoServiceServicer_to_server(servicer, registry)
     return registry, servicer
@@ -49,13 +51,14 @@ def echo_registry(servicer: Any | None = None) -> tuple[MethodRegistry, Any]:
 def rest_server(
     servicer_factory: Callable[[], Any] = EchoServicer,
     extra: Callable[[MethodRegistry], None] | None = None,
+    chain: InterceptorChain | None = None,
     **options: Any,
 ) -> Iterator[RestServer]:
     """Serves the EchoService (and whatever `extra` registers) over REST only."""
     built: dict[str, Any] = {}
 
     def factory() -> ASGIApp:
-        registry, servicer = echo_registry(servicer_factory())
+        registry, servicer = echo_registry(servicer_factory(), chain)
         if extra is not None:
             extra(registry)
         app = RestApp(registry, **options)
