@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
 from roz.v1 import (
     api_keys_pb2_grpc,
     commands_pb2_grpc,
+    device_auth_pb2_grpc,
     environments_pb2_grpc,
     health_pb2_grpc,
     hosts_pb2_grpc,
@@ -32,6 +35,12 @@ from gateway.rest.app import RestApp
 from gateway.router import GatewayRouter
 from server.api.api_keys import ApiKeyServicer
 from server.api.commands import CommandServicer
+from server.api.device_auth import (
+    DeviceAuthServicer,
+    DeviceLogins,
+    DeviceLoginSettings,
+    rest_options,
+)
 from server.api.environments import EnvironmentServicer
 from server.api.errors import status_for
 from server.api.health import HealthMonitor, ServerHealthServicer
@@ -41,12 +50,17 @@ from server.api.metrics import MetricsServicer
 from server.api.safety_policies import SafetyPolicyServicer
 from server.api.tasks import TaskServicer
 from server.domain.api_keys import Principal
+from server.domain.device_auth import GuessLimiter
 from server.domain.rate_limits import TokenBuckets
 from server.settings import Settings
 from server.storage.api_keys import ApiKeyRepository, LastUsedRecorder
 from server.storage.bootstrap import bootstrap
 from server.storage.commands import CommandRepository, time_out_commands
 from server.storage.database import Database
+from server.storage.device_authorizations import (
+    DeviceAuthorizationRepository,
+    purge_device_authorizations,
+)
 from server.storage.environments import EnvironmentRepository
 from server.storage.hosts import HostRepository
 from server.storage.metrics import MetricsRepository
@@ -57,11 +71,19 @@ from server.storage.tasks import TaskRepository, time_out_tasks
 log = logging.getLogger(__name__)
 
 
-class RozServer:
-    """One server process. `asgi` is what Hypercorn serves; its lifespan opens the database."""
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
-    def __init__(self, settings: Settings) -> None:
+
+class RozServer:
+    """One server process. `asgi` is what Hypercorn serves; its lifespan opens the database.
+
+    `clock` is the wall clock of device logins (tests pass one they can move).
+    """
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] | None = None) -> None:
         self.settings = settings
+        self.clock = clock or _utcnow
         self.database = Database(
             database_url=settings.database_url,
             data_dir=settings.data_dir,
@@ -73,6 +95,10 @@ class RozServer:
             Sweeper(settings.sweep_interval_seconds)
             .add("task timeouts", time_out_tasks)
             .add("command timeouts", time_out_commands)
+            .add(
+                "device logins",
+                lambda pool: purge_device_authorizations(pool, self.clock()),
+            )
         )
 
         rules = AccessRules()
@@ -103,6 +129,27 @@ class RozServer:
         commands_pb2_grpc.add_CommandServiceServicer_to_server(
             CommandServicer(lambda: CommandRepository(self.database.pool)), registry
         )
+        self.device_logins = DeviceLogins(
+            lambda: DeviceAuthorizationRepository(self.database.pool),
+            GuessLimiter(
+                per_client=settings.device_guesses_per_minute,
+                overall=settings.device_guesses_per_minute_total,
+                clock=time.monotonic,
+            ),
+            self.clock,
+        )
+        device_auth_pb2_grpc.add_DeviceAuthServiceServicer_to_server(
+            DeviceAuthServicer(
+                self.device_logins,
+                DeviceLoginSettings(
+                    base_url=settings.base_url,
+                    lifetime=timedelta(seconds=settings.device_code_lifetime_seconds),
+                    interval_seconds=settings.device_poll_interval_seconds,
+                ),
+                TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst),
+            ),
+            registry,
+        )
         api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(
             ApiKeyServicer(self._api_keys), registry
         )
@@ -123,7 +170,9 @@ class RozServer:
         self.asgi = GatewayRouter(
             grpc_app=self.grpc,
             grpc_web_app=GrpcWebApp(registry, max_message_bytes=settings.max_message_bytes),
-            rest_app=RestApp(registry, max_body_bytes=settings.max_body_bytes),
+            rest_app=RestApp(
+                registry, max_body_bytes=settings.max_body_bytes, method_options=rest_options()
+            ),
             allowed_origins=settings.cors_origins,
             lifespan=self.lifespan,
         )

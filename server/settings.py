@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 MIB = 1024 * 1024
 
@@ -39,6 +40,14 @@ class Settings:
     health_check_interval_seconds: float = 5.0
     sweep_interval_seconds: float = 5.0
     db_pool_max: int = 10
+    # Device login: the address people reach the server at (for the approval page's URL; by
+    # default built from host and port), how long codes live, how often devices may poll, and
+    # how many wrong user codes one client, and everyone together, may try per minute.
+    public_url: str | None = None
+    device_code_lifetime_seconds: int = 900
+    device_poll_interval_seconds: int = 5
+    device_guesses_per_minute: int = 5
+    device_guesses_per_minute_total: int = 100
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -78,6 +87,27 @@ class Settings:
                 "ROZ_SWEEP_INTERVAL_SECONDS", cls.sweep_interval_seconds, minimum=0.1
             ),
             db_pool_max=reader.integer("ROZ_DB_POOL_MAX", cls.db_pool_max, minimum=1),
+            public_url=reader.url("ROZ_PUBLIC_URL"),
+            device_code_lifetime_seconds=reader.integer(
+                "ROZ_DEVICE_CODE_LIFETIME_SECONDS",
+                cls.device_code_lifetime_seconds,
+                minimum=10,
+                maximum=86_400,
+            ),
+            device_poll_interval_seconds=reader.integer(
+                "ROZ_DEVICE_POLL_INTERVAL_SECONDS",
+                cls.device_poll_interval_seconds,
+                minimum=1,
+                maximum=60,
+            ),
+            device_guesses_per_minute=reader.integer(
+                "ROZ_DEVICE_GUESSES_PER_MINUTE", cls.device_guesses_per_minute, minimum=1
+            ),
+            device_guesses_per_minute_total=reader.integer(
+                "ROZ_DEVICE_GUESSES_PER_MINUTE_TOTAL",
+                cls.device_guesses_per_minute_total,
+                minimum=1,
+            ),
             log_level=reader.choice(
                 "ROZ_LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
@@ -91,6 +121,16 @@ class Settings:
     def tls(self) -> bool:
         return self.tls_cert is not None
 
+    @property
+    def base_url(self) -> str:
+        """Where people reach this server: ROZ_PUBLIC_URL, else this listener's own address."""
+        if self.public_url:
+            return self.public_url
+        host = "localhost" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
 
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
@@ -102,6 +142,18 @@ class _Reader:
     def path(self, name: str) -> Path | None:
         value = self._env.get(name)
         return Path(value) if value else None
+
+    def url(self, name: str) -> str | None:
+        """An absolute http(s) URL without query or fragment; returned without a trailing "/"."""
+        raw = self._env.get(name)
+        if not raw:
+            return None
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise SettingsError(f"{name} must be an absolute http:// or https:// URL, not {raw!r}")
+        if parts.query or parts.fragment or "@" in parts.netloc:
+            raise SettingsError(f"{name} must not carry credentials, a query or a fragment")
+        return raw.rstrip("/")
 
     def items(self, name: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self._env.get(name, "").split(",") if item.strip())

@@ -26,6 +26,7 @@ def api_key_to_proto(key: ApiKey) -> pb.ApiKey:
         create_time=timestamp(key.create_time),
         last_used_time=timestamp(key.last_used_time),
         revoke_time=timestamp(key.revoke_time),
+        creator_key_id=str(key.created_by_key_id) if key.created_by_key_id else "",
     )
 
 
@@ -69,4 +70,21 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):  # type: ignore[m
     async def DeleteApiKey(self, request: pb.DeleteApiKeyRequest, context: Any) -> empty_pb2.Empty:
         tenant = current_principal().tenant_id
         await self._repository().revoke(tenant, parse_id(request.id))
+        return empty_pb2.Empty()
+
+    async def GetCaller(self, request: pb.GetCallerRequest, context: Any) -> pb.Caller:
+        caller = current_principal()
+        repository = self._repository()
+        key = await repository.get(caller.tenant_id, caller.key_id)
+        return pb.Caller(
+            tenant_id=str(caller.tenant_id),
+            tenant_name=await repository.tenant_name(caller.tenant_id),
+            api_key=api_key_to_proto(key),
+        )
+
+    async def DeleteCallerApiKey(
+        self, request: pb.DeleteCallerApiKeyRequest, context: Any
+    ) -> empty_pb2.Empty:
+        caller = current_principal()
+        await self._repository().revoke(caller.tenant_id, caller.key_id)
         return empty_pb2.Empty()

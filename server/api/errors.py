@@ -12,7 +12,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from psycopg import OperationalError
 from psycopg_pool import PoolTimeout
 
-from server.domain import errors
+from server.domain import device_auth, errors
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,34 @@ def _unavailable(exc: errors.Unavailable) -> status_pb2.Status:
     return _status(code_pb2.UNAVAILABLE, exc.message)
 
 
+# Each device-flow answer as a gRPC status; its ErrorInfo reason is the RFC 6749 error code in
+# upper case, which the REST token endpoint writes back in lower case (server/api/device_auth.py).
+_DEVICE_FLOW_CODES = {
+    device_auth.OAuthError.INVALID_REQUEST: code_pb2.INVALID_ARGUMENT,
+    device_auth.OAuthError.INVALID_GRANT: code_pb2.NOT_FOUND,
+    device_auth.OAuthError.INVALID_SCOPE: code_pb2.INVALID_ARGUMENT,
+    device_auth.OAuthError.UNSUPPORTED_GRANT_TYPE: code_pb2.INVALID_ARGUMENT,
+    device_auth.OAuthError.AUTHORIZATION_PENDING: code_pb2.FAILED_PRECONDITION,
+    device_auth.OAuthError.SLOW_DOWN: code_pb2.RESOURCE_EXHAUSTED,
+    device_auth.OAuthError.ACCESS_DENIED: code_pb2.PERMISSION_DENIED,
+    device_auth.OAuthError.EXPIRED_TOKEN: code_pb2.FAILED_PRECONDITION,
+}
+
+
+def _device_flow(exc: device_auth.DeviceFlowError) -> status_pb2.Status:
+    metadata = {}
+    details: list[Message] = []
+    if exc.interval_seconds is not None:
+        metadata["interval"] = str(exc.interval_seconds)
+        if exc.error is device_auth.OAuthError.SLOW_DOWN:
+            delay = duration_pb2.Duration(seconds=exc.interval_seconds)
+            details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    info = error_details_pb2.ErrorInfo(
+        reason=exc.error.value.upper(), domain=ERROR_DOMAIN, metadata=metadata
+    )
+    return _status(_DEVICE_FLOW_CODES[exc.error], exc.message, info, *details)
+
+
 def _database_unavailable(exc: Exception) -> status_pb2.Status:
     # The client did nothing wrong and must not see the driver's text; the log keeps it.
     log.warning("database unavailable: %s", exc)
@@ -116,6 +144,7 @@ _TABLE: tuple[tuple[type[Exception], Callable[..., status_pb2.Status]], ...] = (
     (errors.PermissionDenied, _permission_denied),
     (errors.ResourceExhausted, _resource_exhausted),
     (errors.Unavailable, _unavailable),
+    (device_auth.DeviceFlowError, _device_flow),
     (PoolTimeout, _database_unavailable),
     (OperationalError, _database_unavailable),
 )

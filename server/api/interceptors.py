@@ -35,7 +35,7 @@ KeyLookup = Callable[[str], Awaitable[Principal | None]]
 @dataclass(frozen=True)
 class AccessRule:
     public: bool
-    scope: str = ""
+    scope: str = ""  # empty for a non-public method: any valid key may call it
 
 
 class AccessRules:
@@ -60,6 +60,8 @@ def _rule_of(method: Method) -> AccessRule:
         access = options.Extensions[extension]
         if access.public:
             return AccessRule(public=True)
+        if access.authenticated and not access.scope:
+            return AccessRule(public=False)
         if not access.scope or not scopes.is_known(access.scope):
             raise ValueError(f"{method.path} declares an unknown scope {access.scope!r}")
         return AccessRule(public=False, scope=access.scope)
@@ -106,7 +108,7 @@ class Authorize:
 
     async def intercept(self, call: Call) -> None:
         rule = self._rules[call.method.path]
-        if rule.public:
+        if rule.public or not rule.scope:
             return
         principal: Principal = call.state["principal"]
         if not scopes.grants(principal.scopes, rule.scope):

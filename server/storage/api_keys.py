@@ -56,6 +56,7 @@ _REVOKE = (
 )
 _AUTHENTICATE = "SELECT key_id, tenant_id, scopes FROM roz.authenticate_api_key(%s, %s)"
 _TOUCH = "SELECT roz.touch_api_keys(%s::uuid[], %s::timestamptz[])"
+_TENANT_NAME = "SELECT roz.tenant_name(%s)"
 
 
 def _utcnow() -> datetime:
@@ -163,6 +164,12 @@ class ApiKeyRepository:
         if key is None:
             raise NotFound(RESOURCE, str(key_uuid))
         return key
+
+    async def tenant_name(self, tenant_id: UUID) -> str:
+        """The name of the caller's tenant (the request role cannot read roz.tenants itself)."""
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(_TENANT_NAME, (tenant_id,))).fetchone()
+        return str(row[0]) if row and row[0] is not None else ""
 
     async def authenticate(self, secret: str) -> Principal | None:
         """The caller behind a bearer secret, or None for anything but a usable key.

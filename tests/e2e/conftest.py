@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from server.listener import hypercorn_config
 from server.settings import Settings
 from server.storage.bootstrap import create_tenant
 from server.storage.roles import app_role_name
-from tests.support.server import RunningServer, running
+from tests.support.server import RunningServer, free_port, running
 
 TEST_DATABASE_URL = os.environ.get("ROZ_TEST_DATABASE_URL") or None
 
@@ -87,6 +88,21 @@ async def _drop_database(server_dsn: str, dsn: str) -> None:
 RozFactory = Callable[..., Roz]
 
 
+class TestClock:
+    """A wall clock a test moves by hand: `roz_factory(clock=TestClock())`."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 @contextmanager
 def private_directory() -> Iterator[Path]:
     """A directory outside pytest's temporary root, for embedded PostgreSQL data.
@@ -123,6 +139,9 @@ def roz_factory() -> Iterator[RozFactory]:
             databases.append(database_url)
         # admin_key=None lets the server generate one and save it in the data directory.
         admin_key = overrides.pop("admin_key", "") if "admin_key" in overrides else mint_secret()
+        clock = overrides.pop("clock", None)  # the wall clock of device logins
+        # The port is chosen first so the server knows its own address (the approval page's URL).
+        overrides.setdefault("port", free_port())
         settings = dataclasses.replace(
             Settings(),
             data_dir=data_dir,
@@ -133,10 +152,10 @@ def roz_factory() -> Iterator[RozFactory]:
         apps: list[RozServer] = []
 
         def build() -> Any:
-            apps.append(RozServer(settings))
+            apps.append(RozServer(settings, clock=clock))
             return apps[0].asgi
 
-        context = running(build, config=hypercorn_config(settings))
+        context = running(build, config=hypercorn_config(settings), port=settings.port)
         listener = context.__enter__()
         stack.append(context)
         if admin_key is None:

@@ -68,12 +68,14 @@ def running(
     app_factory: Callable[[], Any],
     configure: Callable[[Config], None] | None = None,
     config: Config | None = None,
+    port: int | None = None,
 ) -> Iterator[RunningServer]:
     """Builds the ASGI app on the server thread's loop and serves it until the block ends.
 
-    `config` (e.g. the server's own hypercorn_config) is used as given, bound to a free port.
+    `config` (e.g. the server's own hypercorn_config) is used as given, bound to `port` or a
+    free one.
     """
-    port = free_port()
+    port = port or free_port()
     if config is None:
         config = Config()
         config.keep_alive_max_requests = 1_000_000

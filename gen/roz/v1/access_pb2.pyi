@@ -8,9 +8,11 @@ ACCESS_FIELD_NUMBER: _ClassVar[int]
 access: _descriptor.FieldDescriptor
 
 class MethodAccess(_message.Message):
-    __slots__ = ("scope", "public")
+    __slots__ = ("scope", "public", "authenticated")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    AUTHENTICATED_FIELD_NUMBER: _ClassVar[int]
     scope: str
     public: bool
-    def __init__(self, scope: _Optional[str] = ..., public: _Optional[bool] = ...) -> None: ...
+    authenticated: bool
+    def __init__(self, scope: _Optional[str] = ..., public: _Optional[bool] = ..., authenticated: _Optional[bool] = ...) -> None: ...

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class ApiKeyServiceStub:
-    """Manages the API keys of the caller's tenant. Every method needs the "api-keys:admin" scope.
+    """Manages the API keys of the caller's tenant. Every method needs the "api-keys:admin" scope,
+    except the caller's own key: any key may see and revoke itself.
     """
 
     def __init__(self, channel):
@@ -56,10 +57,21 @@ class ApiKeyServiceStub:
                 request_serializer=roz_dot_v1_dot_api__keys__pb2.DeleteApiKeyRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.GetCaller = channel.unary_unary(
+                '/roz.v1.ApiKeyService/GetCaller',
+                request_serializer=roz_dot_v1_dot_api__keys__pb2.GetCallerRequest.SerializeToString,
+                response_deserializer=roz_dot_v1_dot_api__keys__pb2.Caller.FromString,
+                _registered_method=True)
+        self.DeleteCallerApiKey = channel.unary_unary(
+                '/roz.v1.ApiKeyService/DeleteCallerApiKey',
+                request_serializer=roz_dot_v1_dot_api__keys__pb2.DeleteCallerApiKeyRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class ApiKeyServiceServicer:
-    """Manages the API keys of the caller's tenant. Every method needs the "api-keys:admin" scope.
+    """Manages the API keys of the caller's tenant. Every method needs the "api-keys:admin" scope,
+    except the caller's own key: any key may see and revoke itself.
     """
 
     def CreateApiKey(self, request, context):
@@ -90,6 +102,20 @@ class ApiKeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCaller(self, request, context):
+        """Who is calling: the caller's tenant and key (`roz whoami`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCallerApiKey(self, request, context):
+        """Revokes the key making the call (`roz logout`); it stops working on the next request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApiKeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +139,16 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
                     request_deserializer=roz_dot_v1_dot_api__keys__pb2.DeleteApiKeyRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
+            'GetCaller': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCaller,
+                    request_deserializer=roz_dot_v1_dot_api__keys__pb2.GetCallerRequest.FromString,
+                    response_serializer=roz_dot_v1_dot_api__keys__pb2.Caller.SerializeToString,
+            ),
+            'DeleteCallerApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCallerApiKey,
+                    request_deserializer=roz_dot_v1_dot_api__keys__pb2.DeleteCallerApiKeyRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'roz.v1.ApiKeyService', rpc_method_handlers)
@@ -122,7 +158,8 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ApiKeyService:
-    """Manages the API keys of the caller's tenant. Every method needs the "api-keys:admin" scope.
+    """Manages the API keys of the caller's tenant. Every method needs the "api-keys:admin" scope,
+    except the caller's own key: any key may see and revoke itself.
     """
 
     @staticmethod
@@ -222,6 +259,60 @@ class ApiKeyService:
             target,
             '/roz.v1.ApiKeyService/DeleteApiKey',
             roz_dot_v1_dot_api__keys__pb2.DeleteApiKeyRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCaller(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roz.v1.ApiKeyService/GetCaller',
+            roz_dot_v1_dot_api__keys__pb2.GetCallerRequest.SerializeToString,
+            roz_dot_v1_dot_api__keys__pb2.Caller.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCallerApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roz.v1.ApiKeyService/DeleteCallerApiKey',
+            roz_dot_v1_dot_api__keys__pb2.DeleteCallerApiKeyRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,

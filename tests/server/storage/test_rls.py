@@ -74,7 +74,9 @@ async def test_every_tenant_table_forces_rls_with_using_and_with_check(database:
 
 
 @pytest.mark.parametrize(
-    "table", ["tenants", "role_secrets", "schema_migrations"], ids=lambda table: table
+    "table",
+    ["tenants", "role_secrets", "schema_migrations", "device_authorizations", "device_sessions"],
+    ids=lambda table: table,
 )
 async def test_the_request_role_cannot_read_tables_outside_rls(
     database: Database, table: str
@@ -216,7 +218,17 @@ async def test_definer_functions_are_not_executable_by_public(database: Database
         ).fetchall()
     assert [row[0] for row in rows] == [
         "authenticate_api_key",
+        "decide_device_authorization",
+        "end_device_session",
+        "find_device_authorization",
+        "find_device_session",
+        "lock_device_authorization",
         "overdue_commands",
+        "purge_device_authorizations",
+        "record_device_poll",
+        "start_device_authorization",
+        "start_device_session",
+        "tenant_name",
         "time_out_tasks",
         "touch_api_keys",
     ]
