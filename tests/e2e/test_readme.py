@@ -99,3 +99,33 @@ def test_whole_flow_runs_as_written(roz_factory: RozFactory, roz_dir: Path) -> N
     assert '"state": "STATE_COMPLETED"' in grpcurl  # GetCommand and ListCommands
     assert '"prompt": "count the parts"' in grpcurl
     assert '"STATE_PENDING"' in grpcurl  # the metrics now count the new task
+
+
+def test_device_login_by_hand_runs_as_written(roz_factory: RozFactory, roz_dir: Path) -> None:
+    home = roz_dir / "home"
+    roz = roz_factory(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    blocks = shell_blocks("Device login")
+    assert len(blocks) == 1
+    script = (
+        "set -euo pipefail\n"
+        "export ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n" + blocks[0]
+    ).replace("localhost:8080", roz.listener.target)
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("XDG_DATA_HOME", None)
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = result.stdout
+    assert '"user_code":"' in out
+    assert '{"error":"authorization_pending"' in out
+    token, _ = json.JSONDecoder().raw_decode(out, out.index('{"access_token"'))
+    assert token["token_type"] == "Bearer"
+    assert token["scope"] == "tasks:read"
+    assert token["access_token"].startswith("roz_sk_")
