@@ -67,6 +67,7 @@ from server.storage.metrics import MetricsRepository
 from server.storage.safety_policies import SafetyPolicyRepository
 from server.storage.sweeps import Sweeper
 from server.storage.tasks import TaskRepository, time_out_tasks
+from server.web import DevicePage
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,11 @@ class RozServer:
             ),
             allowed_origins=settings.cors_origins,
             lifespan=self.lifespan,
+            mounts={
+                "/device": DevicePage(
+                    self.device_logins, self._authenticate, base_url=settings.base_url
+                )
+            },
         )
 
     def _api_keys(self) -> ApiKeyRepository:
@@ -185,6 +191,12 @@ class RozServer:
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
+        if self.settings.public_url is None and self.settings.host in ("0.0.0.0", "::"):  # noqa: S104
+            log.warning(
+                "ROZ_PUBLIC_URL is not set: device logins will send people to %s/device, which "
+                "only works on this machine",
+                self.settings.base_url,
+            )
         self.settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         await self.database.open()
         try:

@@ -12,10 +12,10 @@ import os
 import shutil
 import tempfile
 import uuid
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 

@@ -272,9 +272,7 @@ def test_the_seed_s_json_poll_collects_the_key_too(
     assert token.json()["scope"] == "admin"
 
 
-def test_concurrent_polls_mint_exactly_one_key(
-    http: httpx.Client, server: Roz, admin: str
-) -> None:
+def test_concurrent_polls_mint_exactly_one_key(http: httpx.Client, server: Roz, admin: str) -> None:
     code = request_code(http)
     assert approve(http, admin, code["user_code"]).status_code == 200
 
@@ -364,9 +362,7 @@ def test_an_approver_cannot_grant_more_than_they_hold(
     assert poll(http, open_code["device_code"]).json()["scope"] == "api-keys:admin tasks:read"
 
 
-def test_an_approver_may_narrow_but_not_widen_the_request(
-    http: httpx.Client, admin: str
-) -> None:
+def test_an_approver_may_narrow_but_not_widen_the_request(http: httpx.Client, admin: str) -> None:
     code = request_code(http, scope="tasks:write hosts:read")
     widened = approve(http, admin, code["user_code"], scopes=["tasks:write", "commands:write"])
     assert widened.status_code == 400
@@ -408,9 +404,7 @@ def test_a_user_code_of_the_wrong_shape_is_not_found(http: httpx.Client, admin: 
 # -- brute force -------------------------------------------------------------------------------
 
 
-def test_wrong_user_codes_are_limited_per_client(
-    roz_factory: RozFactory, clock: TestClock
-) -> None:
+def test_wrong_user_codes_are_limited_per_client(roz_factory: RozFactory, clock: TestClock) -> None:
     server = roz_factory(clock=clock, device_guesses_per_minute=3)
     admin = server.new_tenant("guesser")
     with server.rest() as http:

@@ -107,8 +107,7 @@ def test_device_login_by_hand_runs_as_written(roz_factory: RozFactory, roz_dir: 
     blocks = shell_blocks("Device login")
     assert len(blocks) == 1
     script = (
-        "set -euo pipefail\n"
-        "export ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n" + blocks[0]
+        "set -euo pipefail\nexport ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n" + blocks[0]
     ).replace("localhost:8080", roz.listener.target)
     env = {**os.environ, "HOME": str(home)}
     env.pop("XDG_DATA_HOME", None)

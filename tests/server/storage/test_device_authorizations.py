@@ -62,19 +62,25 @@ async def test_only_the_hash_of_the_device_code_is_stored(
     now = datetime.now(UTC)
     device_code, user_code = await _start(logins, now)
     digest = hashlib.sha256(device_code.encode()).digest()
-    assert await _count(
-        database,
-        "SELECT count(*) FROM roz.device_authorizations WHERE device_code_hash = %s"
-        " AND user_code = %s",
-        digest,
-        user_code,
-    ) == 1
-    assert await _count(
-        database,
-        "SELECT count(*) FROM roz.device_authorizations AS d"
-        " WHERE position(%s::bytea IN row_to_json(d)::text::bytea) > 0",
-        device_code.encode(),
-    ) == 0
+    assert (
+        await _count(
+            database,
+            "SELECT count(*) FROM roz.device_authorizations WHERE device_code_hash = %s"
+            " AND user_code = %s",
+            digest,
+            user_code,
+        )
+        == 1
+    )
+    assert (
+        await _count(
+            database,
+            "SELECT count(*) FROM roz.device_authorizations AS d"
+            " WHERE position(%s::bytea IN row_to_json(d)::text::bytea) > 0",
+            device_code.encode(),
+        )
+        == 0
+    )
 
 
 async def test_a_login_is_decided_once_and_collected_once(
@@ -104,9 +110,12 @@ async def test_a_login_is_decided_once_and_collected_once(
     with pytest.raises(DeviceFlowError) as used:
         await logins.exchange(device_code, now + timedelta(seconds=10))
     assert used.value.error is OAuthError.INVALID_GRANT
-    assert await _count(
-        database, "SELECT count(*) FROM roz.api_keys WHERE tenant_id = %s", tenant_a.id
-    ) == 2
+    assert (
+        await _count(
+            database, "SELECT count(*) FROM roz.api_keys WHERE tenant_id = %s", tenant_a.id
+        )
+        == 2
+    )
 
 
 async def test_a_key_of_another_tenant_cannot_decide(
