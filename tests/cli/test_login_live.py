@@ -24,17 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
-device_auth = pytest.importorskip(
-    "server.api.device_auth",
-    reason="the server's device login (server/api/device_auth.py) is not in place yet",
-)
-if not hasattr(device_auth, "DeviceAuthServicer"):
-    pytest.skip(
-        "server/api/device_auth.py does not define DeviceAuthServicer yet",
-        allow_module_level=True,
-    )
-
-from tests.e2e.conftest import Roz, RozFactory, roz_factory  # noqa: E402, F401  (the fixture)
+from tests.e2e.conftest import Roz, RozFactory, roz_factory  # noqa: F401  (the fixture)
+from tests.e2e.test_device_page import chromium, on_page  # noqa: F401  (the fixture)
 
 USER_CODE = re.compile(r"enter the code (\S+)")
 NAME = "roz CLI in the live test"
@@ -332,3 +323,28 @@ def test_ctrl_c_stops_a_waiting_login_with_130(server: Roz, start_login: Any) ->
     assert (exit_code, stdout) == (130, "")
     assert stderr.endswith("roz: interrupted\n")
     assert "Traceback" not in stderr
+
+
+def test_roz_login_is_approved_in_a_real_browser(
+    server: Roz,
+    admin: str,
+    config: Path,
+    start_login: Any,
+    chromium: Any,  # noqa: F811
+) -> None:
+    """The whole issue in one test: the CLI waits, a person approves in Chromium, the CLI's own
+    poll collects the key."""
+    login = start_login("--server", server.url, "--name", "browser-approved CLI")
+    code = login.user_code()
+    chromium.get(f"{server.url}/device?user_code={code}")
+    chromium.find_element("id", "api_key").send_keys(admin)
+    chromium.find_element("css selector", "form[action='/device/session'] button").click()
+    on_page(chromium, "browser-approved CLI")
+    chromium.find_element("css selector", "button[value='approve']").click()
+    on_page(chromium, "Approved: the device now has access.")
+
+    exit_code, stdout, stderr = login.finish()
+    assert exit_code == 0, stderr
+    assert "Logged in to" in stdout
+    entry = stored(config)["servers"][server.url]
+    assert caller(server, entry["api_key"]).status_code == 200

@@ -7,6 +7,7 @@ without sleeping.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -557,7 +558,10 @@ def test_odd_cookies_are_ignored(server: Roz) -> None:
 @pytest.fixture
 def chromium() -> Iterator[Any]:
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        pytest.skip(f"the browser tests need {CHROMIUM} and {CHROMEDRIVER} (Debian's chromium)")
+        missing = f"the browser tests need {CHROMIUM} and {CHROMEDRIVER} (Debian's chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing}; .ci/run installs them")  # never a silent skip in CI
+        pytest.skip(missing)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
