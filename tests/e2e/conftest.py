@@ -175,3 +175,15 @@ def roz_factory() -> Iterator[RozFactory]:
 def roz(roz_factory: RozFactory) -> Roz:
     """The session's shared server, with generous rate limits."""
     return roz_factory(rate_limit_rps=100_000.0, rate_limit_burst=100_000)
+
+
+@pytest.fixture(scope="module")
+def clock() -> TestClock:
+    """The wall clock of the module's `server`, moved by hand (device logins)."""
+    return TestClock()
+
+
+@pytest.fixture(scope="module")
+def server(roz_factory: RozFactory, clock: TestClock) -> Roz:
+    """A server of the module's own, on `clock`, with generous rate limits."""
+    return roz_factory(clock=clock, rate_limit_rps=100_000.0, rate_limit_burst=100_000)

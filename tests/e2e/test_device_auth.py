@@ -26,16 +26,6 @@ GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 USER_CODE = re.compile(r"[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}")
 
 
-@pytest.fixture(scope="module")
-def clock() -> TestClock:
-    return TestClock()
-
-
-@pytest.fixture(scope="module")
-def server(roz_factory: RozFactory, clock: TestClock) -> Roz:
-    return roz_factory(clock=clock, rate_limit_rps=100_000.0, rate_limit_burst=100_000)
-
-
 @pytest.fixture
 def admin(server: Roz) -> str:
     """A fresh tenant's admin key, so guess limits and keys never leak between tests."""

@@ -13,19 +13,9 @@ import pytest
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import OAuth2Client
 
-from tests.e2e.conftest import Roz, RozFactory, TestClock
+from tests.e2e.conftest import Roz, TestClock
 
 GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-
-
-@pytest.fixture(scope="module")
-def clock() -> TestClock:
-    return TestClock()
-
-
-@pytest.fixture(scope="module")
-def server(roz_factory: RozFactory, clock: TestClock) -> Roz:
-    return roz_factory(clock=clock, rate_limit_rps=100_000.0, rate_limit_burst=100_000)
 
 
 @pytest.fixture

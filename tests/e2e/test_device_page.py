@@ -36,16 +36,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
-@pytest.fixture(scope="module")
-def clock() -> TestClock:
-    return TestClock()
-
-
-@pytest.fixture(scope="module")
-def server(roz_factory: RozFactory, clock: TestClock) -> Roz:
-    return roz_factory(clock=clock, rate_limit_rps=100_000.0, rate_limit_burst=100_000)
-
-
 @pytest.fixture
 def admin(server: Roz) -> str:
     """A fresh tenant's admin key, so keys and guess counts never leak between tests."""

@@ -21,14 +21,11 @@ def shell_blocks(section: str) -> list[str]:
     return re.findall(r"```sh\n(.*?)```", body, flags=re.DOTALL)
 
 
-def test_try_it_examples_work(roz_factory: RozFactory, roz_dir: Path) -> None:
-    home = roz_dir / "home"
-    roz = roz_factory(data_dir=home / ".local" / "share" / "roz", admin_key=None)
-    script = "set -euo pipefail\n" + "\n".join(shell_blocks("Try it"))
-    script = script.replace("localhost:8080", roz.listener.target)
+def run_as_user(script: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """The script in bash, as a user whose home is `home` (where the admin key was saved)."""
     env = {**os.environ, "HOME": str(home)}
     env.pop("XDG_DATA_HOME", None)
-    result = subprocess.run(
+    return subprocess.run(
         ["bash", "-c", script],
         cwd=ROOT,
         env=env,
@@ -37,6 +34,14 @@ def test_try_it_examples_work(roz_factory: RozFactory, roz_dir: Path) -> None:
         timeout=120,
         check=False,
     )
+
+
+def test_try_it_examples_work(roz_factory: RozFactory, roz_dir: Path) -> None:
+    home = roz_dir / "home"
+    roz = roz_factory(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    script = "set -euo pipefail\n" + "\n".join(shell_blocks("Try it"))
+    script = script.replace("localhost:8080", roz.listener.target)
+    result = run_as_user(script, home)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert '{"status":"ok"}' in out
@@ -66,17 +71,7 @@ def test_whole_flow_runs_as_written(roz_factory: RozFactory, roz_dir: Path) -> N
             f"{block}\necho '<<<END OF BLOCK>>>'" for block in shell_blocks("The whole flow")
         )
     ).replace("localhost:8080", roz.listener.target)
-    env = {**os.environ, "HOME": str(home)}
-    env.pop("XDG_DATA_HOME", None)
-    result = subprocess.run(
-        ["bash", "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_as_user(script, home)
     assert result.returncode == 0, result.stderr + result.stdout
     rest, grpcurl = result.stdout.split("<<<END OF BLOCK>>>")[:2]
     decoder = json.JSONDecoder()
@@ -109,17 +104,7 @@ def test_device_login_by_hand_runs_as_written(roz_factory: RozFactory, roz_dir: 
     script = (
         "set -euo pipefail\nexport ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n" + blocks[0]
     ).replace("localhost:8080", roz.listener.target)
-    env = {**os.environ, "HOME": str(home)}
-    env.pop("XDG_DATA_HOME", None)
-    result = subprocess.run(
-        ["bash", "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_as_user(script, home)
     assert result.returncode == 0, result.stderr + result.stdout
     out = result.stdout
     assert '"user_code":"' in out
