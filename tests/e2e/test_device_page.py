@@ -569,16 +569,19 @@ def chromium() -> Iterator[Any]:
 
 
 def on_page(driver: Any, text: str) -> None:
-    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.common.exceptions import TimeoutException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    # The body of the page before a click goes stale when the next page arrives.
-    wait = WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException,))
+    def shown(d: Any) -> str:
+        # Read through script, holding no element: the page before a click is replaced
+        # mid-read, which chromedriver reports as stale or as a detached node.
+        return str(d.execute_script("return document.body ? document.body.innerText : ''"))
+
+    wait = WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,))
     try:
-        wait.until(lambda d: text in d.find_element("tag name", "body").text)
+        wait.until(lambda d: text in shown(d))
     except TimeoutException:
-        shown = driver.find_element("tag name", "body").text
-        raise AssertionError(f"{text!r} not on {driver.current_url}:\n{shown}") from None
+        raise AssertionError(f"{text!r} not on {driver.current_url}:\n{shown(driver)}") from None
 
 
 def no_console_errors(driver: Any) -> None:
