@@ -31,6 +31,7 @@ from server.domain.device_auth import (
 )
 from server.storage.api_keys import insert_api_key
 from server.storage.database import Pool
+from server.storage.tenancy import set_tenant
 
 _START = "SELECT roz.start_device_authorization(%s, %s, %s, %s, %s, %s::text[], %s, %s, %s)"
 _LOCK = (
@@ -105,9 +106,7 @@ class DeviceAuthorizationRepository:
                 assert found is not None
                 assert found.tenant_id is not None
                 # The transaction becomes the approver's tenant's, for RLS on the key insert.
-                await conn.execute(
-                    "SELECT set_config('roz.tenant_id', %s, true)", (str(found.tenant_id),)
-                )
+                await set_tenant(conn, found.tenant_id)
                 new = NewApiKey(
                     name=key_name(found.client_name, now),
                     scopes=found.granted_scopes,

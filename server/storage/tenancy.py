@@ -49,6 +49,11 @@ async def _roll_back(conn: AsyncConnection[TupleRow]) -> None:
         log.debug("rollback failed", exc_info=True)
 
 
+async def set_tenant(conn: AsyncConnection[TupleRow], tenant_id: UUID) -> None:
+    """Makes the transaction already open on `conn` one tenant's, for the rest of it."""
+    await conn.execute(_SET_TENANT, (str(tenant_id),))
+
+
 @asynccontextmanager
 async def owner_tenant_transaction(
     conn: AsyncConnection[TupleRow], tenant_id: UUID
@@ -59,5 +64,5 @@ async def owner_tenant_transaction(
     the WITH CHECK policies meaningful if it ever does not.
     """
     async with conn.transaction():
-        await conn.execute(_SET_TENANT, (str(tenant_id),))
+        await set_tenant(conn, tenant_id)
         yield conn
