@@ -121,9 +121,10 @@ def validate_device_request(scope: str, client_name: str, client_id: str) -> Dev
     requested = scope.split()
     unknown = [value for value in requested if not scope_rules.is_known(value)]
     if unknown:
+        named = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")  # never echo a flood
         raise DeviceFlowError(
             OAuthError.INVALID_SCOPE,
-            f"unknown scope {', '.join(unknown)}: scopes are 'admin' or '<group>:<level>' with "
+            f"unknown scope {named}: scopes are 'admin' or '<group>:<level>' with "
             f"group one of {', '.join(scope_rules.GROUPS)} and level read, write or admin",
         )
     name = " ".join(client_name.split())  # the page shows one line, without runs of spaces

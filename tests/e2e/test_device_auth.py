@@ -124,6 +124,10 @@ def test_an_unknown_scope_is_invalid_scope(http: httpx.Client) -> None:
     response = http.post("/api/v1/device/code", json={"scope": "tasks:read rockets:launch"})
     assert oauth_error(response) == "invalid_scope"
     assert "rockets:launch" in response.json()["error_description"]
+    # A flood of unknown scopes is not echoed back whole.
+    flood = http.post("/api/v1/device/code", json={"scope": " ".join(["x"] * 100_000)})
+    assert oauth_error(flood) == "invalid_scope"
+    assert len(flood.text) < 1000
 
 
 @pytest.mark.parametrize(
