@@ -6,12 +6,15 @@ BUF := $(VENV)/bin/buf
 PROTOS := $(shell find proto -name '*.proto' | sort)
 SERVICE_PROTOS := $(shell grep -l '^service ' $(PROTOS))
 
-.PHONY: run test gen lint bench install clean-gen
+.PHONY: run test test-shuffled gen lint bench install lock clean-gen
 
-$(VENV)/.installed: pyproject.toml
+# Everything comes from the hashed lock, so a fresh clone installs exactly what was tested; pip and
+# setuptools are in the lock too, and the project itself is built with the locked setuptools.
+$(VENV)/.installed: requirements/dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
 
 install: $(VENV)/.installed
@@ -20,7 +23,17 @@ run: install
 	$(VENV)/bin/roz-server serve
 
 test: install
+	$(PY) -m pytest -p no:randomly
+
+# The same suite in a random order (the seed is printed; rerun one order with --randomly-seed=N).
+test-shuffled: install
 	$(PY) -m pytest
+
+# Re-resolve the lock from pyproject.toml to the newest releases its ranges allow (exact pins stay).
+lock: install
+	$(VENV)/bin/pip-compile --quiet --upgrade --extra dev --generate-hashes --allow-unsafe \
+		--strip-extras --no-emit-index-url --no-emit-find-links \
+		--output-file requirements/dev.txt pyproject.toml
 
 # googleapis' protos come from the installed googleapis-common-protos, never from a registry.
 third_party: install
