@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from hypercorn.asyncio import serve as hypercorn_serve
 
 from bench.handwritten import HandwrittenEnvironmentEndpoint
+from gateway.serving import serve as hypercorn_serve
 from server.app import RozServer
 from server.domain.api_keys import mint_secret, validate_new_key
 from server.domain.environments import EnvironmentDraft, EnvironmentKind

@@ -125,9 +125,14 @@ class GatewayRouter:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         content_type = origin = request_method = request_headers = b""
         request_ids: list[bytes] = []
+        has_body = False
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value
+            elif name == b"content-length":
+                has_body = has_body or value.strip() not in (b"", b"0")
+            elif name == b"transfer-encoding":
+                has_body = True
             elif name == REQUEST_ID:
                 request_ids.append(value)
             elif name == b"origin":
@@ -150,6 +155,9 @@ class GatewayRouter:
                     (REQUEST_ID, request_id),
                 ],
             }
+
+        if has_body and scope.get("http_version") in ("1.0", "1.1"):
+            receive, send = _closing_unless_read(receive, send)
 
         app = self._app_for(content_type)
         if self._mount_path is not None and app is self._rest:
@@ -295,6 +303,33 @@ def _mount_pattern(mounts: Mapping[str, ASGIApp]) -> re.Pattern[str] | None:
     prefixes = "|".join(re.escape(prefix) for prefix in sorted(mounts, key=len, reverse=True))
     # \Z, not $: a path may end in a (decoded) newline, before which $ would match as well.
     return re.compile(rf"({prefixes})(?:/|\Z)")
+
+
+def _closing_unless_read(receive: Receive, send: Send) -> tuple[Receive, Send]:
+    """An HTTP/1 exchange that says `Connection: close` when answered before its body was read.
+
+    Whatever answers early (a 413, a 415, a refused form, a 404), the unread rest of the body
+    would be taken for the next request on the connection, so the server closes it after the
+    response. Saying so lets a client or proxy open a new connection instead of reusing one it
+    would find closed under its next request.
+    """
+    read = False
+
+    async def receiving() -> Message:
+        nonlocal read
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            read = True
+        return message
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and not read:
+            headers = [(n, v) for n, v in message.get("headers", ()) if n.lower() != b"connection"]
+            headers.append((b"connection", b"close"))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return receiving, sending
 
 
 def _with_headers(send: Send, extra: list[tuple[bytes, bytes]], *, expose: bool = False) -> Send:

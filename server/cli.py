@@ -10,8 +10,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from hypercorn.asyncio import serve as hypercorn_serve
-
+from gateway.serving import serve as serve_asgi
 from server.app import RozServer
 from server.listener import hypercorn_config
 from server.logs import configure_logging
@@ -41,8 +40,8 @@ async def serve(settings: Settings) -> None:
         # (up to its graceful_timeout, set beyond our grace); the drain ends the stragglers.
         drained.append(asyncio.create_task(server.drain(settings.shutdown_grace_seconds)))
 
-    await hypercorn_serve(
-        server.asgi,  # type: ignore[arg-type]  # hypercorn's ASGI types are narrower than ours
+    await serve_asgi(
+        server.asgi,
         hypercorn_config(settings),
         shutdown_trigger=shutdown_trigger,
     )

@@ -167,15 +167,14 @@ class RestApp:
             body = await self._read_body(receive, headers, binding, progress)
             request = self._build(binding, hit.segments, body, headers.content_type, pairs)
         except RestError as error:
-            extra = error.headers
-            # An unread body must be consumed for an HTTP/1 connection to carry the next request;
-            # one too large to be worth reading ends the connection instead.
-            reusable = progress.complete or (
-                error.http_status != 413 and await self._drain(receive, progress)
+            # An unread body is consumed so that an HTTP/1 connection can carry the next request;
+            # one too large to be worth reading is left, and the router then closes the
+            # connection and says so.
+            if not progress.complete and error.http_status != 413:
+                await self._drain(receive, progress)
+            await _send_error(
+                send, error.status, error.http_status, error.headers, pretty, head, matched
             )
-            if not reusable and scope.get("http_version") in ("1.0", "1.1"):
-                extra = [*extra, (b"connection", b"close")]
-            await _send_error(send, error.status, error.http_status, extra, pretty, head, matched)
             return None
         except _ClientGone:
             return None

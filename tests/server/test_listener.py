@@ -10,6 +10,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+from hyperframe.frame import DataFrame
 
 from gateway.chain import InterceptorChain
 from gateway.grpc_native import REFUSAL_GRACE_SECONDS, NativeGrpcApp
@@ -82,9 +83,12 @@ def test_data_after_the_answer_does_not_kill_the_connection() -> None:
         assert events_until(sock, conn, 1), "the server answered the client stream"
 
         # The client is still streaming: more DATA for a stream the server has finished
-        # (after the adapter has stopped waiting for the rest of the request).
+        # (after the adapter has stopped waiting for the rest of the request). Written as raw
+        # frames, as a client sends them when they cross the server's RST_STREAM in flight.
         time.sleep(REFUSAL_GRACE_SECONDS + 0.5)
-        conn.send_data(1, framed(echo_pb2.EchoRequest(message="late")), end_stream=True)
+        late = framed(echo_pb2.EchoRequest(message="late"))
+        ending = DataFrame(1, late, flags=["END_STREAM"])
+        sock.sendall(DataFrame(1, late).serialize() + ending.serialize())
         conn.send_headers(3, request_headers(server.port, "Echo"))
         conn.send_data(3, framed(echo_pb2.EchoRequest(message="still here")), end_stream=True)
         sock.sendall(conn.data_to_send())

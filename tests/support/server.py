@@ -10,8 +10,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from hypercorn.asyncio import serve
 from hypercorn.config import Config
+
+from gateway.serving import serve
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
