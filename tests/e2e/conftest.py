@@ -1,7 +1,9 @@
 """A whole roz server for end-to-end tests: RozServer behind a real Hypercorn listener.
 
-The database is the embedded default (a fresh data directory), or a fresh database on the
-server named by ROZ_TEST_DATABASE_URL. Tests talk to it only through real clients.
+Each server gets a fresh database of its own: on the server named by ROZ_TEST_DATABASE_URL, or
+else on one embedded PostgreSQL started for the session (starting one per server cost a second
+each). A test that passes `data_dir` gets the embedded default itself, a PostgreSQL in that
+directory, as `make run` does. Tests talk to servers only through real clients.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from pgserver import get_server
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -131,11 +134,23 @@ def roz_factory() -> Iterator[RozFactory]:
     root = ExitStack()
     scratch = root.enter_context(private_directory())
 
+    cluster: list[str] = []  # the session's embedded PostgreSQL, started on first use
+
+    def server_dsn() -> str:
+        if TEST_DATABASE_URL is not None:
+            return TEST_DATABASE_URL
+        if not cluster:
+            embedded = get_server(scratch / "cluster", cleanup_mode="stop")
+            root.callback(embedded.cleanup)
+            cluster.append(embedded.get_uri())
+        return cluster[0]
+
     def start(**overrides: Any) -> Roz:
-        data_dir = overrides.pop("data_dir", None) or Path(tempfile.mkdtemp(dir=scratch))
+        own_data_dir = overrides.pop("data_dir", None)
+        data_dir = own_data_dir or Path(tempfile.mkdtemp(dir=scratch))
         database_url = overrides.pop("database_url", None)
-        if database_url is None and TEST_DATABASE_URL is not None:
-            database_url = _run(_create_database(TEST_DATABASE_URL))
+        if database_url is None and (own_data_dir is None or TEST_DATABASE_URL is not None):
+            database_url = _run(_create_database(server_dsn()))
             databases.append(database_url)
         # admin_key=None lets the server generate one and save it in the data directory.
         admin_key = overrides.pop("admin_key", "") if "admin_key" in overrides else mint_secret()
@@ -166,8 +181,7 @@ def roz_factory() -> Iterator[RozFactory]:
     for context in reversed(stack):
         context.__exit__(None, None, None)
     for url in databases:
-        assert TEST_DATABASE_URL is not None
-        _run(_drop_database(TEST_DATABASE_URL, url))
+        _run(_drop_database(server_dsn(), url))
     root.close()
 
 
