@@ -8,6 +8,9 @@ back to flow control. Here such DATA is acknowledged and the stream is reset wit
 RFC 9113 §8.1 lets a server ask a client to stop sending a request it has already answered; a
 stream answered while the client still sends is reset the same way as soon as it is answered.
 
+Its TCP server also kept every connection the peer had closed in CLOSE-WAIT until the keep-alive
+timer fired (see _TCPServer).
+
 The fixes are subclasses installed into Hypercorn's module namespace when `serve` (or `install`)
 runs: Hypercorn picks its protocol classes from there for every connection.
 """
@@ -22,9 +25,13 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.stream
+import hypercorn.asyncio.run
 import hypercorn.protocol
 from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.config import Config
+from hypercorn.events import Event as ConnectionEvent
+from hypercorn.events import Updated
 from hypercorn.protocol.events import Event, StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
 
@@ -72,9 +79,33 @@ class _H2Protocol(H2Protocol):
             await self._flush()
 
 
+class _TCPServer(TCPServer):
+    """Closes a connection as soon as the peer has closed it.
+
+    Hypercorn 0.18 leaves the read loop at EOF but waits for its keep-alive timer before the
+    connection's task group can end, so every connection a client closed sat in CLOSE-WAIT for
+    the whole keep-alive timeout (300 s here); a few hundred curls used up the descriptors.
+    """
+
+    _peer_gone = False
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            self._peer_gone = True
+            await self.idle_task.stop()
+
+    async def protocol_send(self, event: ConnectionEvent) -> None:
+        if self._peer_gone and isinstance(event, Updated):
+            return  # no keep-alive timer for a connection that is over
+        await super().protocol_send(event)
+
+
 def install() -> None:
-    """Makes Hypercorn build its HTTP/2 connections with the fixes above (idempotent)."""
+    """Makes Hypercorn build its connections with the fixes above (idempotent)."""
     hypercorn.protocol.H2Protocol = _H2Protocol  # type: ignore[attr-defined]
+    hypercorn.asyncio.run.TCPServer = _TCPServer  # type: ignore[attr-defined]
 
 
 async def serve(

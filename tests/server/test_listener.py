@@ -97,3 +97,44 @@ def test_data_after_the_answer_does_not_kill_the_connection() -> None:
     assert events, "the connection was closed under the client"
     body = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
     assert echo_pb2.EchoResponse.FromString(body[5:]).echoed.message == "still here"
+
+
+def sockets_in_close_wait(port: int) -> int:
+    """Server-side sockets on `port` whose peer has closed and that we have not (CLOSE-WAIT)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                local, state = row.split()[1], row.split()[3]
+                if state == "08" and int(local.rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+def wait_for_no_close_wait(port: int, seconds: float = 5) -> int:
+    deadline = time.monotonic() + seconds
+    while (left := sockets_in_close_wait(port)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def test_a_peer_that_closes_releases_its_socket_at_once() -> None:
+    """HTTP/1.1 keep-alive and h2 connections the client closed are closed by the server too,
+    not held until the keep-alive timeout (300 s by default) while the descriptors run out."""
+    settings = Settings()
+    assert settings.keep_alive_timeout_seconds >= 60
+    with running(app, config=hypercorn_config(settings)) as server:
+        for _ in range(20):
+            with socket.create_connection((server.host, server.port), timeout=10) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 ")
+        for _ in range(20):
+            with socket.create_connection((server.host, server.port), timeout=10) as sock:
+                conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+                conn.initiate_connection()
+                conn.send_headers(1, request_headers(server.port, "Echo"))
+                conn.send_data(1, framed(echo_pb2.EchoRequest(message="hi")), end_stream=True)
+                sock.sendall(conn.data_to_send())
+                assert events_until(sock, conn, 1)
+        assert wait_for_no_close_wait(server.port) == 0
