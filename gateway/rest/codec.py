@@ -3,30 +3,26 @@
 Output follows the architecture's Decision 2: proto field names, int64 as strings, enums by
 name, unpopulated fields emitted (printer.py builds the document), compact unless asked. Input
 takes proto and lowerCamel names and rejects unknown fields. json_format reports failures as
-prose; on that (rare) path the document is re-parsed field by field to find which field is at
-fault, so the happy path pays nothing for good error messages.
+prose; on that (rare) path faults.py walks the document to find which field is at fault and
+what it takes, so the happy path pays nothing for good error messages.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-from google.protobuf import json_format, message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from gateway.rest.enums import EnumTable, enum_table, invalid_enum_message, normalize_enums
-from gateway.rest.fields import descriptor_of, fields_by_any_name, is_map
+from gateway.rest import faults
+from gateway.rest.enums import normalize_enums
+from gateway.rest.fields import descriptor_of
 from gateway.rest.status import RestError, bad_request
 
-# json_format counts message levels (Struct/Value included); deeper documents are refused.
-MAX_DEPTH = 64
-BODY = "body"  # the violation field for faults of the document as a whole
-
-_PREFIX = re.compile(r"^(Failed to parse \w+ field: )+")
-_SUFFIX = re.compile(r'( at "?[\w.\[\]]*"?)?\.*$')
+BODY = faults.BODY  # the violation field for faults of the document as a whole
+MAX_DEPTH = faults.MAX_DEPTH
 
 
 class _DuplicateKey(ValueError):
@@ -112,68 +108,8 @@ def parse_into(
             raise bad_request(
                 BODY, f"JSON nesting is too deep (more than {MAX_DEPTH} levels)"
             ) from None
-        where, why = _locate(wrapped, descriptor, "", exc)
+        where, why = faults.locate(wrapped, descriptor, "", exc)
         raise bad_request(where, why) from None
-
-
-# -- finding the faulty field (error path only) ----------------------------------------------
-
-
-def _locate(
-    document: Any, descriptor: Descriptor, path: str, original: Exception
-) -> tuple[str, str]:
-    if not isinstance(document, dict):
-        return path or BODY, f"expected a JSON object for {descriptor.full_name}"
-    names = fields_by_any_name(descriptor)
-    factory = message_factory.GetMessageClass(descriptor)
-    for key, value in document.items():
-        where = f"{path}.{key}" if path else key
-        field = names.get(key)
-        if field is None:
-            if key.startswith("[") or key == "@type":
-                continue  # extensions and Any's type are json_format's to judge
-            return where, f'unknown field "{key}" in {descriptor.full_name}'
-        try:
-            json_format.ParseDict({key: value}, factory(), max_recursion_depth=MAX_DEPTH)
-        except json_format.ParseError as exc:
-            return _locate_in_field(field, value, where, exc)
-    return path or BODY, _clean(original)
-
-
-def _locate_in_field(
-    field: FieldDescriptor, value: Any, where: str, exc: Exception
-) -> tuple[str, str]:
-    nested = field.message_type
-    if nested is not None and not is_map(field) and not nested.full_name.startswith("google."):
-        if field.is_repeated and isinstance(value, list):
-            factory = message_factory.GetMessageClass(nested)
-            for index, item in enumerate(value):
-                try:
-                    json_format.ParseDict(item, factory(), max_recursion_depth=MAX_DEPTH)
-                except json_format.ParseError as inner:
-                    return _locate(item, nested, f"{where}[{index}]", inner)
-        elif not field.is_repeated and isinstance(value, dict):
-            return _locate(value, nested, where, exc)
-    target = field
-    if nested is not None and is_map(field):
-        target = nested.fields_by_name["value"]
-    if target.enum_type is not None:
-        table = enum_table(target.enum_type)
-        return where, invalid_enum_message(table, _first_bad(value, table))
-    return where, _clean(exc)
-
-
-def _first_bad(value: Any, table: EnumTable) -> Any:
-    items = value if isinstance(value, list) else value.values() if isinstance(value, dict) else ()
-    for item in items:
-        if not isinstance(item, str | int) or table.number(str(item), lenient=False) is None:
-            return item
-    return value
-
-
-def _clean(exc: Exception) -> str:
-    text = str(exc).split("\n", 1)[0]
-    return _SUFFIX.sub("", _PREFIX.sub("", text)) or "invalid value"
 
 
 # -- output ----------------------------------------------------------------------------------

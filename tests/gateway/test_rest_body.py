@@ -148,7 +148,7 @@ def test_int64_accepts_strings_and_numbers(rest: RestServer) -> None:
         ({"count": "many"}, "count"),
         ({"tags": "not-a-list"}, "tags"),
         ({"when": "yesterday"}, "when"),
-        ({"nested": {"numbers": [1, "x"]}}, "nested.numbers"),
+        ({"nested": {"numbers": [1, "x"]}}, "nested.numbers[1]"),
     ],
 )
 def test_field_faults_are_400_naming_the_field(
@@ -159,6 +159,68 @@ def test_field_faults_are_400_naming_the_field(
     body = response.json()
     assert body["code"] == 3
     assert violated_fields(body) == [field]
+
+
+INT32 = "an int32 (a whole number from -2147483648 to 2147483647)"
+INT64 = "an int64 (a whole number from -9223372036854775808 to 9223372036854775807)"
+
+
+# Every kind of field, each given JSON of a wrong type, out of range, or null where null is no
+# value: a 400 whose one violation names the field (down to the item) and what it takes.
+@pytest.mark.parametrize(
+    ("document", "field", "wanted"),
+    [
+        ({"name": 5}, "name", "name must be a string, not the number 5"),
+        ({"name": True}, "name", "name must be a string, not true"),
+        ({"name": {}}, "name", "name must be a string, not an object"),
+        ({"blob": 5}, "blob", "blob must be a base64 string, not the number 5"),
+        ({"count": "many"}, "count", f'count must be {INT32}, not the string "many"'),
+        ({"count": 1.5}, "count", f"count must be {INT32}, not the number 1.5"),
+        ({"count": 2**31}, "count", f"count must be {INT32}, not the number 2147483648"),
+        ({"count": True}, "count", f"count must be {INT32}, not true"),
+        ({"big": 2**63}, "big", f"big must be {INT64}, not the number 9223372036854775808"),
+        ({"big": [1]}, "big", f"big must be {INT64}, not an array"),
+        ({"limit": "x"}, "limit", f'limit must be {INT32}, not the string "x"'),
+        ({"color": [1]}, "color", "color: invalid value [1] for enum"),
+        ({"color": "BLUE"}, "color", 'color: invalid value "BLUE" for enum'),
+        ({"nested": 5}, "nested", "nested must be a JSON object (testing.echo.v1.Nested)"),
+        ({"nested": {"value": 1}}, "nested.value", "nested.value must be a string, not"),
+        ({"tags": "a"}, "tags", "tags must be a JSON array whose items are each a string"),
+        ({"tags": ["a", 1]}, "tags[1]", "tags[1] must be a string, not the number 1"),
+        ({"tags": [None]}, "tags[0]", "tags[0] must be a string, not null"),
+        ({"labels": [1]}, "labels", "labels must be a JSON object (a map to a string)"),
+        ({"labels": {"k": 1}}, 'labels["k"]', 'labels["k"] must be a string, not the number 1'),
+        ({"labels": {"k": None}}, 'labels["k"]', 'labels["k"] must be a string, not null'),
+        ({"when": 5}, "when", "when must be an RFC 3339 timestamp string"),
+        ({"when": "yesterday"}, "when", "invalid value for when: "),
+        ({"delay": True}, "delay", 'delay must be a duration string such as "1.5s", not true'),
+        ({"mask": {}}, "mask", "mask must be a string of comma-separated field paths"),
+        ({"extra": [1]}, "extra", "extra must be a JSON object (google.protobuf.Struct)"),
+        (
+            {"nested": {"numbers": [1, 2**40]}},
+            "nested.numbers[1]",
+            f"nested.numbers[1] must be {INT32}",
+        ),
+    ],
+)
+def test_a_json_value_of_the_wrong_type_names_the_field_and_what_it_takes(
+    rest: RestServer, document: dict[str, Any], field: str, wanted: str
+) -> None:
+    response = rest.client.post("/v1/echo", json=document)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["code"] == 3
+    (violation,) = violations(body)
+    assert violation["field"] == field
+    assert violation["description"].startswith(wanted), violation["description"]
+    assert body["message"] == violation["description"]
+
+
+def test_null_is_the_default_of_a_singular_field(rest: RestServer) -> None:
+    document = {"name": None, "count": None, "nested": None, "color": None, "tags": None}
+    response = rest.client.post("/v1/echo", json=document)
+    assert response.status_code == 200, response.text
+    assert response.json()["echoed"]["name"] == ""
 
 
 def test_malformed_json_says_where(rest: RestServer) -> None:
