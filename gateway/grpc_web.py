@@ -152,6 +152,7 @@ class GrpcWebApp(grpcASGI):  # type: ignore[misc]
     async def _read_body(self, receive: Receive, text: bool) -> bytes | None:
         """The whole body, decoded (None if the client left); refused once past the limit."""
         decoder = _Base64Stream() if text else None
+        prefixes = _PrefixCheck(self._max_message_bytes)
         body = bytearray()
         while True:
             event = await receive()
@@ -159,6 +160,7 @@ class GrpcWebApp(grpcASGI):  # type: ignore[misc]
                 return None
             chunk = event.get("body", b"")
             body += decoder.feed(chunk) if decoder else chunk
+            prefixes.check(body)
             if len(body) > self._max_body:
                 raise self._too_large()
             if not event.get("more_body", False):
@@ -469,6 +471,30 @@ def _messages(body: bytes) -> list[bytes]:
         messages.append(body[start : start + length])
         offset = start + length
     return messages
+
+
+class _PrefixCheck:
+    """Reads each frame's length prefix as soon as it is in: a message declared larger than the
+    limit is RESOURCE_EXHAUSTED, as on native gRPC, before its bytes are waited for or kept."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._max = max_message_bytes
+        self._next = 0  # where the next frame header starts in the body
+        self._done = False  # a trailer frame ends what is worth checking
+
+    def check(self, body: bytearray) -> None:
+        while not self._done and len(body) >= self._next + _FRAME_HEADER:
+            flags = body[self._next]
+            length = int.from_bytes(body[self._next + 1 : self._next + _FRAME_HEADER], "big")
+            if flags & _TRAILER_FLAG:
+                self._done = True
+                return
+            if length > self._max:
+                raise _Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"received message larger than max ({length} vs. {self._max})",
+                )
+            self._next += _FRAME_HEADER + length
 
 
 class _Base64Stream:

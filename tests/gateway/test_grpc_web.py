@@ -287,6 +287,49 @@ def test_streamed_body_over_the_limit_is_resource_exhausted(server: RunningServe
     assert response.headers["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
 
 
+@pytest.mark.parametrize("length", [LIMIT + 1, 0xFFFFFFFF])
+@pytest.mark.parametrize("text", [False, True])
+def test_a_declared_message_length_over_the_limit_is_resource_exhausted(
+    server: RunningServer, length: int, text: bool
+) -> None:
+    # A short body claiming a 4 GB message: native gRPC answers RESOURCE_EXHAUSTED on the
+    # prefix; gRPC-web used to wait for the body and answer INTERNAL "truncated message frame".
+    body = struct.pack(">BI", 0, length) + b"short"
+    headers = {"content-type": "application/grpc-web-text"} if text else {}
+    response = _post(server, "Echo", base64.b64encode(body) if text else body, **headers)
+    assert response.headers["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+    assert f"({length} vs. {LIMIT})" in response.headers["grpc-message"]
+
+
+def test_an_oversized_prefix_is_refused_before_the_rest_is_read() -> None:
+    registry = MethodRegistry(InterceptorChain())
+    echo_pb2_grpc.add_EchoServiceServicer_to_server(EchoServicer(), registry)
+    app = GrpcWebApp(registry, max_message_bytes=LIMIT)
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": f"{SERVICE}/Echo",
+        "headers": [(b"content-type", b"application/grpc-web+proto")],
+    }
+    receives = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal receives
+        receives += 1
+        if receives > 1:
+            await asyncio.Event().wait()  # the rest of a 4 GB body: never comes
+        return {"type": "http.request", "body": struct.pack(">BI", 0, 2**32 - 1), "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 5))
+    assert receives == 1
+    headers = dict(sent[0]["headers"])
+    assert headers[b"grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
+
+
 def test_message_just_under_the_limit_is_served(server: RunningServer) -> None:
     message = echo_pb2.EchoRequest(message="x" * (LIMIT - 16))
     assert message.ByteSize() <= LIMIT
