@@ -83,6 +83,14 @@ class Authenticate:
     async def intercept(self, call: Call) -> None:
         if self._rules[call.method.path].public:
             return
+        headers = call.metadata.get_all("authorization")
+        if len(headers) > 1:
+            # Proxies and clients disagree on which of two wins; guessing would let one
+            # credential ride on another's request.
+            raise errors.Unauthenticated(
+                "ambiguous credentials: send one Authorization header, not several",
+                reason="API_KEY_AMBIGUOUS",
+            )
         header = call.metadata.get_text("authorization")
         if not header:
             raise errors.Unauthenticated(
