@@ -29,6 +29,7 @@ from gateway.context import GatewayContext
 from gateway.registry import MethodRegistry
 from gateway.rest import codec
 from gateway.rest.bindings import Binding, read_bindings
+from gateway.rest.encoding import body_decoder, too_large
 from gateway.rest.form import FORM, media_type, read_form
 from gateway.rest.headers import (
     METADATA_PREFIX,
@@ -200,30 +201,26 @@ class RestApp:
         limit = self._max_body_bytes
         declared = headers.content_length
         if declared is not None and declared > limit:
-            raise _too_large(limit)  # refused before a byte of it is read
+            raise too_large(limit)  # refused before a byte of it is read
         if declared and not _accepts(headers.content_type, binding):
             raise _unsupported(headers.content_type, binding)
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        body: bytes = message.get("body", b"")
-        if message.get("more_body", False):
-            chunks, size = [body], len(body)
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise _ClientGone
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)  # stop reading: the rest is never buffered
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-            body = b"".join(chunks)
+        decoder = body_decoder(headers.content_encoding, limit)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)  # stop reading: the rest is never buffered
+            chunks.append(decoder.feed(chunk) if decoder is not None else chunk)
+            if not message.get("more_body", False):
+                break
         progress.complete = True
-        if len(body) > limit:
-            raise _too_large(limit)
+        if decoder is not None:
+            chunks.append(decoder.finish())
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if body and not _accepts(headers.content_type, binding):
             raise _unsupported(headers.content_type, binding)
         return body
@@ -507,14 +504,6 @@ def _unrouted(method: str, path: str, allowed: set[str] | None) -> RestError:
         f"{method} is not allowed on {path}; allowed: {listed}",
         http_status=405,
         headers=[(b"allow", listed.encode())],
-    )
-
-
-def _too_large(limit: int) -> RestError:
-    return RestError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"the request body is larger than {limit} bytes",
-        http_status=413,
     )
 
 

@@ -52,6 +52,7 @@ class RequestHeaders:
     metadata: list[tuple[str, MetadataValue]] = field(default_factory=list)
     content_type: bytes | None = None
     content_length: int | None = None
+    content_encoding: list[bytes] = field(default_factory=list)  # codings, lower-case, in order
     accept: bytes = b""
     timeout: float | None = None
     te_trailers: bool = False
@@ -74,6 +75,9 @@ def read_headers(raw: Iterable[tuple[bytes, bytes]]) -> RequestHeaders:
             if not value.isdigit():
                 raise bad_request("content-length", "Content-Length must be a number")
             headers.content_length = int(value)
+        elif name == b"content-encoding":
+            codings = (coding.strip().lower() for coding in value.split(b","))
+            headers.content_encoding.extend(coding for coding in codings if coding)
         elif name == b"accept":
             headers.accept = value
         elif name == b"grpc-timeout":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +14,8 @@ import httpx
 import pytest
 
 from gateway.registry import MethodRegistry
+from gateway.rest.encoding import GzipBody
+from gateway.rest.status import RestError
 from tests.gateway.rest_harness import (
     FakeMethod,
     RestServer,
@@ -342,3 +347,88 @@ def test_the_connection_survives_a_refused_body(rest: RestServer) -> None:
     with httpx.Client(base_url=rest.server.url) as client:
         assert client.put("/v1/echo/x", content=json.dumps({"a": 1})).status_code == 405
         assert client.get("/v1/echo/again").status_code == 200
+
+
+# -- Content-Encoding ----------------------------------------------------------------------------
+
+
+def _gzipped(document: Any) -> bytes:
+    return gzip.compress(json.dumps(document).encode())
+
+
+@pytest.mark.parametrize("coding", ["gzip", "GZIP", "x-gzip", "identity, gzip"])
+def test_a_gzip_body_is_inflated(rest: RestServer, coding: str) -> None:
+    # It used to be read as the JSON text itself: "the body is not valid UTF-8".
+    headers = {"content-type": "application/json", "content-encoding": coding}
+    response = rest.client.post("/v1/echo", content=_gzipped({"message": "zip"}), headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["echoed"]["message"] == "zip"
+
+
+def test_a_streamed_gzip_body_of_several_members_is_inflated(rest: RestServer) -> None:
+    text = json.dumps({"message": "two members", "tags": ["a"] * 200}).encode()
+    body = gzip.compress(text[:100]) + gzip.compress(text[100:])
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length, cut inside the gzip headers
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    response = rest.client.post("/v1/echo", content=chunks(), headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["echoed"]["message"] == "two members"
+
+
+def test_a_gzip_bomb_is_413(rest: RestServer) -> None:
+    bomb = gzip.compress(json.dumps({"message": "x" * (LIMIT * 1000)}).encode())
+    assert len(bomb) < LIMIT
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    response = rest.client.post("/v1/echo", content=bomb, headers=headers)
+    assert response.status_code == 413
+    assert (
+        response.json()["message"]
+        == f"the request body is larger than {LIMIT} bytes once decompressed"
+    )
+
+
+def test_a_gzip_bomb_is_never_inflated_past_the_limit() -> None:
+    bomb = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    data = bomb.compress(bytes(64 * 1024 * 1024)) + bomb.flush()  # 64 MiB in about 64 KiB
+    decoder = GzipBody(LIMIT)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RestError) as refused:
+            decoder.feed(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused.value.http_status == 413
+    assert peak < 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"\x1f\x8b not gzip at all", "the body is not valid gzip"),
+        (b"{}", "the body is not valid gzip"),
+        (gzip.compress(b'{"message": "cut"}')[:-6], "the gzip body is truncated"),
+        (gzip.compress(b"{}") + b"trailing", "the body is not valid gzip"),
+    ],
+)
+def test_a_broken_gzip_body_is_400(rest: RestServer, content: bytes, why: str) -> None:
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    response = rest.client.post("/v1/echo", content=content, headers=headers)
+    assert response.status_code == 400
+    (violation,) = violations(response.json())
+    assert (violation["field"], violation["description"]) == ("body", why)
+
+
+@pytest.mark.parametrize("coding", ["br", "deflate", "gzip, gzip", "zstd"])
+def test_an_unsupported_content_encoding_is_415_saying_what_is_accepted(
+    rest: RestServer, coding: str
+) -> None:
+    headers = {"content-type": "application/json", "content-encoding": coding}
+    response = rest.client.post("/v1/echo", content=b"\x00\x01", headers=headers)
+    assert response.status_code == 415
+    assert response.headers["accept-encoding"] == "gzip, identity"
+    assert coding in response.json()["message"]
