@@ -233,7 +233,8 @@ def rest_options() -> dict[str, RestMethodOptions]:
 
 def oauth_error(status: status_pb2.Status, http_status: int) -> RestErrorResponse:
     """RFC 6749 §5.2: {"error", "error_description"}; 400 for the flow's own answers, the
-    gateway's status for the rest (413, 415, 429 with Retry-After, 503, 500)."""
+    gateway's status for the rest (413 and 415 as invalid_request, 429 with Retry-After as
+    slow_down, 503, 500)."""
     error = None
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()
@@ -242,6 +243,11 @@ def oauth_error(status: status_pb2.Status, http_status: int) -> RestErrorRespons
             break
     if error is not None:
         http_status = 400
+    elif http_status == 413:
+        # A body too large to read is a malformed request, not a poll to slow down (the
+        # RESOURCE_EXHAUSTED under it would say slow_down). 413 stays: the body was never read,
+        # the connection may be closed, and OAuth clients read the error from the JSON anyway.
+        error = "invalid_request"
     else:
         error = _BY_CODE.get(status.code, "server_error")
         if status.code == code_pb2.INVALID_ARGUMENT and http_status not in (413, 415):
