@@ -16,6 +16,8 @@ from google.protobuf.message import Message
 
 from gateway.rest.values import Converter, converter_for
 
+_WELL_KNOWN = "google.protobuf."
+
 
 def descriptor_of(message: Message | type[Message]) -> Descriptor:
     # The stubs also admit upb's own Descriptor type; at run time both behave the same.
@@ -82,8 +84,13 @@ def resolve(descriptor: Descriptor, text: str) -> FieldPath | None:
             return None
         names.append(field.name)
         fields.append(field)
-        plain_message = field.message_type is not None and not is_map(field)
-        current = field.message_type if plain_message and not field.is_repeated else None
+        nested = field.message_type
+        plain_message = nested is not None and not is_map(field)
+        # Well-known types are set whole, from their text form (`when=2024-…Z`): through their
+        # parts (`when.nanos=-1`) a client could build a Timestamp no converter accepts.
+        well_known = nested is not None and nested.full_name.startswith(_WELL_KNOWN)
+        steps_in = plain_message and not field.is_repeated and not well_known
+        current = nested if steps_in else None
     return FieldPath(text, tuple(names), tuple(fields))
 
 

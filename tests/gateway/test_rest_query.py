@@ -149,6 +149,20 @@ def test_unknown_parameters_are_ignored_by_default(rest: RestServer) -> None:
     assert echoed["count"] == 3
 
 
+def test_well_known_types_are_not_set_through_their_parts(
+    rest: RestServer, strict: RestServer
+) -> None:
+    # `when.nanos=-1` built a Timestamp that failed in the servicer's conversion: a 500 the
+    # fuzz tier found on GET /api/v1/metrics/tasks?start_time.nanos=-1.
+    parts = {"when.nanos": "-1", "when.seconds": "5", "delay.nanos": "-7", "limit.value": "3"}
+    echoed = query(rest, parts)
+    assert "when" not in echoed or echoed["when"] is None
+    response = strict.client.get("/v1/echo/q", params={"when.nanos": "-1"})
+    assert response.status_code == 400
+    assert violated_fields(response.json()) == ["when.nanos"]
+    assert query(rest, {"when": "2024-01-31T12:00:00Z"})["when"] == "2024-01-31T12:00:00Z"
+
+
 def test_a_path_field_in_the_query_does_not_override_the_path(rest: RestServer) -> None:
     assert query(rest, {"message": "from-query"}, path="/v1/echo/from-path")["message"] == (
         "from-path"
