@@ -20,7 +20,12 @@ Choices worth knowing:
   uncompressed response is valid whatever the client accepts. Requests may be gzip or identity.
 - Hypercorn acknowledges DATA as soon as it arrives, so HTTP/2 flow control does not hold a
   client back; received messages wait in memory until the servicer reads them. Each one is bounded
-  by `max_message_bytes`, before and after decompression.
+  by `max_message_bytes`, before and after decompression, and what waits is bounded per call
+  (`max_buffered_bytes_per_call`) and per connection (`max_buffered_bytes_per_connection`, over
+  all its streams): a client that sends faster than the servicer reads is cut off with
+  RESOURCE_EXHAUSTED. The adapter keeps reading regardless, to notice a disconnect, and a
+  servicer's responses wait on the client's flow control (gateway.serving), so a client that does
+  not read holds the servicer, not memory.
 - Hypercorn 0.18 can drop the whole connection when DATA arrives for a stream whose response
   has ended (pgjones/hypercorn#329; seen with refused oversized uploads), and ASGI cannot send the
   RST_STREAM that would stop the client. So a call we refuse (unknown method, oversized message …)
@@ -50,7 +55,12 @@ from gateway.chain import ALREADY_ABORTED
 from gateway.context import GatewayContext, MetadataItems
 from gateway.registry import Method, MethodRegistry
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "NativeGrpcApp"]
+__all__ = [
+    "DEFAULT_MAX_BUFFERED_BYTES_PER_CALL",
+    "DEFAULT_MAX_BUFFERED_BYTES_PER_CONNECTION",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "NativeGrpcApp",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +68,11 @@ log = logging.getLogger(__name__)
 SERVED_CONTENT_TYPES = frozenset({"application/grpc", "application/grpc+proto"})
 ACCEPT_ENCODING = "gzip, identity"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_BUFFERED_BYTES_PER_CALL = 8 * 1024 * 1024
+DEFAULT_MAX_BUFFERED_BYTES_PER_CONNECTION = 32 * 1024 * 1024
+# What a waiting message costs beyond its payload (the decoded object, the queue entry), so that
+# a flood of empty messages is bounded too.
+_MESSAGE_OVERHEAD_BYTES = 256
 
 _PREFIX_BYTES = 5  # 1 flag byte + 4-byte big-endian length
 _TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
@@ -252,36 +267,81 @@ def gunzip(payload: bytes, limit: int) -> bytes:
 # -- the request side ------------------------------------------------------------------------
 
 
+class _Ledger:
+    """Request bytes received on one connection and not yet read by any servicer."""
+
+    __slots__ = ("calls", "held")
+
+    def __init__(self) -> None:
+        self.held = 0
+        self.calls = 0
+
+
 class _RequestStream:
-    """Request messages as they arrive: the servicer's iterator, or one message for unary calls."""
+    """Request messages as they arrive: the servicer's iterator, or one message for unary calls.
+
+    Putting never waits: blocking here would stop the reader seeing a disconnect (see the module
+    doc). Instead what waits is counted against the call's and the connection's bounds.
+    """
 
     _END = object()
 
-    def __init__(self) -> None:
-        # Unbounded on purpose: blocking here would stop us seeing a disconnect (see module doc).
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+    def __init__(self, ledger: _Ledger, limit: int, connection_limit: int) -> None:
+        self._queue: asyncio.Queue[tuple[Any, int]] = asyncio.Queue()
+        self._ledger = ledger
+        self._limit = limit
+        self._connection_limit = connection_limit
+        self._held = 0
 
-    def put(self, message: Any) -> None:
-        self._queue.put_nowait(message)
+    def put(self, message: Any, payload_bytes: int) -> None:
+        cost = payload_bytes + _MESSAGE_OVERHEAD_BYTES
+        if self._held + cost > self._limit:
+            raise _flooded(f"{self._limit} bytes per call")
+        if self._ledger.held + cost > self._connection_limit:
+            raise _flooded(f"{self._connection_limit} bytes per connection")
+        self._held += cost
+        self._ledger.held += cost
+        self._queue.put_nowait((message, cost))
 
     def end(self) -> None:
-        self._queue.put_nowait(self._END)
+        self._queue.put_nowait((self._END, 0))
+
+    def release(self) -> None:
+        """The call is over: whatever still waits is no longer held."""
+        self._ledger.held -= self._held
+        self._held = 0
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    async def _get(self) -> Any:
+        message, cost = await self._queue.get()
+        self._held -= cost
+        self._ledger.held -= cost
+        return message
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
-        while (message := await self._queue.get()) is not self._END:
+        while (message := await self._get()) is not self._END:
             yield message
 
     async def single(self) -> Any:
         """The one message of a unary request, once the client has half-closed."""
-        first = await self._queue.get()
+        first = await self._get()
         if first is self._END:
             raise CallError(grpc.StatusCode.INTERNAL, "unary call sent no request message")
-        if await self._queue.get() is not self._END:
+        if await self._get() is not self._END:
             raise CallError(grpc.StatusCode.INTERNAL, "unary call sent more than one message")
         return first
+
+
+def _flooded(limit: str) -> CallError:
+    return CallError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"the client sent request messages faster than the server reads them (at most {limit} "
+        "may wait)",
+    )
 
 
 # -- the response side -----------------------------------------------------------------------
@@ -357,6 +417,7 @@ class _Call:
         *,
         encoding: str,
         max_message_bytes: int,
+        requests: _RequestStream,
     ) -> None:
         self._method = method
         self._context = context
@@ -364,7 +425,7 @@ class _Call:
         self._response = response
         self._encoding = encoding
         self._max = max_message_bytes
-        self._requests = _RequestStream()
+        self._requests = requests
         self._failure: Status | None = None  # why we cancelled the handler, if we did
         self._refused_request = False  # the failure is about the request, still being sent
         self._request_ended = asyncio.Event()
@@ -388,6 +449,7 @@ class _Call:
             handler.cancel()
             reader.cancel()
             await asyncio.gather(handler, reader, return_exceptions=True)
+            self._requests.release()
             self._context.finish()
             self.finished.set()
 
@@ -468,7 +530,7 @@ class _Call:
 
     async def _accept(self, deframer: MessageDeframer, body: bytes, ended: bool) -> None:
         for compressed, payload in deframer.feed(body):
-            self._requests.put(await self._decode(compressed, payload))
+            self._requests.put(await self._decode(compressed, payload), len(payload))
         if ended:
             deframer.finish()
             self._requests.end()
@@ -508,10 +570,21 @@ class NativeGrpcApp:
     """ASGI application for gRPC over HTTP/2 on the methods of one registry."""
 
     def __init__(
-        self, registry: MethodRegistry, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        registry: MethodRegistry,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_buffered_bytes_per_call: int = DEFAULT_MAX_BUFFERED_BYTES_PER_CALL,
+        max_buffered_bytes_per_connection: int = DEFAULT_MAX_BUFFERED_BYTES_PER_CONNECTION,
     ) -> None:
         self._registry = registry
         self._max_message_bytes = max_message_bytes
+        # A whole message must fit, or no call could receive one of the largest allowed.
+        self._call_limit = max(
+            max_buffered_bytes_per_call, max_message_bytes + _MESSAGE_OVERHEAD_BYTES
+        )
+        self._connection_limit = max(max_buffered_bytes_per_connection, self._call_limit)
+        self._ledgers: dict[Any, _Ledger] = {}  # by connection: the client's (host, port)
         self._calls: set[_Call] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -577,7 +650,15 @@ class NativeGrpcApp:
                 timeout = parse_timeout(headers["grpc-timeout"])
             except ValueError as exc:
                 raise CallError(grpc.StatusCode.INTERNAL, str(exc)) from exc
-        return _Request(method, decode_metadata(scope["headers"]), timeout, encoding, _peer(scope))
+        client = scope.get("client")
+        return _Request(
+            method,
+            decode_metadata(scope["headers"]),
+            timeout,
+            encoding,
+            _peer(scope),
+            tuple(client) if client else None,
+        )
 
     async def _serve(self, request: _Request, receive: Receive, send: Send) -> None:
         response = _Response(send)
@@ -588,6 +669,11 @@ class NativeGrpcApp:
             peer=request.peer,
             on_initial_metadata=response.send_initial_metadata,
         )
+        connection = request.connection
+        ledger = self._ledgers.get(connection)
+        if ledger is None:
+            ledger = self._ledgers[connection] = _Ledger()
+        ledger.calls += 1
         call = _Call(
             request.method,
             context,
@@ -595,6 +681,7 @@ class NativeGrpcApp:
             response,
             encoding=request.encoding,
             max_message_bytes=self._max_message_bytes,
+            requests=_RequestStream(ledger, self._call_limit, self._connection_limit),
         )
         self._calls.add(call)
         self._idle.clear()
@@ -602,6 +689,9 @@ class NativeGrpcApp:
             await call.run()
         finally:
             self._calls.discard(call)
+            ledger.calls -= 1
+            if not ledger.calls:
+                self._ledgers.pop(connection, None)
             if not self._calls:
                 self._idle.set()
 
@@ -613,6 +703,7 @@ class _Request:
     timeout: float | None
     encoding: str
     peer: str
+    connection: tuple[Any, ...] | None  # the client's address: one per connection
 
 
 # -- answers given without calling a servicer ------------------------------------------------

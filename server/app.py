@@ -167,7 +167,12 @@ class RozServer:
             registry.service_names(),
             interval=settings.health_check_interval_seconds,
         )
-        self.grpc = NativeGrpcApp(registry, max_message_bytes=settings.max_message_bytes)
+        self.grpc = NativeGrpcApp(
+            registry,
+            max_message_bytes=settings.max_message_bytes,
+            max_buffered_bytes_per_call=settings.max_buffered_bytes_per_call,
+            max_buffered_bytes_per_connection=settings.max_buffered_bytes_per_connection,
+        )
         self.asgi = GatewayRouter(
             grpc_app=self.grpc,
             grpc_web_app=GrpcWebApp(registry, max_message_bytes=settings.max_message_bytes),

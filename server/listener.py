@@ -18,6 +18,7 @@ def hypercorn_config(settings: Settings) -> Config:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.keep_alive_max_requests = MAX_REQUESTS_PER_CONNECTION
+    config.h2_max_concurrent_streams = settings.max_concurrent_streams
     # Idle connections between calls (robots, CLIs) stay open this long; streams in progress are
     # not idle and are never cut by it.
     config.keep_alive_timeout = settings.keep_alive_timeout_seconds

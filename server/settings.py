@@ -33,6 +33,11 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 4 * MIB
     max_message_bytes: int = 4 * MIB
+    # What a gRPC client may have sent that its servicer has not read yet, per call and per
+    # connection; and how many streams one HTTP/2 connection may have open at once.
+    max_buffered_bytes_per_call: int = 8 * MIB
+    max_buffered_bytes_per_connection: int = 32 * MIB
+    max_concurrent_streams: int = 100
     rate_limit_rps: float = 100.0
     rate_limit_burst: int = 200
     shutdown_grace_seconds: float = 10.0
@@ -69,6 +74,17 @@ class Settings:
             max_body_bytes=reader.integer("ROZ_MAX_BODY_BYTES", cls.max_body_bytes, minimum=1),
             max_message_bytes=reader.integer(
                 "ROZ_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1
+            ),
+            max_buffered_bytes_per_call=reader.integer(
+                "ROZ_MAX_BUFFERED_BYTES_PER_CALL", cls.max_buffered_bytes_per_call, minimum=1
+            ),
+            max_buffered_bytes_per_connection=reader.integer(
+                "ROZ_MAX_BUFFERED_BYTES_PER_CONNECTION",
+                cls.max_buffered_bytes_per_connection,
+                minimum=1,
+            ),
+            max_concurrent_streams=reader.integer(
+                "ROZ_MAX_CONCURRENT_STREAMS", cls.max_concurrent_streams, minimum=1
             ),
             rate_limit_rps=reader.number("ROZ_RATE_LIMIT_RPS", cls.rate_limit_rps, minimum=0.001),
             rate_limit_burst=reader.integer(

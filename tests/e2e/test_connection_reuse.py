@@ -14,13 +14,10 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
 import pytest
 
 from tests.e2e.conftest import Roz, RozFactory
+from tests.support.h2client import H2Client
 
 LIMIT = 16 * 1024  # the server's body limit in this module
 JSON = b"application/json"
@@ -197,82 +194,6 @@ def test_http1_announces_close_when_the_body_is_left_unread(
 
 
 # -- h2 ------------------------------------------------------------------------------------------
-
-
-class H2Client:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self.conn.initiate_connection()
-        self.conn.increment_flow_control_window(2**24)
-        self.flush()
-        self.responses: dict[int, list[h2.events.Event]] = {}
-        self.terminated: h2.events.ConnectionTerminated | None = None
-
-    def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            self.sock.sendall(data)
-
-    def pump(self) -> None:
-        data = self.sock.recv(65536)
-        if not data:
-            raise ConnectionError("the server closed the connection")
-        for event in self.conn.receive_data(data):
-            if isinstance(event, h2.events.ConnectionTerminated):
-                self.terminated = event
-            stream_id = getattr(event, "stream_id", None)
-            if stream_id:
-                self.responses.setdefault(stream_id, []).append(event)
-            if isinstance(event, h2.events.DataReceived):
-                self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
-        self.flush()
-
-    def finished(self, stream_id: int) -> bool:
-        return any(
-            isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset))
-            for e in self.responses.get(stream_id, [])
-        )
-
-    def was_reset(self, stream_id: int) -> bool:
-        return any(isinstance(e, h2.events.StreamReset) for e in self.responses.get(stream_id, []))
-
-    def wait(self, stream_id: int) -> tuple[int, bytes]:
-        while not self.finished(stream_id):
-            if self.terminated is not None:
-                raise ConnectionError(f"GOAWAY: {self.terminated}")
-            self.pump()
-        status, body = 0, b""
-        for event in self.responses[stream_id]:
-            if isinstance(event, h2.events.ResponseReceived):
-                status = int(dict(event.headers)[b":status"])
-            elif isinstance(event, h2.events.DataReceived):
-                body += event.data
-        return status, body
-
-    def send_data(self, stream_id: int, data: bytes, *, end: bool) -> bool:
-        """Sends as flow control allows; False once the server has reset the stream."""
-        view = memoryview(data)
-        try:
-            while view:
-                if self.was_reset(stream_id):
-                    return False
-                window = min(
-                    self.conn.local_flow_control_window(stream_id),
-                    self.conn.max_outbound_frame_size,
-                )
-                if window <= 0:
-                    self.pump()
-                    continue
-                self.conn.send_data(stream_id, bytes(view[:window]))
-                view = view[window:]
-                self.flush()
-            if end and not self.was_reset(stream_id):
-                self.conn.end_stream(stream_id)
-                self.flush()
-        except h2.exceptions.StreamClosedError:
-            return False
-        return True
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c != "413-chunked"])
