@@ -167,6 +167,8 @@ class RozServer:
             registry.service_names(),
             interval=settings.health_check_interval_seconds,
         )
+        # NOT_SERVING as soon as the database is found down, SERVING as soon as it is back.
+        self.database.availability.listen(self.health_monitor.wake)
         self.grpc = NativeGrpcApp(
             registry,
             max_message_bytes=settings.max_message_bytes,

@@ -17,6 +17,8 @@ from server.domain import device_auth, errors
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "roz.dev"
+# RetryInfo for a database error met mid-call (a connection lost as the database went away).
+RETRY_SECONDS = 1.0
 
 
 def _status(code: int, message: str, *details: Message) -> status_pb2.Status:
@@ -88,16 +90,18 @@ def _permission_denied(exc: errors.PermissionDenied) -> status_pb2.Status:
     )
 
 
+def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    whole_seconds = max(1, math.ceil(seconds))
+    return error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=whole_seconds))
+
+
 def _resource_exhausted(exc: errors.ResourceExhausted) -> status_pb2.Status:
-    whole_seconds = max(1, math.ceil(exc.retry_after_seconds))
-    return _status(
-        code_pb2.RESOURCE_EXHAUSTED,
-        exc.message,
-        error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=whole_seconds)),
-    )
+    return _status(code_pb2.RESOURCE_EXHAUSTED, exc.message, _retry_info(exc.retry_after_seconds))
 
 
 def _unavailable(exc: errors.Unavailable) -> status_pb2.Status:
+    if exc.retry_after_seconds > 0:
+        return _status(code_pb2.UNAVAILABLE, exc.message, _retry_info(exc.retry_after_seconds))
     return _status(code_pb2.UNAVAILABLE, exc.message)
 
 
@@ -130,9 +134,12 @@ def _device_flow(exc: device_auth.DeviceFlowError) -> status_pb2.Status:
 
 
 def _database_unavailable(exc: Exception) -> status_pb2.Status:
-    # The client did nothing wrong and must not see the driver's text; the log keeps it.
-    log.warning("database unavailable: %s", exc)
-    return _status(code_pb2.UNAVAILABLE, "database unavailable, retry later")
+    # The client did nothing wrong and must not see the driver's text. An outage is logged once
+    # by server/storage/availability.py, not here per request.
+    log.debug("database unavailable: %s", exc)
+    return _status(
+        code_pb2.UNAVAILABLE, "database unavailable, retry later", _retry_info(RETRY_SECONDS)
+    )
 
 
 _TABLE: tuple[tuple[type[Exception], Callable[..., status_pb2.Status]], ...] = (

@@ -1,6 +1,7 @@
 """Health: /health and /ready for people and load balancers, grpc.health.v1 for gRPC clients.
 
-Both reflect the same fact — whether the database answers — which a monitor task refreshes.
+Both reflect the same fact — whether the database answers — which a monitor task refreshes
+every interval, and at once when told the database went away or came back (`wake`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class ServerHealthServicer(roz_health_pb2_grpc.ServerHealthServiceServicer):  # 
 
 
 class HealthMonitor:
-    """Keeps grpc.health.v1 statuses in step with the database, checking every `interval`."""
+    """Keeps grpc.health.v1 statuses in step with the database, checking every `interval` and
+    whenever `wake()` is called."""
 
     def __init__(
         self,
@@ -54,6 +56,11 @@ class HealthMonitor:
         self._services = ["", *services]
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._woken = asyncio.Event()
+
+    def wake(self, *_: object) -> None:
+        """Checks again now (a listener for the database's changes of state)."""
+        self._woken.set()
 
     async def refresh(self) -> bool:
         healthy = await self._check_database()
@@ -73,14 +80,16 @@ class HealthMonitor:
     async def _run(self) -> None:
         was_healthy = True
         while True:
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), self._interval)
+            self._woken.clear()
             try:
                 healthy = await self.refresh()
             except Exception:
                 log.exception("health check failed")
                 healthy = False
-            if healthy != was_healthy:
-                log.warning("database %s", "answers again" if healthy else "does not answer")
+            if healthy != was_healthy:  # the outage itself is logged by the storage layer
+                log.info("health: %s", "SERVING" if healthy else "NOT_SERVING")
                 was_healthy = healthy
 
     async def stop(self) -> None:

@@ -93,4 +93,9 @@ class ResourceExhausted(DomainError):
 
 
 class Unavailable(DomainError):
-    pass
+    """Not now (the database is away, the server not ready); `retry_after_seconds` > 0 says when
+    to try again."""
+
+    def __init__(self, message: str, retry_after_seconds: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds

@@ -28,7 +28,7 @@ from server.domain.api_keys import (
     looks_like_key,
     mint_secret,
 )
-from server.domain.errors import AlreadyExists, NotFound
+from server.domain.errors import AlreadyExists, NotFound, Unavailable
 from server.domain.pagination import Page
 from server.storage.database import Pool
 from server.storage.errors import database_errors, resource_id
@@ -57,6 +57,8 @@ _REVOKE = (
 _AUTHENTICATE = "SELECT key_id, tenant_id, scopes FROM roz.authenticate_api_key(%s, %s)"
 _TOUCH = "SELECT roz.touch_api_keys(%s::uuid[], %s::timestamptz[])"
 _TENANT_NAME = "SELECT roz.tenant_name(%s)"
+# The shutdown's last flush: a few seconds at most, so shutdown fits Kubernetes' grace period.
+CLOSE_TIMEOUT_SECONDS = 2.0
 
 
 def _utcnow() -> datetime:
@@ -231,10 +233,11 @@ class LastUsedRecorder:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="roz-last-used-flush")
 
-    async def close(self) -> None:
+    async def close(self, timeout_seconds: float = CLOSE_TIMEOUT_SECONDS) -> None:
         """Stops the background flush and writes what is left; call before closing the pool.
 
-        A failure is logged, not raised: losing a few last-used times must not stop a shutdown.
+        A failure is logged, not raised, and the last write gets `timeout_seconds`: losing a few
+        last-used times must not stop, nor hold up, a shutdown with the database away.
         """
         task, self._task = self._task, None
         if task is not None:
@@ -242,12 +245,13 @@ class LastUsedRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         try:
-            await self.flush()
-        except Exception:
+            async with asyncio.timeout(timeout_seconds):
+                await self.flush()
+        except Exception as exc:
             log.warning(
-                "could not write the last-used times of %d API keys at shutdown",
+                "could not write the last-used times of %d API keys at shutdown (%s)",
                 self.pending,
-                exc_info=True,
+                "timed out" if isinstance(exc, TimeoutError) else exc,
             )
 
     async def _run(self) -> None:
@@ -255,5 +259,7 @@ class LastUsedRecorder:
             await asyncio.sleep(self._interval)
             try:
                 await self.flush()
-            except Exception:  # the database may be briefly away; the times are kept
+            except Unavailable:
+                pass  # the database is away (logged once, by availability); the times are kept
+            except Exception:  # the times are kept for the next attempt
                 log.warning("could not write API keys' last-used times", exc_info=True)

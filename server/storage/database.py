@@ -5,6 +5,10 @@ Start-up, in order: start the embedded PostgreSQL when there is no URL; connect 
 set up the request role (server/storage/roles.py); then open a pool that logs in as that role.
 The owner connection is closed again: requests never run as the owner.
 
+After start-up the database may go away (server/storage/availability.py): requests are then
+refused at once with UNAVAILABLE, a probe waits for it to answer again, and an embedded server
+that died is started again. Requests need no restart of roz either way.
+
 Requirements on an external server: the DATABASE_URL role owns the database's schema `roz` (it
 creates it), has CREATEROLE, and is SUPERUSER or BYPASSRLS — the SECURITY DEFINER functions that
 look an API key up before a tenant is known run as it and must see every tenant's keys.
@@ -28,6 +32,8 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from server.storage import migrations as schema
+from server.storage.availability import PROBE_TIMEOUT_SECONDS, Availability
+from server.storage.pool import GuardedPool
 from server.storage.roles import app_role_name, ensure_app_role
 
 if TYPE_CHECKING:
@@ -40,6 +46,10 @@ Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 # The database the embedded server holds roz's schema in (its request role: roz_app_roz).
 EMBEDDED_DATABASE = "roz"
 APPLICATION_NAME = "roz-server"
+# How long the pool keeps retrying a connection it lost before giving the slot up. Short: after
+# an outage the availability probe reopens the pool, and a slot still in a long backoff would
+# keep the pool from growing for minutes.
+POOL_RECONNECT_SECONDS = 5.0
 
 
 class DatabaseStartError(RuntimeError):
@@ -69,7 +79,11 @@ class Database:
         self._migrations_dir = migrations_dir
         self._embedded: PostgresServer | None = None
         self._owner_dsn: str | None = None
+        self._request_dsn: str | None = None
         self._pool: Pool | None = None
+        self.availability = Availability(
+            self._probe, restart=self._restart_embedded, reconnect=self._reconnect
+        )
 
     async def open(self) -> None:
         """Starts, migrates and connects; call once, in the application's lifespan."""
@@ -85,17 +99,20 @@ class Database:
                 self._owner_dsn = self._database_url
             role, password = await self._prepare()
             self._app_role = role
-            self._pool = AsyncConnectionPool(
-                make_conninfo(
-                    self._owner_dsn,
-                    user=role,
-                    password=password,
-                    application_name=APPLICATION_NAME,
-                ),
+            self._request_dsn = make_conninfo(
+                self._owner_dsn,
+                user=role,
+                password=password,
+                application_name=APPLICATION_NAME,
+            )
+            self._pool = GuardedPool(
+                self._request_dsn,
+                availability=self.availability,
                 min_size=self._pool_min_size,
                 max_size=self._pool_max_size,
                 # Transactions are explicit (tenant_transaction); a lone SELECT needs none.
                 kwargs={"autocommit": True},
+                reconnect_timeout=POOL_RECONNECT_SECONDS,
                 open=False,
                 name="roz",
             )
@@ -157,20 +174,46 @@ class Database:
         return self._embedded is not None
 
     async def health_check(self, timeout_seconds: float = 2.0) -> bool:
-        """True when a request connection answers SELECT 1 within the time given."""
-        if self._pool is None:
+        """True when a request connection answers SELECT 1 within the time given.
+
+        False at once while the database is known to be down; a failure makes it suspect (the
+        availability probe logs the outage, once).
+        """
+        if self._pool is None or not self.availability.up:
             return False
         try:
             async with asyncio.timeout(timeout_seconds):
                 async with self._pool.connection(timeout=timeout_seconds) as conn:
                     await conn.execute("SELECT 1")
-        except Exception:  # health answers yes or no; it never raises
-            log.warning("database health check failed", exc_info=True)
+        except Exception as exc:  # health answers yes or no; it never raises
+            log.debug("database health check failed", exc_info=True)
+            self.availability.suspect(exc)
             return False
         return True
 
+    async def _probe(self) -> None:
+        """Raises unless a fresh request-role connection answers (the availability probe)."""
+        if self._request_dsn is None:
+            raise RuntimeError("the database is not open")
+        async with await AsyncConnection.connect(
+            self._request_dsn, autocommit=True, connect_timeout=max(2, int(PROBE_TIMEOUT_SECONDS))
+        ) as conn:
+            await conn.execute("SELECT 1")
+
+    async def _reconnect(self) -> None:
+        """Back after an outage: drops the pool's dead connections, opens fresh ones."""
+        if self._pool is not None:
+            await self._pool.check()
+
+    async def _restart_embedded(self) -> bool:
+        """Down: if the embedded server's postmaster is gone, starts it again (True if it did)."""
+        if self._embedded is None:
+            return False
+        return await asyncio.to_thread(_restart_embedded, self._embedded)
+
     async def close(self) -> None:
         """Closes the pool and stops the embedded server if this was its last user."""
+        await self.availability.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -245,6 +288,32 @@ def _start_embedded(pgdata: Path) -> PostgresServer:
         _embedded_users[pgdata] = _embedded_users.get(pgdata, 0) + 1
     log.info("embedded PostgreSQL running in %s (pid %s)", pgdata, server.get_pid())
     return server
+
+
+def _restart_embedded(server: PostgresServer) -> bool:
+    """Blocking: starts the embedded server again if its postmaster died (kill -9, OOM killer).
+
+    A postmaster that is still there, or not yet reaped, is left alone (the next probe comes
+    back): pgserver would take a zombie for a running server.
+    """
+    pid = server.get_pid()
+    if pid is not None and _postmaster_lingers(pid):
+        return False
+    with server._lock:  # pgserver's own, across processes sharing the data directory
+        log.warning("embedded PostgreSQL (pid %s) is gone; starting it again", pid)
+        server.ensure_postgres_running()
+    log.warning("embedded PostgreSQL running again (pid %s)", server.get_pid())
+    return True
+
+
+def _postmaster_lingers(pid: int) -> bool:
+    """True while `pid` runs or is a zombie; reaps it when this process is its parent."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False  # we were its reaper (roz as pid 1 in a container)
+    except ChildProcessError:
+        pass  # someone else's child: init reaps it, and until then it lingers
+    return _alive(pid)
 
 
 def _stop_embedded(server: PostgresServer) -> None:

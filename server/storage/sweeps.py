@@ -18,6 +18,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from server.domain.errors import Unavailable
 from server.storage.database import Pool
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class Sweeper:
         for name, sweep in self._sweeps.items():
             try:
                 moved[name] = count = await sweep(pool)
+            except Unavailable:  # the database is away, logged once (availability); retried
+                moved[name] = -1
+                continue
             except Exception:  # the next round retries; one sweep must not stop the others
                 log.warning("sweep %r failed", name, exc_info=True, extra={"sweep": name})
                 moved[name] = -1
