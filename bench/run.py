@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from bench import commands, dataset, machine, report, tasks, verify
+from bench import commands, dataset, machine, report, soak, tasks, verify
 from bench.commands import CommandBench, CommandScenario
 from bench.load import ByWire, H2Load, LoadGenerator, LoadResult, Wrk
 from bench.pyload import AsyncioLoad
@@ -44,6 +44,8 @@ class BenchSettings:
     generator: str  # "tools" (h2load and wrk), "python" (asyncio), "" (tools when installed)
     tasks: int  # seeded for the ListTasks walk
     walks: int  # timed walks per protocol
+    soak_calls: int  # mixed calls of the memory soak (0: no soak)
+    soak_streams: int  # streams abandoned in it
 
     @classmethod
     def from_env(cls) -> BenchSettings:
@@ -62,6 +64,8 @@ class BenchSettings:
             generator=os.environ.get("BENCH_LOAD", "").lower(),
             tasks=number("BENCH_TASKS", 100_000),
             walks=number("BENCH_WALKS", 1),
+            soak_calls=number("BENCH_SOAK_CALLS", 100_000, minimum=0),
+            soak_streams=number("BENCH_SOAK_STREAMS", 1_000, minimum=0),
         )
 
 
@@ -247,6 +251,10 @@ def run(settings: BenchSettings, generator: LoadGenerator) -> int:
         )
         walked = walk_tasks(settings, endpoints)
         verify_all(endpoints, compared, alone, command_scenarios)  # still right after the load
+        soaked = None
+        if settings.soak_calls:
+            print(f"bench: soak, {settings.soak_calls:,} mixed calls", file=sys.stderr, flush=True)
+            soaked = soak.soak(endpoints, settings.soak_calls, settings.soak_streams)
     context = [
         (
             "run",
@@ -294,10 +302,14 @@ def run(settings: BenchSettings, generator: LoadGenerator) -> int:
             settings.walks,
         )
     )
+    if soaked is not None:
+        print(soak.render(soaked))
     broken = [side.label for side, runs in results.items() if any(run.broken for run in runs)]
     broken += [
         scenario.title for scenario, runs in command_results.items() if any(r.broken for r in runs)
     ]
+    if soaked is not None and soaked.failed:
+        broken.append(f"the soak ({soaked.failed} calls)")
     if broken:
         print(f"bench: requests failed under load on: {', '.join(broken)}", file=sys.stderr)
         return 1

@@ -77,6 +77,7 @@ class Endpoints:
     command_policies: list[tuple[str, int]]  # (id, version), in the environment's order
     # For bulk rows and clean-up between runs, never for requests (bench/dataset.py).
     owner_dsn: str
+    server_pid: int  # whose memory the soak reads (bench/soak.py)
 
     def to_line(self) -> str:
         return READY + json.dumps(dataclasses.asdict(self))
@@ -286,6 +287,7 @@ async def serve(data_dir: Path) -> None:
         grpcio_port=grpcio_port,
         handwritten_port=handwritten_settings.port,
         owner_dsn=app.database.owner_dsn,
+        server_pid=os.getpid(),
         **dataclasses.asdict(fixtures),
     )
     print(endpoints.to_line(), flush=True)
