@@ -15,10 +15,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
-from google.rpc import code_pb2, status_pb2
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc import aio
 from grpc_status import rpc_status
 
@@ -59,6 +61,23 @@ class ServerInterceptor(Protocol):
 ErrorTranslator = Callable[[Exception], status_pb2.Status | None]
 
 
+class _InFlight:
+    """One call the chain is running: its task, and whether a shutdown is ending it."""
+
+    __slots__ = ("closing", "parked", "task")
+
+    def __init__(self) -> None:
+        self.task = asyncio.current_task()
+        # True while the task waits inside the chain (interceptors, the servicer, the next
+        # response); False while a protocol adapter has it (sending what was yielded).
+        self.parked = True
+        self.closing = False
+
+
+class _ShuttingDown(Exception):
+    """The call is ended by close_calls(), between two responses."""
+
+
 class InterceptorChain:
     def __init__(
         self,
@@ -67,6 +86,60 @@ class InterceptorChain:
     ) -> None:
         self._interceptors = list(interceptors)
         self._translate_error = translate_error or (lambda _exc: None)
+        self._in_flight: set[_InFlight] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._shutdown_status = status_pb2.Status(code=code_pb2.UNAVAILABLE)
+
+    # -- calls in flight, on every protocol --------------------------------------------------
+
+    def active_calls(self) -> int:
+        return len(self._in_flight)
+
+    async def wait_idle(self) -> None:
+        """Returns once no call is in flight (at once if none is)."""
+        await self._idle.wait()
+
+    def close_calls(self, message: str, retry_after_seconds: float = 1.0) -> int:
+        """Ends every call in flight with UNAVAILABLE (and RetryInfo), on whatever protocol
+        carries it: each adapter reports it as it reports any abort (trailers, an NDJSON error
+        line, an SSE event). A call the adapter holds (sending to a client) ends as soon as it
+        asks for its next response. Returns how many calls were told."""
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromTimedelta(timedelta(seconds=retry_after_seconds))
+        detail = any_pb2.Any()
+        detail.Pack(retry)
+        self._shutdown_status = status_pb2.Status(
+            code=code_pb2.UNAVAILABLE, message=message, details=[detail]
+        )
+        for entry in self._in_flight:
+            entry.closing = True
+            if entry.parked and entry.task is not None:
+                entry.task.cancel()
+        return len(self._in_flight)
+
+    def _enter(self) -> _InFlight:
+        entry = _InFlight()
+        self._in_flight.add(entry)
+        self._idle.clear()
+        return entry
+
+    def _leave(self, entry: _InFlight) -> None:
+        self._in_flight.discard(entry)
+        if not self._in_flight:
+            self._idle.set()
+
+    async def _end_for_shutdown(self, call: Call, outcome: _Outcome) -> None:
+        status = self._shutdown_status
+        outcome.code = grpc.StatusCode.UNAVAILABLE
+        grpc_status = rpc_status.to_status(status)
+        call.context.set_trailing_metadata(grpc_status.trailing_metadata)
+        await call.context.abort(grpc_status.code, grpc_status.details)
+
+    @staticmethod
+    def _ours(entry: _InFlight) -> bool:
+        """Whether a CancelledError is close_calls()' alone (then it is taken back)."""
+        return entry.closing and entry.task is not None and entry.task.uncancel() == 0
 
     def wrap(self, method: Method, behavior: Callable[..., Any]) -> Callable[..., Any]:
         """The servicer callable wrapped by the whole chain, with the same signature."""
@@ -76,6 +149,7 @@ class InterceptorChain:
             async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
                 call = self._start(method, context)
                 outcome = _Outcome()
+                entry = self._enter()
                 try:
                     await self._before(call)
                     responses = (
@@ -85,18 +159,27 @@ class InterceptorChain:
                     )
                     deadline = _deadline(context)
                     while True:
+                        if entry.closing:
+                            raise _ShuttingDown
                         try:
                             async with asyncio.timeout_at(deadline):
                                 response = await anext(responses)
                         except StopAsyncIteration:
                             break
+                        entry.parked = False
                         yield response
+                        entry.parked = True
                 except asyncio.CancelledError:
+                    if self._ours(entry):
+                        await self._end_for_shutdown(call, outcome)
                     outcome.code = grpc.StatusCode.CANCELLED
                     raise
+                except _ShuttingDown:
+                    await self._end_for_shutdown(call, outcome)
                 except Exception as exc:
                     await self._fail(call, outcome, exc)
                 finally:
+                    self._leave(entry)
                     self._log(call, outcome)
 
             return streaming
@@ -104,6 +187,7 @@ class InterceptorChain:
         async def unary(request: Any, context: Any) -> Any:
             call = self._start(method, context)
             outcome = _Outcome()
+            entry = self._enter()
             try:
                 await self._before(call)
                 deadline = _deadline(context)
@@ -112,12 +196,15 @@ class InterceptorChain:
                 async with asyncio.timeout_at(deadline):
                     return await behavior(request, context)
             except asyncio.CancelledError:
-                # The client went away (or the server is ending the call); nothing to answer.
+                if self._ours(entry):
+                    await self._end_for_shutdown(call, outcome)
+                # The client went away (or its adapter is ending the call); nothing to answer.
                 outcome.code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:
                 await self._fail(call, outcome, exc)
             finally:
+                self._leave(entry)
                 self._log(call, outcome)
 
         return unary

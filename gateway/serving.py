@@ -25,6 +25,10 @@ tests/e2e/test_connection_reuse.py.
 - A stream over the advertised SETTINGS_MAX_CONCURRENT_STREAMS was a connection error (GOAWAY
   PROTOCOL_ERROR, killing the streams within the limit). It is refused alone with REFUSED_STREAM
   (RFC 9113 §5.1.2), which gRPC clients retry safely. h2 itself enforces a higher hard cap.
+- At shutdown Hypercorn reset new streams without a status, closed idle connections without a
+  word, and a late DATA frame crashed the connection (`KeyError`). Every HTTP/2 connection is now
+  sent GOAWAY (NO_ERROR, naming the last stream it serves) and streams opened after it are
+  refused with REFUSED_STREAM, which gRPC clients retry elsewhere.
 - The TCP server kept every connection the peer had closed in CLOSE-WAIT until the keep-alive
   timer fired (300 s here); a few hundred curls used up the descriptors.
 """
@@ -53,10 +57,11 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.asyncio.task_group import TaskGroup, _handle
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.config import Config
-from hypercorn.events import Closed, Updated
+from hypercorn.events import Closed, RawData, Updated
 from hypercorn.events import Event as ConnectionEvent
 from hypercorn.protocol.events import Event, StreamClosed
 from hypercorn.protocol.h2 import BUFFER_LOW_WATER, H2Protocol, StreamBuffer
+from hyperframe.frame import GoAwayFrame
 from priority.priority import MissingStreamError, PriorityTree
 
 from gateway.asgi import ASGIApp
@@ -121,11 +126,40 @@ class _H2Protocol(H2Protocol):
         self.priority = PriorityTree(maximum_streams=2**31 - 1)
         self._resets: deque[float] = deque()
         self._calmed = False
+        self._last_stream: int | None = None  # set once a shutdown's GOAWAY is out
+        self._shutdown_watch: asyncio.Future[None] | None = None
+
+    async def initiate(self, *args: Any, **kwargs: Any) -> None:
+        await super().initiate(*args, **kwargs)
+        self._shutdown_watch = asyncio.ensure_future(self._go_away_on_shutdown())
+
+    async def _go_away_on_shutdown(self) -> None:
+        await self.context.terminated.wait()
+        await self.announce_shutdown()
+
+    async def announce_shutdown(self) -> None:
+        """GOAWAY (NO_ERROR) naming the last stream this connection will serve.
+
+        Written beside h2 rather than through it: h2 treats a sent GOAWAY as the end of the
+        connection and would refuse the DATA and WINDOW_UPDATE frames that streams still in
+        flight need. Streams the client opens after it are refused with REFUSED_STREAM, which
+        tells a gRPC client it may retry them elsewhere.
+        """
+        if self._last_stream is not None or self.closed:
+            return
+        self._last_stream = self.connection.highest_inbound_stream_id
+        frame = GoAwayFrame(stream_id=0)
+        frame.last_stream_id = self._last_stream
+        frame.error_code = h2.errors.ErrorCodes.NO_ERROR
+        await self._flush()
+        await self.send(RawData(frame.serialize()))
 
     # -- receiving -------------------------------------------------------------------------------
 
     async def handle(self, event: ConnectionEvent) -> None:
         if isinstance(event, Closed):
+            if self._shutdown_watch is not None:
+                self._shutdown_watch.cancel()
             await super().handle(event)
             for stream_id in list(self.stream_buffers):
                 await self._forget_buffer(stream_id)
@@ -141,7 +175,11 @@ class _H2Protocol(H2Protocol):
         resets: list[int] = []
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
-                if len(self.streams) + len(opened) >= self._advertised_streams():
+                if self.context.terminated.is_set() and self._last_stream is None:
+                    await self.announce_shutdown()
+                if (self._last_stream is not None and event.stream_id > self._last_stream) or len(
+                    self.streams
+                ) + len(opened) >= self._advertised_streams():
                     self._reset(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                     continue
                 opened.add(event.stream_id)
@@ -316,6 +354,13 @@ class _TCPServer(TCPServer):
         if self._peer_gone and isinstance(event, Updated):
             return  # no keep-alive timer for a connection that is over
         await super().protocol_send(event)
+
+    async def _initiate_server_close(self) -> None:
+        # An idle connection closed at shutdown: HTTP/2 clients are told why first.
+        protocol = getattr(self.protocol, "protocol", None)
+        if isinstance(protocol, _H2Protocol):
+            await protocol.announce_shutdown()
+        await super()._initiate_server_close()
 
 
 def install() -> None:

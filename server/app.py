@@ -7,6 +7,7 @@ wires storage in. Every protocol reaches the same registry through the same chai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -71,6 +72,10 @@ from server.web import DevicePage
 
 log = logging.getLogger(__name__)
 
+# After the grace period: how long calls told to end get to send their UNAVAILABLE, and then how
+# long native gRPC calls held by clients that stopped reading get before their streams close.
+_CLOSE_SECONDS = 2.0
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
@@ -111,6 +116,8 @@ class RozServer:
             ],
             translate_error=status_for,
         )
+        self.chain = chain
+        self._draining = False
         self.registry = registry = MethodRegistry(chain)
         environments_pb2_grpc.add_EnvironmentServiceServicer_to_server(
             EnvironmentServicer(lambda: EnvironmentRepository(self.database.pool)), registry
@@ -155,7 +162,7 @@ class RozServer:
             ApiKeyServicer(self._api_keys), registry
         )
         health_pb2_grpc.add_ServerHealthServiceServicer_to_server(
-            ServerHealthServicer(self.database.health_check), registry
+            ServerHealthServicer(self.database.health_check, lambda: self._draining), registry
         )
         self.health = add_health_to(registry)
         add_reflection_to(registry)
@@ -222,13 +229,35 @@ class RozServer:
                 await self._recorder.close()
             await self.database.close()
 
-    async def drain(self, grace_seconds: float) -> None:
-        """Lets in-flight gRPC calls finish for up to `grace_seconds`, then ends the rest."""
+    async def start_draining(self) -> None:
+        """Readiness off at once (/ready 503, every grpc.health.v1 status NOT_SERVING, Watch
+        streams told), so load balancers stop sending; calls are still served meanwhile."""
+        if self._draining:
+            return
+        self._draining = True
         await self.health.enter_graceful_shutdown()
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Lets calls in flight on every protocol finish for up to `grace_seconds`, then ends
+        the rest with UNAVAILABLE, which each protocol reports to its client."""
+        await self.start_draining()
         try:
             async with asyncio.timeout(grace_seconds):
-                await self.grpc.wait_idle()
+                await self.chain.wait_idle()
+            return
         except TimeoutError:
-            log.info("ending %d calls still open after the grace period", self.grpc.active_calls())
-            async with asyncio.timeout(5):  # a client that stopped reading cannot hold us
+            pass
+        told = self.chain.close_calls("server is shutting down")
+        log.info("ending %d calls still open after the grace period with UNAVAILABLE", told)
+        try:
+            async with asyncio.timeout(_CLOSE_SECONDS):
+                await self.chain.wait_idle()
+            return
+        except TimeoutError:
+            pass
+        # Left: calls whose client stopped reading, holding their answer back; native gRPC
+        # ones are ended by their adapter, the rest go with their connections.
+        log.info("%d calls did not end; closing their streams", self.chain.active_calls())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_CLOSE_SECONDS):
                 await self.grpc.close_streams()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -22,18 +23,33 @@ log = logging.getLogger("roz.server")
 
 
 async def serve(settings: Settings) -> None:
-    """Serves until SIGTERM or SIGINT, then shuts down gracefully (see RozServer.drain)."""
+    """Serves until SIGTERM or SIGINT, then shuts down the way Kubernetes expects.
+
+    Readiness goes off at once while the port keeps serving for ROZ_DRAIN_SECONDS (so load
+    balancers stop sending first; a second signal cuts this short); then no new connections,
+    every HTTP/2 connection is told GOAWAY, calls in flight get ROZ_SHUTDOWN_GRACE_SECONDS and
+    the rest end with UNAVAILABLE (RozServer.drain).
+    """
     server = RozServer(settings)
-    stop = asyncio.Event()
+    signals = asyncio.Queue[int]()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, signals.put_nowait, signum)
     drained: list[asyncio.Task[None]] = []
 
     async def shutdown_trigger() -> None:
-        await stop.wait()
+        signum = await signals.get()
+        await server.start_draining()
         log.info(
-            "shutting down: no new connections; in-flight calls get %ss",
+            "%s: not ready any more; still serving for %ss while load balancers stop sending",
+            signal.Signals(signum).name,
+            settings.drain_seconds,
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(settings.drain_seconds):
+                await signals.get()  # a second signal: no more waiting
+        log.info(
+            "shutting down: no new connections; calls in flight get %ss",
             settings.shutdown_grace_seconds,
         )
         # Hypercorn stops accepting as soon as this returns and waits for open connections
@@ -47,6 +63,7 @@ async def serve(settings: Settings) -> None:
     )
     for task in drained:
         await task
+    log.info("stopped")
 
 
 async def admin_create_tenant(settings: Settings, name: str) -> str:

@@ -40,6 +40,9 @@ class Settings:
     max_concurrent_streams: int = 100
     rate_limit_rps: float = 100.0
     rate_limit_burst: int = 200
+    # On SIGTERM: readiness off at once, serving on for drain_seconds (load balancers stop
+    # sending), then no new connections and shutdown_grace_seconds for calls in flight.
+    drain_seconds: float = 5.0
     shutdown_grace_seconds: float = 10.0
     keep_alive_timeout_seconds: float = 300.0
     health_check_interval_seconds: float = 5.0
@@ -90,6 +93,7 @@ class Settings:
             rate_limit_burst=reader.integer(
                 "ROZ_RATE_LIMIT_BURST", cls.rate_limit_burst, minimum=1
             ),
+            drain_seconds=reader.number("ROZ_DRAIN_SECONDS", cls.drain_seconds, minimum=0),
             shutdown_grace_seconds=reader.number(
                 "ROZ_SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, minimum=0
             ),

@@ -24,8 +24,11 @@ DatabaseCheck = Callable[[], Awaitable[bool]]
 
 
 class ServerHealthServicer(roz_health_pb2_grpc.ServerHealthServiceServicer):  # type: ignore[misc]
-    def __init__(self, check_database: DatabaseCheck) -> None:
+    def __init__(
+        self, check_database: DatabaseCheck, draining: Callable[[], bool] = lambda: False
+    ) -> None:
         self._check_database = check_database
+        self._draining = draining
 
     async def GetHealth(
         self, request: roz_health_pb2.GetHealthRequest, context: Any
@@ -35,6 +38,8 @@ class ServerHealthServicer(roz_health_pb2_grpc.ServerHealthServiceServicer):  # 
     async def GetReadiness(
         self, request: roz_health_pb2.GetReadinessRequest, context: Any
     ) -> roz_health_pb2.GetReadinessResponse:
+        if self._draining():
+            raise errors.Unavailable("not ready: the server is shutting down")
         if not await self._check_database():
             raise errors.Unavailable("not ready: the database does not answer")
         return roz_health_pb2.GetReadinessResponse(status="ok", checks={"database": "ok"})

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
+import h2.errors
+import h2.events
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from roz.v1 import environments_pb2, environments_pb2_grpc
 
 from tests.e2e.conftest import TEST_DATABASE_URL
+from tests.support.h2client import H2Client
 from tests.support.server import free_port
 
 ROZ_SERVER = str(Path(sys.executable).parent / "roz-server")
@@ -29,7 +36,13 @@ pytestmark = pytest.mark.skipif(
 
 def environment(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROZ_") and k != "DATABASE_URL"}
-    env.update(ROZ_DATA_DIR=str(data_dir), PORT=str(port), ROZ_SHUTDOWN_GRACE_SECONDS="1", **extra)
+    env.update(
+        ROZ_DATA_DIR=str(data_dir),
+        PORT=str(port),
+        ROZ_DRAIN_SECONDS="0",
+        ROZ_SHUTDOWN_GRACE_SECONDS="1",
+    )
+    env.update(extra)
     return env
 
 
@@ -158,6 +171,127 @@ def test_sigterm_ends_open_streams_with_unavailable(roz_dir: Path) -> None:
             assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
             assert statuses == [health_pb2.HealthCheckResponse.NOT_SERVING]
         assert process.wait(30) == 0
+
+
+def test_sigterm_keeps_serving_while_draining_then_ends_every_stream_readably(
+    roz_dir: Path,
+) -> None:
+    """Kubernetes' contract: readiness off at once, calls still answered during the drain (a
+    new call on the same HTTP/2 connection included), then every open stream ends with a status
+    its client reads, over gRPC and gRPC-web, and the process exits 0 well within 30 s."""
+    with serving(roz_dir / "roz", ROZ_DRAIN_SECONDS="2", ROZ_SHUTDOWN_GRACE_SECONDS="1") as (
+        url,
+        process,
+    ):
+        key = (roz_dir / "roz" / "admin-key").read_text().strip()
+        target = url.removeprefix("http://")
+        web_watch = threading.Thread(target=_grpc_web_watch, args=(url, web_outcome := {}))
+        web_watch.start()
+        with grpc.insecure_channel(target) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            assert _wait_for(lambda: web_outcome.get("first") == b"SERVING")
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert httpx.get(url + "/ready", timeout=5).status_code == 503
+            assert httpx.get(url + "/health", timeout=5).status_code == 200
+            time.sleep(1)  # a client that has not noticed yet, on the same connection
+            stub = environments_pb2_grpc.EnvironmentServiceStub(channel)
+            listed = stub.ListEnvironments(
+                environments_pb2.ListEnvironmentsRequest(),
+                metadata=[("authorization", f"Bearer {key}")],
+                timeout=5,
+            )
+            assert listed.next_page_token == ""
+            with pytest.raises(grpc.RpcError) as ended:
+                next(watch)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert ended.value.details() == "server is shutting down"
+        assert process.wait(30) == 0
+        took = time.monotonic() - signalled
+        web_watch.join(10)
+        log = process.stdout.read() if process.stdout else ""
+    assert 2 <= took < 2 + 1 + 6, f"took {took:.1f} s"
+    assert web_outcome["status"] == "14", web_outcome
+    assert "Traceback" not in log, log
+    assert "KeyError" not in log, log
+    watch_lines = [line for line in log.splitlines() if "Health/Watch" in line]
+    assert watch_lines, log
+    assert all("UNAVAILABLE" in line for line in watch_lines), watch_lines
+
+
+def test_at_shutdown_http2_clients_get_goaway_and_late_streams_are_refused(
+    roz_dir: Path,
+) -> None:
+    with serving(roz_dir / "roz", ROZ_SHUTDOWN_GRACE_SECONDS="2") as (url, process):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            client = H2Client(sock)
+            headers = [
+                (b":method", b"POST"),
+                (b":path", b"/grpc.health.v1.Health/Watch"),
+                (b":scheme", b"http"),
+                (b":authority", url.removeprefix("http://").encode()),
+                (b"content-type", b"application/grpc"),
+                (b"te", b"trailers"),
+            ]
+            client.conn.send_headers(1, headers)
+            client.send_data(1, b"\x00\x00\x00\x00\x00", end=True)
+            while not any(
+                isinstance(e, h2.events.DataReceived) for e in client.responses.get(1, [])
+            ):
+                client.pump()
+            process.send_signal(signal.SIGTERM)
+            while client.goaway is None:
+                client.pump()
+            assert client.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+            assert client.goaway.last_stream_id == 1
+            # A stream opened after it (as when the two cross in flight) is refused, not dropped.
+            client.conn.send_headers(3, headers)
+            client.send_data(3, b"\x00\x00\x00\x00\x00", end=True)
+            while client.reset_code(3) is None:
+                client.pump()
+            assert client.reset_code(3) == h2.errors.ErrorCodes.REFUSED_STREAM
+            # The stream in flight ends with a status after the grace period.
+            trailers = client.trailers(1)
+            assert trailers[b"grpc-status"] == b"14"
+        assert process.wait(30) == 0
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def _grpc_web_watch(url: str, outcome: dict[str, Any]) -> None:
+    """Health/Watch over gRPC-web, reading frames until the stream ends."""
+    body = b"\x00\x00\x00\x00\x00"  # an empty HealthCheckRequest
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+    frames = b""
+    with (
+        httpx.Client(base_url=url, timeout=30) as client,
+        client.stream("POST", "/grpc.health.v1.Health/Watch", content=body, headers=headers) as r,
+    ):
+        for chunk in r.iter_bytes():
+            frames += chunk
+            if "first" not in outcome and len(frames) >= 5:
+                length = int.from_bytes(frames[1:5], "big")
+                if len(frames) >= 5 + length:
+                    reply = health_pb2.HealthCheckResponse.FromString(frames[5 : 5 + length])
+                    outcome["first"] = health_pb2.HealthCheckResponse.ServingStatus.Name(
+                        reply.status
+                    ).encode()
+    while frames:
+        flags, length = frames[0], int.from_bytes(frames[1:5], "big")
+        payload, frames = frames[5 : 5 + length], frames[5 + length :]
+        if flags & 0x80:
+            for line in payload.decode().split("\r\n"):
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "grpc-status":
+                    outcome["status"] = value.strip()
 
 
 def test_bad_settings_are_refused_clearly(roz_dir: Path) -> None:

@@ -7,6 +7,7 @@ import socket
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -29,6 +30,7 @@ class H2Client:
         self.flush()
         self.responses: dict[int, list[h2.events.Event]] = {}
         self.terminated: h2.events.ConnectionTerminated | None = None
+        self.goaway: h2.events.ConnectionTerminated | None = None
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -43,6 +45,12 @@ class H2Client:
             raise ConnectionError("the server closed the connection")
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.ConnectionTerminated):
+                if self.goaway is None and event.error_code == h2.errors.ErrorCodes.NO_ERROR:
+                    # A graceful GOAWAY: the streams in flight go on (RFC 9113 §6.8). h2 takes
+                    # any GOAWAY as the end, so its state machine is put back to open.
+                    self.goaway = event
+                    self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+                    continue
                 self.terminated = event
             stream_id = getattr(event, "stream_id", None)
             if stream_id:
