@@ -42,7 +42,9 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):  # type: ignore[m
         new = validate_new_key(
             wanted.name,
             wanted.scopes,
-            datetime_of(wanted.expire_time) if wanted.HasField("expire_time") else None,
+            datetime_of(wanted.expire_time, "api_key.expire_time")
+            if wanted.HasField("expire_time")
+            else None,
             now=datetime.now(UTC),
         )
         check_mintable(caller.scopes, new.scopes)

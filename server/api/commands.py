@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, empty_pb2
+from google.protobuf import empty_pb2
 from roz.v1 import commands_pb2 as pb
 from roz.v1 import commands_pb2_grpc
 
-from server.api.convert import parse_id, plain_value, struct_of, timestamp
+from server.api.convert import parse_id, plain_value, struct_of, timedelta_of, timestamp
 from server.api.principal import current_principal
 from server.domain.commands import (
     Command,
@@ -25,7 +24,6 @@ from server.storage.commands import CommandRepository
 # The metadata the REST gateway forwards the Idempotency-Key header as (gRPC clients send it too).
 IDEMPOTENCY_METADATA = "idempotency-key"
 # google.protobuf.Duration's own range: ±10,000 years.
-_MAX_DURATION_SECONDS = 315_576_000_000
 
 _STATE_TO_PROTO = {
     CommandState.AWAITING_APPROVAL: pb.Command.STATE_AWAITING_APPROVAL,
@@ -86,24 +84,10 @@ def draft_from_proto(message: pb.Command, field: str = "command") -> CommandDraf
             for key, value in message.params.fields.items()
         },
         idempotency_key=message.idempotency_key,
-        timeout=_timeout(message, field) if message.HasField("timeout") else None,
+        timeout=timedelta_of(message.timeout, f"{field}.timeout")
+        if message.HasField("timeout")
+        else None,
     )
-
-
-def _timeout(message: pb.Command, field: str) -> timedelta:
-    duration: duration_pb2.Duration = message.timeout
-    seconds, nanos = duration.seconds, duration.nanos
-    if (
-        abs(seconds) > _MAX_DURATION_SECONDS
-        or abs(nanos) >= 1_000_000_000
-        or (seconds > 0 > nanos)
-        or (seconds < 0 < nanos)
-    ):
-        raise InvalidArgument(
-            "the command is not valid",
-            [FieldViolation(f"{field}.timeout", "timeout is not a valid Duration")],
-        )
-    return duration.ToTimedelta()
 
 
 def state_from_proto(value: int, field: str = "state") -> CommandState:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from server.domain.errors import FieldViolation, InvalidArgument
 
@@ -29,8 +29,48 @@ def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     return stamp
 
 
-def datetime_of(stamp: timestamp_pb2.Timestamp) -> datetime:
-    return stamp.ToDatetime(tzinfo=UTC)
+def datetime_of(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """A Timestamp as an aware datetime; one outside Timestamp's own range (nanos outside
+    0..999,999,999, or beyond years 1..9999), which only a binary client can send, is a field
+    violation naming `field`."""
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            f"{field} is not a valid timestamp",
+            [
+                FieldViolation(
+                    field,
+                    f"seconds {stamp.seconds} and nanos {stamp.nanos} are outside the range of "
+                    "a timestamp (nanos 0 to 999999999, years 1 to 9999)",
+                )
+            ],
+        ) from None
+
+
+_MAX_DURATION_SECONDS = 315_576_000_000  # google.protobuf.Duration's own range: ±10,000 years
+
+
+def timedelta_of(duration: duration_pb2.Duration, field: str) -> timedelta:
+    """A Duration as a timedelta; one outside Duration's own range (or with nanos of the other
+    sign than its seconds), which only a binary client can send, is a field violation."""
+    seconds, nanos = duration.seconds, duration.nanos
+    if (
+        abs(seconds) > _MAX_DURATION_SECONDS
+        or abs(nanos) >= 1_000_000_000
+        or (seconds > 0 > nanos)
+        or (seconds < 0 < nanos)
+    ):
+        raise InvalidArgument(
+            f"{field} is not a valid duration",
+            [FieldViolation(field, f"{field.rsplit('.', 1)[-1]} is not a valid Duration")],
+        )
+    try:
+        return duration.ToTimedelta()
+    except OverflowError:  # beyond what a timedelta holds (±999,999,999 days)
+        raise InvalidArgument(
+            f"{field} is too long", [FieldViolation(field, "the duration is too long")]
+        ) from None
 
 
 def struct_of(value: dict[str, Any]) -> struct_pb2.Struct:

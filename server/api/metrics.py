@@ -43,8 +43,12 @@ def query_from_proto(request: pb.GetTaskMetricsRequest) -> TaskMetricsQuery:
     return TaskMetricsQuery(
         environment_id=parse_optional_id(request.environment_id, "environment_id"),
         host_id=parse_optional_id(request.host_id, "host_id"),
-        start_time=datetime_of(request.start_time) if request.HasField("start_time") else None,
-        end_time=datetime_of(request.end_time) if request.HasField("end_time") else None,
+        start_time=datetime_of(request.start_time, "start_time")
+        if request.HasField("start_time")
+        else None,
+        end_time=datetime_of(request.end_time, "end_time")
+        if request.HasField("end_time")
+        else None,
     )
 
 

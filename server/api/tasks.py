@@ -9,7 +9,7 @@ from google.protobuf import duration_pb2
 from roz.v1 import tasks_pb2 as pb
 from roz.v1 import tasks_pb2_grpc
 
-from server.api.convert import parse_id, timestamp
+from server.api.convert import parse_id, timedelta_of, timestamp
 from server.api.principal import current_principal
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.tasks import (
@@ -97,7 +97,7 @@ def draft_from_proto(message: pb.Task) -> TaskDraft:
         prompt=message.prompt,
         environment_id=message.environment_id,
         host_id=message.host_id,
-        timeout=message.timeout.ToTimedelta() if message.HasField("timeout") else None,
+        timeout=timedelta_of(message.timeout, "timeout") if message.HasField("timeout") else None,
         allowed_tools=tuple(message.allowed_tools),
         parent_task_id=message.parent_task_id,
         labels=dict(message.labels),

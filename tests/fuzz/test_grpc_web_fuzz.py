@@ -87,12 +87,6 @@ def test_no_method_breaks_on_malformed_grpc_web(fuzzed: Roz) -> None:
             assert_healthy(fuzzed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/api/convert.py datetime_of() raises ValueError on a Timestamp outside its "
-    "range (nanos < 0), so GetTaskMetrics answers INTERNAL 'internal error' instead of "
-    "INVALID_ARGUMENT; found by this tier, outside the files the fuzz work owns",
-)
 def test_an_out_of_range_timestamp_is_invalid_argument(fuzzed: Roz) -> None:
     from google.protobuf import timestamp_pb2
     from roz.v1 import metrics_pb2
