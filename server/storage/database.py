@@ -299,9 +299,15 @@ def _restart_embedded(server: PostgresServer) -> bool:
     pid = server.get_pid()
     if pid is not None and _postmaster_lingers(pid):
         return False
-    with server._lock:  # pgserver's own, across processes sharing the data directory
-        log.warning("embedded PostgreSQL (pid %s) is gone; starting it again", pid)
-        server.ensure_postgres_running()
+    pgdata = Path(server.pgdata)
+    # Ours, then pgserver's: pgserver's lock is one object per process and not safe across
+    # threads, and a restart must never race the stop of the same server at shutdown.
+    with _embedded_lock:
+        if pgdata not in _embedded_users or not (pgdata / "PG_VERSION").exists():
+            return False  # released meanwhile, or its data directory is gone: nothing to start
+        with server._lock:  # across processes sharing the data directory
+            log.warning("embedded PostgreSQL (pid %s) is gone; starting it again", pid)
+            server.ensure_postgres_running()
     log.warning("embedded PostgreSQL running again (pid %s)", server.get_pid())
     return True
 

@@ -126,9 +126,9 @@ def roz_dir() -> Iterator[Path]:
         yield path
 
 
-@pytest.fixture(scope="session")
-def roz_factory() -> Iterator[RozFactory]:
-    """Starts servers with settings overrides; all are stopped at the end of the session."""
+@contextmanager
+def roz_servers() -> Iterator[RozFactory]:
+    """Starts servers with settings overrides; all are stopped when the block ends."""
     stack: list[Any] = []
     databases: list[str] = []
     root = ExitStack()
@@ -183,6 +183,20 @@ def roz_factory() -> Iterator[RozFactory]:
     for url in databases:
         _run(_drop_database(server_dsn(), url))
     root.close()
+
+
+@pytest.fixture(scope="session")
+def roz_factory() -> Iterator[RozFactory]:
+    """Servers that live until the end of the session."""
+    with roz_servers() as start:
+        yield start
+
+
+@pytest.fixture
+def roz_factory_per_test() -> Iterator[RozFactory]:
+    """Servers stopped at the end of the test: for a data_dir the test itself cleans up."""
+    with roz_servers() as start:
+        yield start
 
 
 @pytest.fixture(scope="session")

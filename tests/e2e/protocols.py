@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tests.e2e.conftest import Roz
+from tests.support import grpc_web
 
 PROTOCOLS = ("rest", "grpc", "grpc-web")
 
@@ -141,15 +142,7 @@ def _grpc_web_failure(roz: Roz, rpc: Rpc, authorization: str | None) -> Outcome:
         timeout=30,
     )
     trailers = {k.lower(): v for k, v in response.headers.items()}
-    body = response.content
-    while body:
-        flags, length = struct.unpack(">BI", body[:5])
-        frame, body = body[5 : 5 + length], body[5 + length :]
-        if flags & 0x80:
-            for line in frame.decode("latin-1").split("\r\n"):
-                if ":" in line:
-                    name, value = line.split(":", 1)
-                    trailers[name.strip().lower()] = value.strip()
+    trailers.update(grpc_web.trailers(response.content))
     code = grpc.StatusCode(_CODE_NUMBERS[int(trailers["grpc-status"])])
     details: list[Message] = []
     if "grpc-status-details-bin" in trailers:

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from roz.v1 import environments_pb2, environments_pb2_grpc
 
 from tests.e2e.conftest import TEST_DATABASE_URL
+from tests.support import grpc_web
 from tests.support.h2client import H2Client
 from tests.support.server import free_port
 
@@ -284,14 +285,9 @@ def _grpc_web_watch(url: str, outcome: dict[str, Any]) -> None:
                     outcome["first"] = health_pb2.HealthCheckResponse.ServingStatus.Name(
                         reply.status
                     ).encode()
-    while frames:
-        flags, length = frames[0], int.from_bytes(frames[1:5], "big")
-        payload, frames = frames[5 : 5 + length], frames[5 + length :]
-        if flags & 0x80:
-            for line in payload.decode().split("\r\n"):
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "grpc-status":
-                    outcome["status"] = value.strip()
+    status = grpc_web.trailers(frames).get("grpc-status")
+    if status is not None:
+        outcome["status"] = status
 
 
 def test_bad_settings_are_refused_clearly(roz_dir: Path) -> None:

@@ -36,9 +36,9 @@ def run_as_user(script: str, home: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_try_it_examples_work(roz_factory: RozFactory, roz_dir: Path) -> None:
+def test_try_it_examples_work(roz_dir: Path, roz_factory_per_test: RozFactory) -> None:
     home = roz_dir / "home"
-    roz = roz_factory(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    roz = roz_factory_per_test(data_dir=home / ".local" / "share" / "roz", admin_key=None)
     script = "set -euo pipefail\n" + "\n".join(shell_blocks("Try it"))
     script = script.replace("localhost:8080", roz.listener.target)
     result = run_as_user(script, home)
@@ -61,9 +61,9 @@ def test_readme_names_the_two_commands(section: str) -> None:
     assert any("make run" in b and "make test" in b for b in blocks)
 
 
-def test_whole_flow_runs_as_written(roz_factory: RozFactory, roz_dir: Path) -> None:
+def test_whole_flow_runs_as_written(roz_dir: Path, roz_factory_per_test: RozFactory) -> None:
     home = roz_dir / "home"
-    roz = roz_factory(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    roz = roz_factory_per_test(data_dir=home / ".local" / "share" / "roz", admin_key=None)
     script = (
         "set -euo pipefail\n"
         "export ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n"
@@ -96,9 +96,11 @@ def test_whole_flow_runs_as_written(roz_factory: RozFactory, roz_dir: Path) -> N
     assert '"STATE_PENDING"' in grpcurl  # the metrics now count the new task
 
 
-def test_device_login_by_hand_runs_as_written(roz_factory: RozFactory, roz_dir: Path) -> None:
+def test_device_login_by_hand_runs_as_written(
+    roz_dir: Path, roz_factory_per_test: RozFactory
+) -> None:
     home = roz_dir / "home"
-    roz = roz_factory(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    roz = roz_factory_per_test(data_dir=home / ".local" / "share" / "roz", admin_key=None)
     blocks = shell_blocks("Device login")
     assert len(blocks) == 1
     script = (

@@ -27,6 +27,7 @@ from gateway.rest import RestApp
 from gateway.router import GatewayRouter
 from tests.gateway.echo_service import EchoServicer, echo_pb2
 from tests.gateway.echo_service import echo_pb2_grpc as echo_grpc
+from tests.support import grpc_web
 from tests.support.server import RunningServer, running
 
 EXPAND = "/testing.echo.v1.EchoService/Expand"
@@ -98,21 +99,8 @@ def _grpc_web_stream(server: RunningServer, seen: dict[str, Any], started: threa
         for chunk in answer.iter_bytes():
             started.set()
             frames += chunk
-    trailers = _trailer_frame(frames)
+    trailers = grpc_web.trailers(frames)
     seen["grpc-web"] = (int(trailers["grpc-status"]), trailers.get("grpc-message", ""))
-
-
-def _trailer_frame(frames: bytes) -> dict[str, str]:
-    trailers: dict[str, str] = {}
-    while frames:
-        flags, length = frames[0], int.from_bytes(frames[1:5], "big")
-        payload, frames = frames[5 : 5 + length], frames[5 + length :]
-        if flags & 0x80:
-            for line in payload.decode().split("\r\n"):
-                name, _, value = line.partition(":")
-                if name:
-                    trailers[name.strip().lower()] = value.strip()
-    return trailers
 
 
 def _rest_stream(
