@@ -105,8 +105,8 @@ class LoginProcess:
     def finish(self) -> tuple[int, str, str]:
         """Waits for the exit; returns the exit code, stdout and stderr."""
         assert self.process.stdout is not None
+        code = self.process.wait(timeout=60)  # stdout is a few lines: the pipe never fills
         stdout = self.process.stdout.read()
-        code = self.process.wait(timeout=60)
         self._reader.join(10)
         return code, stdout, "".join(self._stderr)
 
@@ -315,6 +315,18 @@ def test_approving_an_unknown_code_shows_the_servers_message(
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.fixture
+def sigint_not_ignored() -> Iterator[None]:
+    """Children inherit an ignored SIGINT (a shell ignores it for what it starts in the
+    background, e.g. a CI run under `&`), and Python then leaves it ignored: Ctrl-C could not be
+    tried. A handler here is reset to the default in the child at exec."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_not_ignored")
 def test_ctrl_c_stops_a_waiting_login_with_130(server: Roz, start_login: Any) -> None:
     login = start_login("--server", server.url)
     login.user_code()
