@@ -107,7 +107,7 @@ class RozServer:
             )
         )
 
-        rules = AccessRules()
+        self.access_rules = rules = AccessRules()
         chain = InterceptorChain(
             [
                 Authenticate(rules, self._authenticate),

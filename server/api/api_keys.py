@@ -12,7 +12,7 @@ from roz.v1 import api_keys_pb2_grpc
 
 from server.api.convert import datetime_of, parse_id, timestamp
 from server.api.principal import current_principal
-from server.domain.api_keys import ApiKey, check_mintable, validate_new_key
+from server.domain.api_keys import ApiKey, check_new_key_mintable, validate_new_key
 from server.storage.api_keys import ApiKeyRepository
 
 
@@ -27,6 +27,7 @@ def api_key_to_proto(key: ApiKey) -> pb.ApiKey:
         last_used_time=timestamp(key.last_used_time),
         revoke_time=timestamp(key.revoke_time),
         creator_key_id=str(key.created_by_key_id) if key.created_by_key_id else "",
+        host_id=str(key.host_id) if key.host_id else "",
     )
 
 
@@ -46,8 +47,9 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):  # type: ignore[m
             if wanted.HasField("expire_time")
             else None,
             now=datetime.now(UTC),
+            host_id=wanted.host_id,
         )
-        check_mintable(caller.scopes, new.scopes)
+        check_new_key_mintable(caller.scopes, new)
         key, secret = await self._repository().create(
             caller.tenant_id, new, created_by_key_id=caller.key_id
         )

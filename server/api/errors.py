@@ -83,9 +83,9 @@ def _permission_denied(exc: errors.PermissionDenied) -> status_pb2.Status:
         code_pb2.PERMISSION_DENIED,
         exc.message,
         error_details_pb2.ErrorInfo(
-            reason="SCOPE_MISSING",
+            reason=exc.reason,
             domain=ERROR_DOMAIN,
-            metadata={"required_scope": exc.required_scope},
+            metadata={"required_scope": exc.required_scope} if exc.required_scope else {},
         ),
     )
 

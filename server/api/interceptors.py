@@ -1,7 +1,8 @@
 """roz's interceptors: authenticate the API key, check the RPC's scope, limit each tenant's rate.
 
 They run inside the gateway's one chain, so REST, gRPC-web and native gRPC get the same answers.
-Each RPC's rule comes from its `(roz.v1.access)` option, read once at start-up.
+Each RPC's rule comes from its `(roz.v1.access)` option, read once at start-up. A key bound to a
+host (a robot key) is held to the methods marked `robot` here, in Authorize and nowhere else.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ KeyLookup = Callable[[str], Awaitable[Principal | None]]
 @dataclass(frozen=True)
 class AccessRule:
     public: bool
-    scope: str = ""  # empty for a non-public method: any valid key may call it
+    scope: str = ""  # the scope a key not bound to a host needs
+    # Any key not bound to a host may call it, whatever its scopes (`authenticated`).
+    any_key: bool = False
+    # A key bound to a host may call it, for its own host only (`robot`).
+    robot: bool = False
 
 
 class AccessRules:
@@ -59,18 +64,25 @@ def _rule_of(method: Method) -> AccessRule:
     if options.HasExtension(extension):
         access = options.Extensions[extension]
         if access.public:
+            if access.robot or access.authenticated or access.scope:
+                raise ValueError(f"{method.path} is public and also names who may call it")
             return AccessRule(public=True)
         if access.authenticated and not access.scope:
-            return AccessRule(public=False)
+            return AccessRule(public=False, any_key=True, robot=access.robot)
+        if access.robot and not access.scope:
+            return AccessRule(public=False, robot=True)  # robots only
         if not access.scope or not scopes.is_known(access.scope):
             raise ValueError(f"{method.path} declares an unknown scope {access.scope!r}")
-        return AccessRule(public=False, scope=access.scope)
+        return AccessRule(public=False, scope=access.scope, robot=access.robot)
     if method.service.full_name in PUBLIC_SERVICES:
         return AccessRule(public=True)
     raise ValueError(f"{method.path} has no (roz.v1.access) option")
 
 
 BEARER = "bearer "
+# ErrorInfo reasons of Authorize's refusals, besides SCOPE_MISSING.
+ROBOT_KEY_REFUSED = "ROBOT_KEY_REFUSED"
+ROBOT_ONLY = "ROBOT_ONLY"
 
 
 class Authenticate:
@@ -105,20 +117,42 @@ class Authenticate:
         set_principal(principal)
         call.log_fields["tenant"] = str(principal.tenant_id)
         call.log_fields["api_key"] = str(principal.key_id)
+        if principal.host_id is not None:
+            call.log_fields["host"] = str(principal.host_id)
         call.state["principal"] = principal
 
 
 class Authorize:
-    """Refuses a call whose key lacks the RPC's scope."""
+    """Refuses a call whose key lacks the RPC's scope, or is bound to a host and the RPC is not
+    one a robot may call (whatever scopes it holds: the binding is checked first).
+
+    A robot key that passes here has only been let into the method; that the call is about its
+    own host (`Principal.host_id`) is for the method to check.
+    """
 
     def __init__(self, rules: AccessRules) -> None:
         self._rules = rules
 
     async def intercept(self, call: Call) -> None:
         rule = self._rules[call.method.path]
-        if rule.public or not rule.scope:
+        if rule.public:
             return
         principal: Principal = call.state["principal"]
+        if principal.host_id is not None:
+            if not rule.robot:
+                raise errors.PermissionDenied(
+                    f"this API key is bound to host {principal.host_id} and may call only what "
+                    "a robot calls for its own host",
+                    reason=ROBOT_KEY_REFUSED,
+                )
+            return
+        if rule.any_key:
+            return
+        if not rule.scope:
+            raise errors.PermissionDenied(
+                "only a key bound to a host (a robot key) may call this method",
+                reason=ROBOT_ONLY,
+            )
         if not scopes.grants(principal.scopes, rule.scope):
             raise errors.PermissionDenied(
                 f"this API key lacks the scope {rule.scope!r}", required_scope=rule.scope

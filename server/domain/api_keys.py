@@ -2,6 +2,10 @@
 
 A key is "roz_sk_" + base64url (no padding) of 32 random bytes. The server stores only its first
 16 characters (to recognise it in lists) and its SHA-256; the secret itself is shown once.
+
+A key may be bound to a host: a robot key. It holds no scopes; what it may do is the methods
+marked `robot` in their access rule, for its own host only. Minting one is granting what a robot
+does for its host, so the creator must hold that in operator terms (ROBOT_EQUIVALENT_SCOPES).
 """
 
 from __future__ import annotations
@@ -23,6 +27,16 @@ SECRET_PREFIX = "roz_sk_"  # noqa: S105 (the public marker of every key, not a s
 SECRET_BYTES = 32
 KEY_PREFIX_LENGTH = 16
 _SECRET_FORMAT = re.compile(r"roz_sk_[A-Za-z0-9_-]{43}")
+# What a robot does for its own host, said as operator scopes: it reports the host's presence,
+# receives and reports on its commands and tasks. Only a key holding all of them may mint a robot
+# key, so a key never mints one with power it does not have itself.
+ROBOT_EQUIVALENT_SCOPES: frozenset[str] = frozenset(
+    {
+        scope_rules.scope("hosts", "write"),
+        scope_rules.scope("commands", "write"),
+        scope_rules.scope("tasks", "write"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,7 @@ class ApiKey:
     last_used_time: datetime | None
     revoke_time: datetime | None
     created_by_key_id: UUID | None
+    host_id: UUID | None = None  # set: a robot key, bound to this host
 
     def is_usable(self, now: datetime) -> bool:
         return self.revoke_time is None and (self.expire_time is None or self.expire_time > now)
@@ -49,6 +64,9 @@ class Principal:
     key_id: UUID
     tenant_id: UUID
     scopes: frozenset[str]
+    # The host a robot key is bound to; such a key may call only methods marked `robot`, and
+    # only about this host.
+    host_id: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,7 @@ class NewApiKey:
     name: str
     scopes: frozenset[str]
     expire_time: datetime | None
+    host_id: UUID | None = None
 
 
 def mint_secret() -> str:
@@ -87,15 +106,21 @@ def validate_new_key(
     *,
     now: datetime,
     field: str = "api_key",
+    host_id: str | UUID = "",
 ) -> NewApiKey:
-    """Every problem with a requested key at once, as field violations on the wire names."""
+    """Every problem with a requested key at once, as field violations on the wire names.
+
+    `host_id` binds the key to a host (empty: an ordinary key); a bound key asks for no scopes.
+    Whether the host exists in the tenant is for storage to say.
+    """
     violations: list[FieldViolation] = []
+    requested = list(scopes)
     problem = name_problem(name)
     if problem is not None:
         violations.append(FieldViolation(f"{field}.name", f"name {problem}"))
     parsed: frozenset[str] = frozenset()
     try:
-        parsed = scope_rules.parse_scopes(scopes, field=f"{field}.scopes")
+        parsed = scope_rules.parse_scopes(requested, field=f"{field}.scopes")
     except InvalidArgument as exc:
         violations.extend(exc.violations)
     if expire_time is not None:
@@ -107,9 +132,27 @@ def validate_new_key(
             violations.append(
                 FieldViolation(f"{field}.expire_time", "expire_time must be in the future")
             )
+    host: UUID | None = None
+    if isinstance(host_id, UUID):
+        host = host_id
+    elif host_id:
+        try:
+            host = UUID(host_id)
+        except ValueError:
+            violations.append(
+                FieldViolation(f"{field}.host_id", f"{host_id[:64]!r} is not a valid id")
+            )
+    if host_id and requested:
+        violations.append(
+            FieldViolation(
+                f"{field}.scopes",
+                "a key bound to a host holds no scopes: it may call only what a robot calls, "
+                "for its own host; leave scopes empty",
+            )
+        )
     if violations:
         raise InvalidArgument("the API key is not valid", violations)
-    return NewApiKey(name=name, scopes=parsed, expire_time=expire_time)
+    return NewApiKey(name=name, scopes=parsed, expire_time=expire_time, host_id=host)
 
 
 def check_mintable(held: frozenset[str], requested: frozenset[str]) -> None:
@@ -118,5 +161,22 @@ def check_mintable(held: frozenset[str], requested: frozenset[str]) -> None:
     if beyond:
         raise PermissionDenied(
             f"this API key cannot grant scopes it does not hold: {', '.join(beyond)}",
+            required_scope=beyond[0],
+        )
+
+
+def check_new_key_mintable(held: frozenset[str], new: NewApiKey) -> None:
+    """check_mintable for a new key; a robot key counts as ROBOT_EQUIVALENT_SCOPES."""
+    if new.host_id is None:
+        check_mintable(held, new.scopes)
+        return
+    beyond = sorted(
+        value for value in ROBOT_EQUIVALENT_SCOPES if not scope_rules.grants(held, value)
+    )
+    if beyond:
+        raise PermissionDenied(
+            "a key bound to a host acts for it as the scopes "
+            f"{', '.join(sorted(ROBOT_EQUIVALENT_SCOPES))} would; this API key lacks "
+            f"{', '.join(beyond)}",
             required_scope=beyond[0],
         )

@@ -81,9 +81,14 @@ class Unauthenticated(DomainError):
 
 
 class PermissionDenied(DomainError):
-    def __init__(self, message: str, required_scope: str = "") -> None:
+    def __init__(
+        self, message: str, required_scope: str = "", reason: str = "SCOPE_MISSING"
+    ) -> None:
         super().__init__(message)
         self.required_scope = required_scope
+        # Machine-readable: SCOPE_MISSING; ROBOT_KEY_REFUSED (a key bound to a host called a
+        # method robots may not); ROBOT_ONLY (another key called a method only robots may).
+        self.reason = reason
 
 
 class ResourceExhausted(DomainError):

@@ -28,7 +28,13 @@ from server.domain.api_keys import (
     looks_like_key,
     mint_secret,
 )
-from server.domain.errors import AlreadyExists, NotFound, Unavailable
+from server.domain.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from server.domain.pagination import Page
 from server.storage.database import Pool
 from server.storage.errors import database_errors, resource_id
@@ -40,12 +46,12 @@ log = logging.getLogger(__name__)
 RESOURCE = "api key"
 _COLUMNS = (
     "id, tenant_id, name, key_prefix, scopes, create_time, expire_time, last_used_time,"
-    " revoke_time, created_by_key_id"
+    " revoke_time, created_by_key_id, host_id"
 )
 _INSERT = (
     "INSERT INTO roz.api_keys"
-    " (tenant_id, name, key_prefix, key_hash, scopes, expire_time, created_by_key_id)"
-    " VALUES (%s, %s, %s, %s, %s::text[], %s, %s)"
+    " (tenant_id, name, key_prefix, key_hash, scopes, expire_time, created_by_key_id, host_id)"
+    " VALUES (%s, %s, %s, %s, %s::text[], %s, %s, %s)"
     " RETURNING " + _COLUMNS
 )
 _GET = "SELECT " + _COLUMNS + " FROM roz.api_keys WHERE id = %s"
@@ -54,7 +60,7 @@ _REVOKE = (
     "UPDATE roz.api_keys SET revoke_time = now() WHERE id = %s AND revoke_time IS NULL"
     " RETURNING " + _COLUMNS
 )
-_AUTHENTICATE = "SELECT key_id, tenant_id, scopes FROM roz.authenticate_api_key(%s, %s)"
+_AUTHENTICATE = "SELECT key_id, tenant_id, scopes, host_id FROM roz.authenticate_api_key(%s, %s)"
 _TOUCH = "SELECT roz.touch_api_keys(%s::uuid[], %s::timestamptz[])"
 _TENANT_NAME = "SELECT roz.tenant_name(%s)"
 # The shutdown's last flush: a few seconds at most, so shutdown fits Kubernetes' grace period.
@@ -90,6 +96,15 @@ async def insert_api_key(
             "this API key is already registered", resource=RESOURCE
         ),
         "api_keys_created_by_fkey": lambda: NotFound(RESOURCE, str(created_by_key_id)),
+        # Another tenant's host fails the same composite key as a missing one: no leak.
+        "api_keys_host_fkey": lambda: InvalidArgument(
+            "the API key's host does not exist",
+            [FieldViolation("api_key.host_id", "no host with this id exists")],
+        ),
+        "api_keys_host_key_has_no_scopes": lambda: InvalidArgument(
+            "the API key is not valid",
+            [FieldViolation("api_key.scopes", "a key bound to a host holds no scopes")],
+        ),
     }
     with database_errors(RESOURCE, constraints):
         async with conn.cursor(row_factory=kwargs_row(_api_key)) as cursor:
@@ -103,6 +118,7 @@ async def insert_api_key(
                     sorted(new.scopes),
                     new.expire_time,
                     created_by_key_id,
+                    new.host_id,
                 ),
             )
             key = await cursor.fetchone()
@@ -185,7 +201,9 @@ class ApiKeyRepository:
             row = await cursor.fetchone()
         if row is None:
             return None
-        principal = Principal(key_id=row[0], tenant_id=row[1], scopes=frozenset(row[2]))
+        principal = Principal(
+            key_id=row[0], tenant_id=row[1], scopes=frozenset(row[2]), host_id=row[3]
+        )
         if self._recorder is not None:
             self._recorder.record(principal.key_id, self._clock())
         return principal

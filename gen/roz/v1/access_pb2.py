@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13roz/v1/access.proto\x12\x06roz.v1\x1a google/protobuf/descriptor.proto\"b\n\x0cMethodAccess\x12\x14\n\x05scope\x18\x01 \x01(\tR\x05scope\x12\x16\n\x06public\x18\x02 \x01(\x08R\x06public\x12$\n\rauthenticated\x18\x03 \x01(\x08R\rauthenticated:N\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\x9d\x8f\x03 \x01(\x0b\x32\x14.roz.v1.MethodAccessR\x06\x61\x63\x63\x65ssb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13roz/v1/access.proto\x12\x06roz.v1\x1a google/protobuf/descriptor.proto\"x\n\x0cMethodAccess\x12\x14\n\x05scope\x18\x01 \x01(\tR\x05scope\x12\x16\n\x06public\x18\x02 \x01(\x08R\x06public\x12$\n\rauthenticated\x18\x03 \x01(\x08R\rauthenticated\x12\x14\n\x05robot\x18\x04 \x01(\x08R\x05robot:N\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\x9d\x8f\x03 \x01(\x0b\x32\x14.roz.v1.MethodAccessR\x06\x61\x63\x63\x65ssb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'roz.v1.access_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_METHODACCESS']._serialized_start=65
-  _globals['_METHODACCESS']._serialized_end=163
+  _globals['_METHODACCESS']._serialized_end=185
 # @@protoc_insertion_point(module_scope)

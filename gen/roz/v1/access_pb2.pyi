@@ -8,11 +8,13 @@ ACCESS_FIELD_NUMBER: _ClassVar[int]
 access: _descriptor.FieldDescriptor
 
 class MethodAccess(_message.Message):
-    __slots__ = ("scope", "public", "authenticated")
+    __slots__ = ("scope", "public", "authenticated", "robot")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_FIELD_NUMBER: _ClassVar[int]
     AUTHENTICATED_FIELD_NUMBER: _ClassVar[int]
+    ROBOT_FIELD_NUMBER: _ClassVar[int]
     scope: str
     public: bool
     authenticated: bool
-    def __init__(self, scope: _Optional[str] = ..., public: _Optional[bool] = ..., authenticated: _Optional[bool] = ...) -> None: ...
+    robot: bool
+    def __init__(self, scope: _Optional[str] = ..., public: _Optional[bool] = ..., authenticated: _Optional[bool] = ..., robot: _Optional[bool] = ...) -> None: ...

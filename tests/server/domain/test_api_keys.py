@@ -108,3 +108,28 @@ def test_check_mintable() -> None:
     api_keys.check_mintable(frozenset({"admin"}), frozenset({"admin"}))
     with pytest.raises(PermissionDenied, match="hosts:write"):
         api_keys.check_mintable(frozenset({"api-keys:admin"}), frozenset({"hosts:write"}))
+
+
+def test_a_key_bound_to_a_host_asks_for_no_scopes() -> None:
+    host = uuid.uuid4()
+    new = api_keys.validate_new_key("arm", [], None, now=NOW, host_id=str(host))
+    assert (new.host_id, new.scopes) == (host, frozenset())
+    with pytest.raises(InvalidArgument) as raised:
+        api_keys.validate_new_key("arm", ["hosts:read"], None, now=NOW, host_id=str(host))
+    assert [v.field for v in raised.value.violations] == ["api_key.scopes"]
+    with pytest.raises(InvalidArgument) as raised:
+        api_keys.validate_new_key("arm", [], None, now=NOW, host_id="arm-1")
+    assert [v.field for v in raised.value.violations] == ["api_key.host_id"]
+
+
+def test_minting_a_robot_key_needs_what_a_robot_does() -> None:
+    robot = api_keys.validate_new_key("arm", [], None, now=NOW, host_id=str(uuid.uuid4()))
+    api_keys.check_new_key_mintable(frozenset({"admin"}), robot)
+    api_keys.check_new_key_mintable(
+        frozenset({"hosts:admin", "commands:write", "tasks:write"}), robot
+    )
+    with pytest.raises(PermissionDenied) as raised:
+        api_keys.check_new_key_mintable(frozenset({"api-keys:admin", "hosts:write"}), robot)
+    assert raised.value.required_scope == "commands:write"
+    # An ordinary key without scopes needs nothing.
+    api_keys.check_new_key_mintable(frozenset(), replace(robot, host_id=None))
