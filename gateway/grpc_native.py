@@ -37,12 +37,9 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import functools
 import logging
-import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -50,6 +47,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from gateway import wire
 from gateway.asgi import Headers, Receive, Scope, Send
 from gateway.chain import ALREADY_ABORTED
 from gateway.context import GatewayContext, MetadataItems
@@ -74,10 +72,7 @@ DEFAULT_MAX_BUFFERED_BYTES_PER_CONNECTION = 32 * 1024 * 1024
 # a flood of empty messages is bounded too.
 _MESSAGE_OVERHEAD_BYTES = 256
 
-_PREFIX_BYTES = 5  # 1 flag byte + 4-byte big-endian length
-_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
-_TIMEOUT_UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
+wire.FRAME_HEADER_BYTES = 5  # 1 flag byte + 4-byte big-endian length
 # Headers that describe the transport, not the call: never handed to servicers as metadata.
 _TRANSPORT_REQUEST_HEADERS = frozenset(
     {
@@ -99,7 +94,6 @@ _TRANSPORT_REQUEST_HEADERS = frozenset(
 # would refuse the whole header block), and grpc-* belongs to the runtime, except the status
 # details the chain asks us to carry.
 _FORBIDDEN_RESPONSE_KEYS = _TRANSPORT_REQUEST_HEADERS
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # Small compressed messages inflate inline; larger ones (up to ~1000x expansion) in a thread.
 _INLINE_INFLATE_BYTES = 1024
 # How long a refusal waits for the client to finish sending (see the module docstring).
@@ -124,24 +118,6 @@ class CallError(Exception):
 # -- the wire: pure functions ----------------------------------------------------------------
 
 
-def parse_timeout(value: str) -> float:
-    """grpc-timeout ("100m", "5S", …) in seconds; ValueError when it does not follow the spec."""
-    match = _TIMEOUT.fullmatch(value.strip())
-    if match is None:
-        raise ValueError(f"malformed grpc-timeout {value!r}")
-    return int(match.group(1)) * _TIMEOUT_UNIT_SECONDS[match.group(2)]
-
-
-def percent_encode(message: str) -> str:
-    """grpc-message encoding: UTF-8, then every byte outside printable ASCII, and '%', as %XX."""
-    raw = message.encode("utf-8")
-    if all(0x20 <= byte <= 0x7E and byte != 0x25 for byte in raw):
-        return message
-    return "".join(
-        chr(byte) if 0x20 <= byte <= 0x7E and byte != 0x25 else f"%{byte:02X}" for byte in raw
-    )
-
-
 def decode_metadata(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str | bytes]]:
     """Request headers as invocation metadata: transport headers left out, `-bin` decoded."""
     metadata: list[tuple[str, str | bytes]] = []
@@ -151,53 +127,25 @@ def decode_metadata(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, s
             continue
         if key.endswith("-bin"):
             # Duplicate binary headers may arrive joined with ","; each part is its own value.
-            metadata.extend((key, _b64decode(part)) for part in raw_value.split(b","))
+            try:
+                metadata.extend(
+                    (key, wire.decode_binary_value(part)) for part in raw_value.split(b",")
+                )
+            except ValueError as exc:
+                raise CallError(grpc.StatusCode.INTERNAL, "malformed binary metadata") from exc
         else:
             metadata.append((key, raw_value.decode("latin-1")))
     return metadata
 
 
 def encode_metadata(items: MetadataItems, *, trailers: bool = False) -> Headers:
-    """Servicer metadata as HTTP/2 headers, minus entries that would break the header block."""
-    headers: Headers = []
-    for raw_key, value in items:
-        key = raw_key.lower()
-        reserved = key in _FORBIDDEN_RESPONSE_KEYS or (
-            key.startswith("grpc-") and not (trailers and key == _STATUS_DETAILS_KEY)
-        )
-        if reserved or not _METADATA_KEY.fullmatch(key):
-            log.warning("dropped response metadata with a reserved or invalid key %r", raw_key)
-            continue
-        encoded = _encode_value(key, value)
-        if encoded is None:
-            log.warning("dropped response metadata %r: value is not printable ASCII", raw_key)
-            continue
-        headers.append((key.encode("ascii"), encoded))
-    return headers
-
-
-def _b64decode(value: bytes) -> bytes:
-    # PROTOCOL-HTTP2: implementations MUST accept padded and un-padded values.
-    value = value.strip()
-    try:
-        return base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
-    except binascii.Error as exc:
-        raise CallError(grpc.StatusCode.INTERNAL, "malformed binary metadata") from exc
-
-
-def _encode_value(key: str, value: str | bytes) -> bytes | None:
-    if key.endswith("-bin"):
-        raw = value if isinstance(value, bytes) else value.encode("utf-8")
-        return base64.b64encode(raw).rstrip(b"=")  # the spec asks senders for un-padded values
-    text = value.decode("latin-1") if isinstance(value, bytes) else value
-    if not all(0x20 <= ord(char) <= 0x7E for char in text):
-        return None
-    return text.strip().encode("ascii")
-
-
-def frame_message(payload: bytes) -> bytes:
-    """One uncompressed length-prefixed message."""
-    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+    """Servicer metadata as HTTP/2 headers; the status details only in trailers."""
+    return wire.encode_metadata(
+        items,
+        reserved=_FORBIDDEN_RESPONSE_KEYS,
+        allow_status_details=trailers,
+        pad_binary=False,  # the spec asks senders for un-padded values
+    )
 
 
 class MessageDeframer:
@@ -214,21 +162,22 @@ class MessageDeframer:
         messages: list[tuple[bool, bytes]] = []
         while True:
             if self._needed is None:
-                if len(self._buffer) < _PREFIX_BYTES:
+                if len(self._buffer) < wire.FRAME_HEADER_BYTES:
                     return messages
                 self._needed = self._read_prefix()
-            if len(self._buffer) < _PREFIX_BYTES + self._needed:
+            if len(self._buffer) < wire.FRAME_HEADER_BYTES + self._needed:
                 return messages
-            end = _PREFIX_BYTES + self._needed
-            messages.append((self._buffer[0] == 1, bytes(self._buffer[_PREFIX_BYTES:end])))
+            end = wire.FRAME_HEADER_BYTES + self._needed
+            messages.append(
+                (self._buffer[0] == 1, bytes(self._buffer[wire.FRAME_HEADER_BYTES : end]))
+            )
             del self._buffer[:end]
             self._needed = None
 
     def _read_prefix(self) -> int:
-        flag = self._buffer[0]
-        if flag not in (0, 1):
+        flag, length = wire.frame_header(self._buffer)
+        if flag not in (0, wire.COMPRESSED_FLAG):
             raise CallError(grpc.StatusCode.INTERNAL, f"invalid message flag {flag}")
-        length = int.from_bytes(self._buffer[1:_PREFIX_BYTES], "big")
         # Refused on the prefix alone, so an oversized message is never buffered.
         if length > self._max:
             raise _too_large(length, self._max)
@@ -241,10 +190,7 @@ class MessageDeframer:
 
 
 def _too_large(length: int, limit: int) -> CallError:
-    return CallError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"received message larger than max ({length} vs. {limit})",
-    )
+    return CallError(grpc.StatusCode.RESOURCE_EXHAUSTED, wire.larger_than_max(length, limit))
 
 
 def gunzip(payload: bytes, limit: int) -> bytes:
@@ -368,7 +314,7 @@ class _Response:
             if not self._started:
                 await self._start(())
             await self._send(
-                {"type": "http.response.body", "body": frame_message(payload), "more_body": True}
+                {"type": "http.response.body", "body": wire.frame(payload), "more_body": True}
             )
 
     async def finish(self, status: Status, trailing_metadata: MetadataItems = ()) -> None:
@@ -396,10 +342,7 @@ def _response_headers() -> Headers:
 
 
 def _status_headers(status: Status) -> Headers:
-    headers = [(b"grpc-status", str(status.code.value[0]).encode("ascii"))]
-    if status.message:
-        headers.append((b"grpc-message", percent_encode(status.message).encode("ascii")))
-    return headers
+    return wire.status_headers(status.code.value[0], status.message)
 
 
 # -- one call --------------------------------------------------------------------------------
@@ -647,7 +590,7 @@ class NativeGrpcApp:
         timeout = None
         if "grpc-timeout" in headers:
             try:
-                timeout = parse_timeout(headers["grpc-timeout"])
+                timeout = wire.parse_timeout(headers["grpc-timeout"])
             except ValueError as exc:
                 raise CallError(grpc.StatusCode.INTERNAL, str(exc)) from exc
         client = scope.get("client")
@@ -656,7 +599,7 @@ class NativeGrpcApp:
             decode_metadata(scope["headers"]),
             timeout,
             encoding,
-            _peer(scope),
+            wire.peer(client),
             tuple(client) if client else None,
         )
 
@@ -782,12 +725,3 @@ async def _discard_request(receive: Receive, ended: asyncio.Event) -> None:
 async def _at_most(seconds: float, awaitable: Awaitable[Any]) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(awaitable, seconds)
-
-
-def _peer(scope: Scope) -> str:
-    """The client address in grpc's form: ipv4:1.2.3.4:5 or ipv6:[::1]:5."""
-    client = scope.get("client")
-    if not client:
-        return ""
-    host, port = client[0], client[1]
-    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"

@@ -1,7 +1,8 @@
 """gRPC-web (binary and base64 text) for the registry's wrapped handlers, on sonora's foundations.
 
-sonora 0.2.3 supplies the handler table (`grpcASGI` acts as a `grpc.Server`), the framing and the
-grpc-timeout parser. Its request/response flow is replaced, because the gaps we hit all live there:
+sonora 0.2.3 supplies the handler table (`grpcASGI` acts as a `grpc.Server`); the wire (framing,
+grpc-timeout, metadata, status headers) is gateway.wire, shared with the native adapter. sonora's
+request/response flow is replaced, because the gaps we hit all live there:
 - its error path drops trailing metadata, so `grpc-status-details-bin` never reached the client;
 - the response Content-Type was copied from `Accept` (`*/*` became the Content-Type);
 - only an exact `application/grpc-web-text` was decoded as text (not `…-text+proto`), and each
@@ -29,9 +30,9 @@ from typing import Any
 
 import grpc
 from grpc import aio
-from sonora import protocol
 from sonora.asgi import grpcASGI
 
+from gateway import wire
 from gateway.asgi import Receive, Scope, Send
 from gateway.context import GatewayContext, MetadataItems
 from gateway.registry import MethodRegistry
@@ -45,9 +46,6 @@ AioHandler = Any
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
-_FRAME_HEADER = 5  # flags byte + 4-byte big-endian length, as in gRPC
-_TRAILER_FLAG = 0x80
-_COMPRESSED_FLAG = 0x01
 
 _BINARY = b"application/grpc-web+proto"
 _TEXT = b"application/grpc-web-text+proto"
@@ -74,8 +72,8 @@ _NOT_METADATA = frozenset(
         b"grpc-accept-encoding",
     }
 )
-_STATUS_DETAILS = "grpc-status-details-bin"
-_METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
+# The same names as text, for wire.encode_metadata's reserved keys.
+_NOT_METADATA_NAMES = frozenset(name.decode("ascii") for name in _NOT_METADATA)
 _PADDED_SEGMENT_END = re.compile(rb"(?<==)(?=[^=])")
 
 
@@ -104,7 +102,7 @@ class GrpcWebApp(grpcASGI):  # type: ignore[misc]
         self._max_message_bytes = max_message_bytes
         # gRPC-web has no client streaming in browsers: a body is one framed message, so the
         # limit on the (decoded) body is the message limit plus its frame header.
-        self._max_body = max_message_bytes + _FRAME_HEADER
+        self._max_body = max_message_bytes + wire.FRAME_HEADER_BYTES
         self._max_text_body = 4 * -(-self._max_body // 3)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -129,7 +127,7 @@ class GrpcWebApp(grpcASGI):  # type: ignore[misc]
                 scope["path"],
                 _metadata(scope["headers"]),
                 timeout=_timeout(headers.get(b"grpc-timeout")),
-                peer=_peer(scope.get("client")),
+                peer=wire.peer(scope.get("client")),
                 on_initial_metadata=response.start,
             )
             body = await self._read_body(receive, text_in)
@@ -281,7 +279,7 @@ class _Response:
 
     async def message(self, payload: bytes) -> None:
         await self.start()
-        await self._body(protocol.wrap_message(False, False, payload), more=True)
+        await self._body(wire.frame(payload), more=True)
 
     async def finish(
         self,
@@ -297,11 +295,11 @@ class _Response:
             await self._send({"type": "http.response.start", "status": 200, "headers": headers})
             await self._send({"type": "http.response.body", "body": b""})
             return
-        body = protocol.wrap_message(
-            True, False, b"".join(k + b": " + v + b"\r\n" for k, v in status)
+        body = wire.frame(
+            b"".join(k + b": " + v + b"\r\n" for k, v in status), flags=wire.TRAILER_FLAG
         )
         if payload is not None:
-            body = protocol.wrap_message(False, False, payload) + body
+            body = wire.frame(payload) + body
         if self._started:
             await self._body(body, more=False)
             return
@@ -324,44 +322,17 @@ class _Response:
 def _status_headers(
     code: grpc.StatusCode, details: str, trailing: MetadataItems
 ) -> list[tuple[bytes, bytes]]:
-    headers = [(b"grpc-status", str(code.value[0]).encode())]
-    if details:
-        headers.append((b"grpc-message", _percent_encode(details)))
-    headers.extend(_encode_metadata(trailing))
-    return headers
+    return wire.status_headers(code.value[0], details) + _encode_metadata(trailing)
 
 
 def _encode_metadata(items: MetadataItems) -> list[tuple[bytes, bytes]]:
-    """Servicer metadata as headers. This runs on the error path, so it drops what it cannot
-    send (with a warning) instead of failing: invalid keys, keys that belong to the transport or
-    to the gRPC runtime (the status details excepted), values that are not printable ASCII."""
-    encoded = []
-    for key, value in items:
-        name = key.lower()
-        reserved = name.encode() in _NOT_METADATA or (
-            name.startswith("grpc-") and name != _STATUS_DETAILS
-        )
-        if reserved or not _METADATA_KEY.fullmatch(name):
-            log.warning("dropped response metadata with a reserved or invalid key %r", key)
-            continue
-        if name.endswith("-bin"):
-            raw = value if isinstance(value, bytes) else value.encode()
-            # Padded: browsers decode with atob(), and gRPC readers accept both forms.
-            encoded.append((name.encode(), base64.b64encode(raw)))
-            continue
-        text = value.decode("latin-1") if isinstance(value, bytes) else value
-        if not all(0x20 <= ord(char) <= 0x7E for char in text):
-            log.warning("dropped response metadata %r: value is not printable ASCII", key)
-            continue
-        encoded.append((name.encode(), text.encode("ascii")))
-    return encoded
-
-
-def _percent_encode(details: str) -> bytes:
-    # grpc-message: printable ASCII except '%' passes, everything else is %XX of its UTF-8.
-    return "".join(
-        chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in details.encode()
-    ).encode("ascii")
+    return wire.encode_metadata(
+        items,
+        reserved=_NOT_METADATA_NAMES,
+        # The details may sit in the trailer frame, or in a trailers-only answer's headers.
+        allow_status_details=True,
+        pad_binary=True,  # browsers decode with atob(); gRPC readers accept both forms
+    )
 
 
 async def _plain_response(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -411,11 +382,8 @@ def _metadata(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str | b
         key = name.decode("latin-1")
         if name.endswith(b"-bin"):
             try:
-                # Senders may omit the padding (grpc-go does).
-                metadata.append(
-                    (key, base64.b64decode(value + b"=" * (-len(value) % 4), validate=True))
-                )
-            except binascii.Error:
+                metadata.append((key, wire.decode_binary_value(value)))
+            except ValueError:
                 # INTERNAL, as on native gRPC: the client's runtime wrote it, not its application.
                 raise _Refused(grpc.StatusCode.INTERNAL, f"{key} is not valid base64") from None
         else:
@@ -427,17 +395,9 @@ def _timeout(value: bytes | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(protocol.parse_timeout(value))
-    except (KeyError, ValueError):
-        raise _Refused(grpc.StatusCode.INTERNAL, f"malformed grpc-timeout {value!r}") from None
-
-
-def _peer(client: Any) -> str:
-    # The same spelling grpcio uses, so log lines compare across protocols.
-    if not client:
-        return ""
-    host, port = client[0], client[1]
-    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+        return wire.parse_timeout(value.decode("latin-1"))
+    except ValueError as exc:
+        raise _Refused(grpc.StatusCode.INTERNAL, str(exc)) from None
 
 
 def _deserialize(
@@ -456,16 +416,15 @@ def _messages(body: bytes) -> list[bytes]:
     messages = []
     offset = 0
     while offset < len(body):
-        if len(body) - offset < _FRAME_HEADER:
+        if len(body) - offset < wire.FRAME_HEADER_BYTES:
             raise _Refused(grpc.StatusCode.INTERNAL, "truncated message frame")
-        flags = body[offset]
-        length = int.from_bytes(body[offset + 1 : offset + _FRAME_HEADER], "big")
-        start = offset + _FRAME_HEADER
+        flags, length = wire.frame_header(body, offset)
+        start = offset + wire.FRAME_HEADER_BYTES
         if start + length > len(body):
             raise _Refused(grpc.StatusCode.INTERNAL, "truncated message frame")
-        if flags & _TRAILER_FLAG:
+        if flags & wire.TRAILER_FLAG:
             break
-        if flags & _COMPRESSED_FLAG:
+        if flags & wire.COMPRESSED_FLAG:
             # No grpc-encoding is ever negotiated with us, so a compressed frame is an error.
             raise _Refused(grpc.StatusCode.UNIMPLEMENTED, "compressed messages are not supported")
         messages.append(body[start : start + length])
@@ -483,18 +442,16 @@ class _PrefixCheck:
         self._done = False  # a trailer frame ends what is worth checking
 
     def check(self, body: bytearray) -> None:
-        while not self._done and len(body) >= self._next + _FRAME_HEADER:
-            flags = body[self._next]
-            length = int.from_bytes(body[self._next + 1 : self._next + _FRAME_HEADER], "big")
-            if flags & _TRAILER_FLAG:
+        while not self._done and len(body) >= self._next + wire.FRAME_HEADER_BYTES:
+            flags, length = wire.frame_header(body, self._next)
+            if flags & wire.TRAILER_FLAG:
                 self._done = True
                 return
             if length > self._max:
                 raise _Refused(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"received message larger than max ({length} vs. {self._max})",
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, wire.larger_than_max(length, self._max)
                 )
-            self._next += _FRAME_HEADER + length
+            self._next += wire.FRAME_HEADER_BYTES + length
 
 
 class _Base64Stream:
