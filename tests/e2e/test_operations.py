@@ -222,6 +222,15 @@ def test_sigterm_keeps_serving_while_draining_then_ends_every_stream_readably(
     assert all("UNAVAILABLE" in line for line in watch_lines), watch_lines
 
 
+def test_a_second_signal_cuts_the_drain_short(roz_dir: Path) -> None:
+    """An operator pressing Ctrl-C twice does not wait out the drain (here 60 s)."""
+    with serving(roz_dir / "roz", ROZ_DRAIN_SECONDS="60") as (url, process):
+        process.send_signal(signal.SIGINT)
+        assert _wait_for(lambda: httpx.get(url + "/ready", timeout=5).status_code == 503)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(20) == 0
+
+
 def test_at_shutdown_http2_clients_get_goaway_and_late_streams_are_refused(
     roz_dir: Path,
 ) -> None:
