@@ -11,6 +11,10 @@ the transaction that inserts the command, under FOR SHARE row locks taken parent
 of the host's environment or of a policy (a new version) therefore waits for the insert to commit,
 or commits before the check reads: the stored `applied_policies` are always versions that were
 current while the command was checked and inserted.
+
+A command enters its host's delivery log (server/storage/robot_deliveries.py) in the transaction
+that makes it PENDING, at creation or on approval; a CANCELLED one that was in the log gets a
+cancellation there too.
 """
 
 from __future__ import annotations
@@ -49,11 +53,13 @@ from server.domain.errors import (
     NotFound,
 )
 from server.domain.pagination import Page
+from server.domain.robot_deliveries import DeliveryKind
 from server.domain.safety import PolicyVersion
 from server.domain.safety_policies import SafetyPolicy
 from server.storage.database import Pool
 from server.storage.errors import ConstraintErrors, database_errors, resource_id
 from server.storage.listing import Listing
+from server.storage.robot_deliveries import enqueue, enqueue_cancellation
 from server.storage.safety_policies import latest_policies_for_environment
 from server.storage.tenancy import tenant_transaction
 
@@ -94,7 +100,7 @@ _INSERT = (
     " (tenant_id, command_id, from_state, to_state, reason, actor_key_id, transition_time)"
     " SELECT tenant_id, id, NULL, state, %s, %s, create_time FROM created RETURNING command_id"
 )
-_LOCK = "SELECT state FROM roz.commands WHERE id = %s FOR UPDATE"
+_LOCK = "SELECT state, host_id FROM roz.commands WHERE id = %s FOR UPDATE"
 _LOCK_OVERDUE = (
     "SELECT state FROM roz.commands WHERE id = %s AND state = 'running'"
     " AND run_deadline <= now() FOR UPDATE SKIP LOCKED"
@@ -226,6 +232,8 @@ class CommandRepository:
                         raise _KeyTaken from exc
                     raise
                 assert row is not None
+                if state is CommandState.PENDING:
+                    await enqueue(conn, fields.host_id, DeliveryKind.COMMAND, row[0])
                 created = await _one(conn, _GET, (row[0],))
         assert created is not None
         return created
@@ -272,9 +280,10 @@ class CommandRepository:
         # A client's request: server-only targets are refused before anything is read.
         check_requested_state(target)
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            current = await _locked_state(conn, command_uuid)
+            current, host_id = await _locked_state(conn, command_uuid)
             check_transition(current, target)
             await _record(conn, command_uuid, current, target, reason, actor)
+            await _tell_robot(conn, command_uuid, host_id, target)
             changed = await _one(conn, _GET, (command_uuid,))
         assert changed is not None
         return changed
@@ -283,10 +292,11 @@ class CommandRepository:
         """Cancels a pending command (recorded), removes a finished one, refuses a running one."""
         command_uuid = resource_id(command_id, RESOURCE)
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            current = await _locked_state(conn, command_uuid)
+            current, host_id = await _locked_state(conn, command_uuid)
             if deletion_of(current) is Deletion.CANCEL:
                 check_transition(current, CommandState.CANCELLED)
                 await _record(conn, command_uuid, current, CommandState.CANCELLED, "deleted", actor)
+                await _tell_robot(conn, command_uuid, host_id, CommandState.CANCELLED)
                 return
             await conn.execute(_REMOVE, (command_uuid,))
 
@@ -406,11 +416,24 @@ def _insert_values(
     )
 
 
-async def _locked_state(conn: AsyncConnection[TupleRow], command_id: UUID) -> CommandState:
+async def _locked_state(
+    conn: AsyncConnection[TupleRow], command_id: UUID
+) -> tuple[CommandState, UUID]:
+    """The command's state and host, locked until the transaction ends."""
     row = await (await conn.execute(_LOCK, (command_id,))).fetchone()
     if row is None:
         raise NotFound(RESOURCE, str(command_id))
-    return CommandState(row[0])
+    return CommandState(row[0]), row[1]
+
+
+async def _tell_robot(
+    conn: AsyncConnection[TupleRow], command_id: UUID, host_id: UUID, target: CommandState
+) -> None:
+    """Puts what the move means for the robot in its delivery log, in the move's transaction."""
+    if target is CommandState.PENDING:  # approved
+        await enqueue(conn, host_id, DeliveryKind.COMMAND, command_id)
+    elif target is CommandState.CANCELLED:
+        await enqueue_cancellation(conn, host_id, DeliveryKind.COMMAND, command_id)
 
 
 async def _record(

@@ -5,6 +5,10 @@ security does, so another tenant's task, environment, host or parent behaves exa
 missing one. A transition reads its task under FOR UPDATE, asks the domain's transition table,
 then writes the new state and its history row in one statement, so two racing transitions of
 one task are serialised and the second is judged against the state the first left.
+
+A task with a host enters that host's delivery log (server/storage/robot_deliveries.py) in the
+transaction that makes it QUEUED; a CANCELLED or SAFETY_STOPPED one that was in the log gets a
+cancellation there too. A task without a host is not for any robot's link.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from psycopg.types.json import Jsonb
 
 from server.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from server.domain.pagination import Page
+from server.domain.robot_deliveries import DeliveryKind
 from server.domain.tasks import (
     Task,
     TaskDraft,
@@ -34,6 +39,7 @@ from server.domain.tasks import (
 from server.storage.database import Pool
 from server.storage.errors import ConstraintErrors, database_errors, resource_id
 from server.storage.listing import Listing
+from server.storage.robot_deliveries import enqueue, enqueue_cancellation
 from server.storage.tenancy import tenant_transaction
 
 RESOURCE = "task"
@@ -231,6 +237,7 @@ class TaskRepository:
                     },
                 )
                 assert moved is not None, "the row is locked; its state cannot have changed"
+                await _tell_robot(conn, moved)
                 return await _with_history(conn, moved)
 
 
@@ -248,6 +255,21 @@ async def time_out_tasks(pool: Pool, batch_size: int = 500) -> int:
         moved += int(row[0])
         if row[0] < batch_size:
             return moved
+
+
+# Moves that stop work already handed to a robot.
+_STOPS = frozenset({TaskState.CANCELLED, TaskState.SAFETY_STOPPED})
+
+
+async def _tell_robot(conn: AsyncConnection[TupleRow], task: Task) -> None:
+    """Puts what the move means for the task's robot in its delivery log, in the same
+    transaction."""
+    if task.host_id is None:
+        return
+    if task.state is TaskState.QUEUED:
+        await enqueue(conn, task.host_id, DeliveryKind.TASK, task.id)
+    elif task.state in _STOPS:
+        await enqueue_cancellation(conn, task.host_id, DeliveryKind.TASK, task.id)
 
 
 async def _checked_tools(conn: AsyncConnection[TupleRow], fields: TaskFields) -> tuple[str, ...]:
