@@ -55,6 +55,8 @@ def command_to_proto(command: Command) -> pb.Command:
         transitions=[_transition_to_proto(item) for item in command.transitions],
         create_time=timestamp(command.create_time),
         update_time=timestamp(command.update_time),
+        deliver_time=timestamp(command.deliver_time),
+        acknowledge_time=timestamp(command.acknowledge_time),
     )
     if command.timeout is not None:
         message.timeout.FromTimedelta(command.timeout)

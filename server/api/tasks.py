@@ -89,6 +89,8 @@ def task_to_proto(task: Task) -> pb.Task:
         update_time=timestamp(task.update_time),
         start_time=timestamp(task.start_time),
         end_time=timestamp(task.end_time),
+        deliver_time=timestamp(task.deliver_time),
+        acknowledge_time=timestamp(task.acknowledge_time),
     )
 
 

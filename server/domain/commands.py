@@ -169,6 +169,9 @@ class Command:
     # When it entered RUNNING, and when the sweep may time it out (with a timeout only).
     start_time: datetime | None = None
     run_deadline: datetime | None = None
+    # First sent to the host's robot, and first acknowledged by it (the robot link).
+    deliver_time: datetime | None = None
+    acknowledge_time: datetime | None = None
     # False for the answer of a dry run (validate_only): nothing was stored, `id` means nothing.
     stored: bool = True
 

@@ -172,6 +172,9 @@ class Task:
     end_time: datetime | None
     # Oldest first; empty where a read does not load them (lists).
     transitions: tuple[TaskTransition, ...] = ()
+    # First sent to the host's robot, and first acknowledged by it (the robot link).
+    deliver_time: datetime | None = None
+    acknowledge_time: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,8 @@ _HISTORY = (
 )
 _COLUMNS = (
     "id, tenant_id, host_id, type, params, idempotency_key, timeout, state, applied_policies,"
-    " create_time, update_time, start_time, run_deadline, " + _HISTORY
+    " create_time, update_time, start_time, run_deadline, deliver_time, acknowledge_time, "
+    + _HISTORY
 )
 _GET = "SELECT " + _COLUMNS + " FROM roz.commands WHERE id = %s"
 _BY_KEY = "SELECT id, request_fingerprint FROM roz.commands WHERE idempotency_key = %s"

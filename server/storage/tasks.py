@@ -45,7 +45,8 @@ from server.storage.tenancy import tenant_transaction
 RESOURCE = "task"
 _COLUMNS = (
     "id, tenant_id, prompt, environment_id, host_id, timeout, allowed_tools, parent_task_id,"
-    " labels, state, result, create_time, update_time, start_time, end_time"
+    " labels, state, result, create_time, update_time, start_time, end_time, deliver_time,"
+    " acknowledge_time"
 )
 # What the tenant holds that a new task refers to, in one round trip. FOR SHARE keeps the
 # environment's tools and the host's environment as checked until the task is committed.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -17,6 +18,7 @@ from google.protobuf import empty_pb2, json_format
 from google.rpc import error_details_pb2
 from roz.v1 import commands_pb2 as pb
 
+from server.storage.robot_deliveries import RobotDeliveryRepository
 from tests.e2e.conftest import Roz
 from tests.e2e.protocols import PROTOCOLS, Outcome, Rpc, call
 
@@ -635,3 +637,30 @@ def test_non_finite_params_are_invalid_not_internal(roz: Roz, protocol: str) -> 
         assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome.message
         assert "command.params.velocity" in field_violations(outcome)
     assert list(ok(call(protocol, roz, list_commands(), key)).commands) == []
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_operators_see_when_a_command_was_delivered_and_acknowledged(
+    roz: Roz, protocol: str
+) -> None:
+    """The robot link stamps both times in the delivery log (here through its repository, as
+    the link's service will); GetCommand shows them, and nothing before."""
+    key = roz.new_tenant("delivered")
+    cell = Cell(roz, key)
+    command = ok(call(protocol, roz, create(host_id=cell.host_id, type="wave"), key))
+    fresh = ok(call(protocol, roz, get(command.id), key))
+    assert not fresh.HasField("deliver_time")
+    assert not fresh.HasField("acknowledge_time")
+
+    tenant = uuid.UUID(rest(roz, key, "GET", "/api/v1/caller")["tenant_id"])
+    deliveries = RobotDeliveryRepository(roz.app.database.pool)
+    sent, acked = (
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC),
+    )
+    roz.listener.call(deliveries.mark_delivered(tenant, cell.host_id, 0, 1, now=sent))
+    roz.listener.call(deliveries.acknowledge(tenant, cell.host_id, 1, now=acked))
+
+    seen = ok(call(protocol, roz, get(command.id), key))
+    assert seen.deliver_time.ToDatetime(tzinfo=UTC) == sent
+    assert seen.acknowledge_time.ToDatetime(tzinfo=UTC) == acked

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -17,6 +18,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from roz.v1 import tasks_pb2 as pb
 
+from server.storage.robot_deliveries import RobotDeliveryRepository
 from tests.e2e.conftest import Roz
 from tests.e2e.protocols import PROTOCOLS, Outcome, Rpc, call
 
@@ -698,3 +700,28 @@ def test_a_task_on_a_host_of_its_environment(roz: Roz, protocol: str) -> None:
     ok(call(protocol, roz, create(prompt="p", environment_id=env), key))
     assert [t.id for t in ok(call(protocol, roz, list_page(host_id=arm), key)).tasks] == [task.id]
     assert ok(call(protocol, roz, list_page(host_id=elsewhere), key)).tasks == []
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_operators_see_when_a_task_was_delivered_and_acknowledged(roz: Roz, protocol: str) -> None:
+    """A QUEUED task with a host goes to its robot; GetTask shows when it went out and when the
+    robot acknowledged it (stamped here through the delivery log's repository)."""
+    key = roz.new_tenant("delivered")
+    environment_id = environment(roz, key)
+    host_id = host(roz, key, environment_id)
+    task = ok(
+        call(protocol, roz, create(prompt="p", environment_id=environment_id, host_id=host_id), key)
+    )
+    queued = ok(call(protocol, roz, transition(task.id, S.STATE_QUEUED), key))
+    assert not queued.HasField("deliver_time")
+
+    with roz.rest(key) as client:
+        tenant = uuid.UUID(client.get("/api/v1/caller").json()["tenant_id"])
+    deliveries = RobotDeliveryRepository(roz.app.database.pool)
+    sent = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    roz.listener.call(deliveries.mark_delivered(tenant, host_id, 0, 1, now=sent))
+    roz.listener.call(deliveries.acknowledge(tenant, host_id, 1, now=sent + timedelta(seconds=1)))
+
+    seen = ok(call(protocol, roz, get(task.id), key))
+    assert seen.deliver_time.ToDatetime(tzinfo=UTC) == sent
+    assert seen.acknowledge_time.ToDatetime(tzinfo=UTC) == sent + timedelta(seconds=1)
