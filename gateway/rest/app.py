@@ -181,19 +181,20 @@ class RestApp:
             return None
         return _Exchange(binding, request, headers, pretty, head)
 
-    async def _drain(self, receive: Receive, progress: _Progress) -> bool:
-        """Reads and drops the request body; False if it is too large to be worth reading."""
+    async def _drain(self, receive: Receive, progress: _Progress) -> None:
+        """Reads and drops the request body, up to the body limit (a larger one is left unread:
+        the router then closes an HTTP/1 connection and says so)."""
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return False
+                return
             size += len(message.get("body", b""))
             if size > self._max_body_bytes:
-                return False
+                return
             if not message.get("more_body", False):
                 progress.complete = True
-                return True
+                return
 
     async def _read_body(
         self, receive: Receive, headers: RequestHeaders, binding: Binding, progress: _Progress
