@@ -14,21 +14,25 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
+from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from server.domain.environments import EnvironmentDraft
 from server.domain.tenants import Tenant
 from server.storage.api_keys import ApiKeyRepository, LastUsedRecorder
 from server.storage.bootstrap import create_tenant
 from server.storage.database import Database
 from server.storage.environments import EnvironmentRepository
 from server.storage.roles import app_role_name
+from server.storage.tenancy import tenant_transaction
 
 TEST_DATABASE_URL = os.environ.get("ROZ_TEST_DATABASE_URL") or None
 
@@ -36,7 +40,7 @@ TEST_DATABASE_URL = os.environ.get("ROZ_TEST_DATABASE_URL") or None
 async def _create_database(server_dsn: str) -> str:
     name = f"roz_test_{uuid.uuid4().hex[:12]}"
     async with await AsyncConnection.connect(server_dsn, autocommit=True) as conn:
-        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        await conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
     return make_conninfo(server_dsn, dbname=name)
 
 
@@ -45,11 +49,11 @@ async def _drop_database(server_dsn: str, dsn: str) -> None:
     assert isinstance(name, str)
     async with await AsyncConnection.connect(server_dsn, autocommit=True) as conn:
         await conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name))
         )
         # The request role is cluster-wide; its privileges went with the database.
         await conn.execute(
-            sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(app_role_name(name)))
+            pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(app_role_name(name)))
         )
 
 
@@ -181,3 +185,33 @@ def api_keys(database: Database, recorder: LastUsedRecorder) -> ApiKeyRepository
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+# -- rows the storage tests build on -----------------------------------------------------
+
+
+async def sql(
+    database: Database, tenant: TenantWithKey, query: str, params: Sequence[Any] = ()
+) -> list[tuple[Any, ...]]:
+    async with tenant_transaction(database.pool, tenant.id) as conn:
+        cursor = await conn.execute(query, params)
+        return await cursor.fetchall() if cursor.description else []
+
+
+async def new_environment(environments: EnvironmentRepository, tenant: TenantWithKey) -> uuid.UUID:
+    created = await environments.create(
+        tenant.id, EnvironmentDraft(name=f"env-{uuid.uuid4().hex[:8]}")
+    )
+    return created.id
+
+
+async def new_host(
+    database: Database, tenant: TenantWithKey, environment_id: uuid.UUID | None = None
+) -> uuid.UUID:
+    rows = await sql(
+        database,
+        tenant,
+        "INSERT INTO roz.hosts (tenant_id, environment_id, name) VALUES (%s, %s, %s) RETURNING id",
+        (tenant.id, environment_id, f"host-{uuid.uuid4().hex[:8]}"),
+    )
+    return rows[0][0]  # type: ignore[no-any-return]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +17,6 @@ from psycopg import AsyncConnection, errors
 from psycopg.types.json import Jsonb
 
 from server.domain.commands import INVALID_TRANSITION, CommandDraft, CommandState
-from server.domain.environments import EnvironmentDraft
 from server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from server.domain.safety import PolicyVersion
 from server.storage.commands import CONSTRAINTS, RESOURCE, CommandRepository
@@ -26,7 +24,7 @@ from server.storage.database import Database
 from server.storage.environments import EnvironmentRepository
 from server.storage.errors import database_errors
 from server.storage.tenancy import tenant_transaction
-from tests.server.conftest import TenantWithKey
+from tests.server.conftest import TenantWithKey, new_environment, new_host, sql
 
 S = CommandState
 ACTOR = uuid.uuid4()
@@ -36,33 +34,6 @@ TABLES = ("commands", "command_transitions")
 @pytest.fixture
 def commands(database: Database) -> CommandRepository:
     return CommandRepository(database.pool)
-
-
-async def sql(
-    database: Database, tenant: TenantWithKey, query: str, params: Sequence[Any] = ()
-) -> list[tuple[Any, ...]]:
-    async with tenant_transaction(database.pool, tenant.id) as conn:
-        cursor = await conn.execute(query, params)
-        return await cursor.fetchall() if cursor.description else []
-
-
-async def new_environment(environments: EnvironmentRepository, tenant: TenantWithKey) -> uuid.UUID:
-    created = await environments.create(
-        tenant.id, EnvironmentDraft(name=f"env-{uuid.uuid4().hex[:8]}")
-    )
-    return created.id
-
-
-async def new_host(
-    database: Database, tenant: TenantWithKey, environment_id: uuid.UUID | None = None
-) -> uuid.UUID:
-    rows = await sql(
-        database,
-        tenant,
-        "INSERT INTO roz.hosts (tenant_id, environment_id, name) VALUES (%s, %s, %s) RETURNING id",
-        (tenant.id, environment_id, f"host-{uuid.uuid4().hex[:8]}"),
-    )
-    return rows[0][0]  # type: ignore[no-any-return]
 
 
 _VERSION = (

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from server.domain.commands import CommandDraft, CommandState
-from server.domain.environments import EnvironmentDraft
 from server.domain.errors import InvalidArgument, NotFound
 from server.domain.robot_deliveries import DeliveryKind
 from server.domain.tasks import TaskDraft, TaskState
@@ -30,7 +27,7 @@ from server.storage.hosts import HostRepository
 from server.storage.robot_deliveries import CHANNEL, RobotDeliveryRepository, enqueue
 from server.storage.tasks import TaskRepository
 from server.storage.tenancy import tenant_transaction
-from tests.server.conftest import TenantWithKey
+from tests.server.conftest import TenantWithKey, new_environment, new_host, sql
 
 K = DeliveryKind
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -49,33 +46,6 @@ def commands(database: Database) -> CommandRepository:
 @pytest.fixture
 def tasks(database: Database) -> TaskRepository:
     return TaskRepository(database.pool)
-
-
-async def sql(
-    database: Database, tenant: TenantWithKey, query: str, params: Sequence[Any] = ()
-) -> list[tuple[Any, ...]]:
-    async with tenant_transaction(database.pool, tenant.id) as conn:
-        cursor = await conn.execute(query, params)
-        return await cursor.fetchall() if cursor.description else []
-
-
-async def new_environment(environments: EnvironmentRepository, tenant: TenantWithKey) -> uuid.UUID:
-    created = await environments.create(
-        tenant.id, EnvironmentDraft(name=f"env-{uuid.uuid4().hex[:8]}")
-    )
-    return created.id
-
-
-async def new_host(
-    database: Database, tenant: TenantWithKey, environment_id: uuid.UUID | None = None
-) -> uuid.UUID:
-    rows = await sql(
-        database,
-        tenant,
-        "INSERT INTO roz.hosts (tenant_id, environment_id, name) VALUES (%s, %s, %s) RETURNING id",
-        (tenant.id, environment_id, f"host-{uuid.uuid4().hex[:8]}"),
-    )
-    return rows[0][0]  # type: ignore[no-any-return]
 
 
 async def require_approval(
