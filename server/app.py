@@ -22,6 +22,7 @@ from roz.v1 import (
     health_pb2_grpc,
     hosts_pb2_grpc,
     metrics_pb2_grpc,
+    robot_link_pb2_grpc,
     safety_policies_pb2_grpc,
     tasks_pb2_grpc,
 )
@@ -48,11 +49,14 @@ from server.api.health import HealthMonitor, ServerHealthServicer
 from server.api.hosts import HostServicer
 from server.api.interceptors import AccessRules, Authenticate, Authorize, RateLimit
 from server.api.metrics import MetricsServicer
+from server.api.robot_link import RobotLinkServicer
 from server.api.safety_policies import SafetyPolicyServicer
 from server.api.tasks import TaskServicer
 from server.domain.api_keys import Principal
 from server.domain.device_auth import GuessLimiter
 from server.domain.rate_limits import TokenBuckets
+from server.domain.robot_link import SILENT, LinkTerms
+from server.services.robot_link import Repositories, RobotLinks
 from server.settings import Settings
 from server.storage.api_keys import ApiKeyRepository, LastUsedRecorder
 from server.storage.bootstrap import bootstrap
@@ -65,6 +69,11 @@ from server.storage.device_authorizations import (
 from server.storage.environments import EnvironmentRepository
 from server.storage.hosts import HostRepository
 from server.storage.metrics import MetricsRepository
+from server.storage.notifications import NotificationListener
+from server.storage.robot_deliveries import CHANNEL as DELIVERIES_CHANNEL
+from server.storage.robot_deliveries import RobotDeliveryRepository
+from server.storage.robot_links import CHANNEL as LINKS_CHANNEL
+from server.storage.robot_links import RobotLinkRepository, release_silent
 from server.storage.safety_policies import SafetyPolicyRepository
 from server.storage.sweeps import Sweeper
 from server.storage.tasks import TaskRepository, time_out_tasks
@@ -84,10 +93,17 @@ def _utcnow() -> datetime:
 class RozServer:
     """One server process. `asgi` is what Hypercorn serves; its lifespan opens the database.
 
-    `clock` is the wall clock of device logins (tests pass one they can move).
+    `clock` is the wall clock of device logins and robot links, `monotonic` the clock of robot
+    links' silence and keepalives (tests pass ones they can move).
     """
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        monotonic: Callable[[], float] | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock or _utcnow
         self.database = Database(
@@ -96,6 +112,32 @@ class RozServer:
             pool_max_size=settings.db_pool_max,
         )
         self._recorder: LastUsedRecorder | None = None
+        presence_window = timedelta(seconds=settings.robot_presence_window_seconds)
+        self.robot_links = RobotLinks(
+            Repositories(
+                deliveries=lambda: RobotDeliveryRepository(self.database.pool),
+                links=lambda: RobotLinkRepository(self.database.pool),
+                commands=lambda: CommandRepository(self.database.pool),
+                tasks=lambda: TaskRepository(self.database.pool),
+            ),
+            LinkTerms(
+                heartbeat_interval=timedelta(seconds=settings.robot_heartbeat_seconds),
+                presence_window=presence_window,
+                keepalive_interval=timedelta(seconds=settings.robot_keepalive_seconds),
+                hello_timeout=timedelta(seconds=10),
+            ),
+            pulse_seconds=settings.robot_pulse_seconds,
+            clock=self.clock,
+            monotonic=monotonic or time.monotonic,
+        )
+        self.listener = NotificationListener(
+            lambda: self.database.request_dsn,
+            {
+                DELIVERIES_CHANNEL: self.robot_links.on_delivery,
+                LINKS_CHANNEL: self.robot_links.on_link,
+            },
+            on_reconnect=self.robot_links.on_reconnect,
+        )
         # Every process sweeps; each sweep is safe alongside the same sweep elsewhere.
         self.sweeper = (
             Sweeper(settings.sweep_interval_seconds)
@@ -104,6 +146,12 @@ class RozServer:
             .add(
                 "device logins",
                 lambda pool: purge_device_authorizations(pool, self.clock()),
+            )
+            .add(
+                "robot presence",
+                lambda pool: release_silent(
+                    pool, self.clock() - presence_window, reason=SILENT, now=self.clock()
+                ),
             )
         )
 
@@ -157,6 +205,9 @@ class RozServer:
                 TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst),
             ),
             registry,
+        )
+        robot_link_pb2_grpc.add_RobotLinkServiceServicer_to_server(
+            RobotLinkServicer(self.robot_links), registry
         )
         api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(
             ApiKeyServicer(self._api_keys), registry
@@ -221,8 +272,12 @@ class RozServer:
             self._recorder.start()
             await self.health_monitor.start()
             self.sweeper.start(self.database.pool)
+            self.listener.start()
+            self.robot_links.start()
             yield
         finally:
+            await self.robot_links.stop()
+            await self.listener.stop()
             await self.sweeper.stop()
             await self.health_monitor.stop()
             if self._recorder is not None:
@@ -235,6 +290,9 @@ class RozServer:
         if self._draining:
             return
         self._draining = True
+        told = self.robot_links.drain("server is shutting down", timedelta(seconds=1))
+        if told:
+            log.info("told %d robots to reconnect elsewhere", told)
         await self.health.enter_graceful_shutdown()
 
     async def drain(self, grace_seconds: float) -> None:

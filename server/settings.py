@@ -48,6 +48,13 @@ class Settings:
     health_check_interval_seconds: float = 5.0
     sweep_interval_seconds: float = 5.0
     db_pool_max: int = 10
+    # The robot link: how often robots heartbeat, how long a silent one is still taken for
+    # present, how long the server's side stays quiet before a keepalive, how often each
+    # process vouches for its streams in the database (and catches up on missed wake-ups).
+    robot_heartbeat_seconds: float = 10.0
+    robot_presence_window_seconds: float = 30.0
+    robot_keepalive_seconds: float = 15.0
+    robot_pulse_seconds: float = 5.0
     # Device login: the address people reach the server at (for the approval page's URL; by
     # default built from host and port), how long codes live, how often devices may poll, and
     # how many wrong user codes one client, and everyone together, may try per minute.
@@ -107,6 +114,18 @@ class Settings:
                 "ROZ_SWEEP_INTERVAL_SECONDS", cls.sweep_interval_seconds, minimum=0.1
             ),
             db_pool_max=reader.integer("ROZ_DB_POOL_MAX", cls.db_pool_max, minimum=1),
+            robot_heartbeat_seconds=reader.number(
+                "ROZ_ROBOT_HEARTBEAT_SECONDS", cls.robot_heartbeat_seconds, minimum=0.1
+            ),
+            robot_presence_window_seconds=reader.number(
+                "ROZ_ROBOT_PRESENCE_WINDOW_SECONDS", cls.robot_presence_window_seconds, minimum=0.2
+            ),
+            robot_keepalive_seconds=reader.number(
+                "ROZ_ROBOT_KEEPALIVE_SECONDS", cls.robot_keepalive_seconds, minimum=0.1
+            ),
+            robot_pulse_seconds=reader.number(
+                "ROZ_ROBOT_PULSE_SECONDS", cls.robot_pulse_seconds, minimum=0.1
+            ),
             public_url=reader.url("ROZ_PUBLIC_URL"),
             device_code_lifetime_seconds=reader.integer(
                 "ROZ_DEVICE_CODE_LIFETIME_SECONDS",
@@ -133,6 +152,10 @@ class Settings:
             ),
             log_format=reader.choice("ROZ_LOG_FORMAT", cls.log_format, ("text", "json")),
         )
+        if settings.robot_presence_window_seconds <= settings.robot_heartbeat_seconds:
+            raise SettingsError(
+                "ROZ_ROBOT_PRESENCE_WINDOW_SECONDS must be longer than ROZ_ROBOT_HEARTBEAT_SECONDS"
+            )
         if (settings.tls_cert is None) != (settings.tls_key is None):
             raise SettingsError("ROZ_TLS_CERT and ROZ_TLS_KEY must be set together")
         return settings

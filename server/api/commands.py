@@ -58,6 +58,8 @@ def command_to_proto(command: Command) -> pb.Command:
         deliver_time=timestamp(command.deliver_time),
         acknowledge_time=timestamp(command.acknowledge_time),
     )
+    if command.result is not None:
+        message.result.CopyFrom(struct_of(dict(command.result)))
     if command.timeout is not None:
         message.timeout.FromTimedelta(command.timeout)
     return message

@@ -70,6 +70,13 @@ def _failed_precondition(exc: errors.FailedPrecondition) -> status_pb2.Status:
     return _status(code_pb2.FAILED_PRECONDITION, exc.message, *details)
 
 
+def _aborted(exc: errors.Aborted) -> status_pb2.Status:
+    info = error_details_pb2.ErrorInfo(
+        reason=exc.reason, domain=ERROR_DOMAIN, metadata=dict(exc.metadata)
+    )
+    return _status(code_pb2.ABORTED, exc.message, info)
+
+
 def _unauthenticated(exc: errors.Unauthenticated) -> status_pb2.Status:
     return _status(
         code_pb2.UNAUTHENTICATED,
@@ -147,6 +154,7 @@ _TABLE: tuple[tuple[type[Exception], Callable[..., status_pb2.Status]], ...] = (
     (errors.NotFound, _not_found),
     (errors.AlreadyExists, _already_exists),
     (errors.FailedPrecondition, _failed_precondition),
+    (errors.Aborted, _aborted),
     (errors.Unauthenticated, _unauthenticated),
     (errors.PermissionDenied, _permission_denied),
     (errors.ResourceExhausted, _resource_exhausted),

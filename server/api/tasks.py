@@ -9,7 +9,7 @@ from google.protobuf import duration_pb2
 from roz.v1 import tasks_pb2 as pb
 from roz.v1 import tasks_pb2_grpc
 
-from server.api.convert import parse_id, timedelta_of, timestamp
+from server.api.convert import parse_id, struct_of, timedelta_of, timestamp
 from server.api.principal import current_principal
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.tasks import (
@@ -91,6 +91,7 @@ def task_to_proto(task: Task) -> pb.Task:
         end_time=timestamp(task.end_time),
         deliver_time=timestamp(task.deliver_time),
         acknowledge_time=timestamp(task.acknowledge_time),
+        output=struct_of(dict(task.output)) if task.output is not None else None,
     )
 
 

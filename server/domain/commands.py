@@ -65,6 +65,9 @@ TRANSITIONS: Mapping[CommandState, frozenset[CommandState]] = {
 }
 # States only the server itself may enter: a client cannot claim that a command timed out.
 SERVER_ONLY_STATES: frozenset[CommandState] = frozenset({_S.TIMED_OUT})
+# What a robot may report over its link: starting, and how it ended. Cancelling is an
+# operator's move, and the server's sweep times commands out.
+ROBOT_REPORTS: frozenset[CommandState] = frozenset({_S.RUNNING, _S.COMPLETED, _S.FAILED})
 # What DELETE does in each non-terminal state it accepts: cancel (and keep the record).
 CANCELLED_BY_DELETE: frozenset[CommandState] = frozenset({_S.PENDING, _S.AWAITING_APPROVAL})
 
@@ -172,6 +175,8 @@ class Command:
     # First sent to the host's robot, and first acknowledged by it (the robot link).
     deliver_time: datetime | None = None
     acknowledge_time: datetime | None = None
+    # What the robot reported with the command's last state over the robot link.
+    result: Mapping[str, Any] | None = None
     # False for the answer of a dry run (validate_only): nothing was stored, `id` means nothing.
     stored: bool = True
 

@@ -73,6 +73,18 @@ class FailedPrecondition(DomainError):
         self.causes: tuple[ErrorReason, ...] = first + tuple(causes)
 
 
+class Aborted(DomainError):
+    """The operation lost a race with another (a robot link taken over by a newer stream);
+    `reason`/`metadata` say which."""
+
+    def __init__(
+        self, message: str, reason: str, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+
 class Unauthenticated(DomainError):
     def __init__(self, message: str, reason: str = "API_KEY_INVALID") -> None:
         super().__init__(message)

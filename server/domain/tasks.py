@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
+from typing import Any
 from uuid import UUID
 
 from server.domain.environments import TOOLS
@@ -83,6 +84,10 @@ TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = MappingProxyType(
         TaskState.TIMED_OUT: frozenset(),
         TaskState.SAFETY_STOPPED: frozenset(),
     }
+)
+# What a robot may report over its link: starting, how it ended, or that it stopped for safety.
+ROBOT_REPORTS: frozenset[TaskState] = frozenset(
+    {TaskState.RUNNING, TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SAFETY_STOPPED}
 )
 SERVER_ONLY_TARGETS: frozenset[TaskState] = frozenset({TaskState.TIMED_OUT})
 TERMINAL_STATES: frozenset[TaskState] = frozenset(s for s in TaskState if s.terminal)
@@ -175,6 +180,8 @@ class Task:
     # First sent to the host's robot, and first acknowledged by it (the robot link).
     deliver_time: datetime | None = None
     acknowledge_time: datetime | None = None
+    # What the robot reported with the task's last state over the robot link.
+    output: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ from psycopg.types.json import Jsonb
 
 from server.domain import safety
 from server.domain.commands import (
+    ROBOT_REPORTS,
+    TRANSITIONS,
     Command,
     CommandDraft,
     CommandFields,
@@ -54,6 +56,7 @@ from server.domain.errors import (
 )
 from server.domain.pagination import Page
 from server.domain.robot_deliveries import DeliveryKind
+from server.domain.robot_link import Judgement, judge_report
 from server.domain.safety import PolicyVersion
 from server.domain.safety_policies import SafetyPolicy
 from server.storage.database import Pool
@@ -78,10 +81,11 @@ _HISTORY = (
 )
 _COLUMNS = (
     "id, tenant_id, host_id, type, params, idempotency_key, timeout, state, applied_policies,"
-    " create_time, update_time, start_time, run_deadline, deliver_time, acknowledge_time, "
+    " create_time, update_time, start_time, run_deadline, deliver_time, acknowledge_time, result, "
     + _HISTORY
 )
 _GET = "SELECT " + _COLUMNS + " FROM roz.commands WHERE id = %s"
+_SET_RESULT = "UPDATE roz.commands SET result = %s WHERE id = %s"
 _BY_KEY = "SELECT id, request_fingerprint FROM roz.commands WHERE idempotency_key = %s"
 _HOST = "SELECT environment_id FROM roz.hosts WHERE id = %s"
 _LOCK_HOST = _HOST + " FOR SHARE"
@@ -288,6 +292,35 @@ class CommandRepository:
             changed = await _one(conn, _GET, (command_uuid,))
         assert changed is not None
         return changed
+
+    async def report(
+        self,
+        tenant_id: UUID,
+        host_id: UUID,
+        command_id: str | UUID,
+        reported: CommandState,
+        *,
+        reason: str = "",
+        result: Mapping[str, Any] | None = None,
+        actor: UUID | None,
+    ) -> tuple[Judgement, Command]:
+        """A robot's report on a command of its host: the move is made if the transition table
+        allows it (with `result` kept on the command); otherwise nothing changes. Returns the
+        verdict and the command as it is now. Another host's command is NotFound."""
+        command_uuid = resource_id(command_id, RESOURCE)
+        reason = check_reason(reason)
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            current, owner = await _locked_state(conn, command_uuid)
+            if owner != host_id:
+                raise NotFound(RESOURCE, str(command_uuid))
+            judgement = judge_report(current, reported, TRANSITIONS, ROBOT_REPORTS)
+            if judgement.applies:
+                await _record(conn, command_uuid, current, reported, reason, actor)
+                if result is not None:
+                    await conn.execute(_SET_RESULT, (Jsonb(dict(result)), command_uuid))
+            found = await _one(conn, _GET, (command_uuid,))
+        assert found is not None
+        return judgement, found
 
     async def delete(self, tenant_id: UUID, command_id: str | UUID, *, actor: UUID | None) -> None:
         """Cancels a pending command (recorded), removes a finished one, refuses a running one."""

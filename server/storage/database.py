@@ -164,6 +164,13 @@ class Database:
         return self._owner_dsn
 
     @property
+    def request_dsn(self) -> str:
+        """The request role's connection string (the pool's; the notification listener's)."""
+        if self._request_dsn is None:
+            raise RuntimeError("the database is not open")
+        return self._request_dsn
+
+    @property
     def app_role(self) -> str:
         if self._app_role is None:
             raise RuntimeError("the database is not open")

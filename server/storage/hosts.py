@@ -37,6 +37,7 @@ from server.domain.hosts import (
     StatusChange,
 )
 from server.domain.pagination import Page
+from server.domain.robot_link import presence_status
 from server.storage.database import Pool
 from server.storage.errors import ConstraintErrors, database_errors, resource_id
 from server.storage.listing import Listing
@@ -81,6 +82,13 @@ _SET_STATUS = (
 # A report of the status the host already has: it was seen, nothing changed.
 _SEEN = (
     "UPDATE roz.hosts SET last_seen_time = greatest(clock_timestamp(), last_seen_time)"
+    " WHERE id = %s RETURNING " + _COLUMNS
+)
+# Presence takes the host's row like any status change, but FOR NO KEY UPDATE: deliveries being
+# numbered for the host (which hold it FOR KEY SHARE) need not wait for it.
+_GET_FOR_PRESENCE = _GET + " FOR NO KEY UPDATE"
+_SEEN_AT = (
+    "UPDATE roz.hosts SET last_seen_time = greatest(%s, last_seen_time)"
     " WHERE id = %s RETURNING " + _COLUMNS
 )
 _DELETE = "DELETE FROM roz.hosts WHERE id = %s RETURNING id"
@@ -289,6 +297,29 @@ class HostRepository:
             ) from exc
         if row is None:
             raise NotFound(RESOURCE, str(host_uuid))
+
+
+async def record_presence(
+    conn: AsyncConnection[TupleRow],
+    host_id: UUID,
+    *,
+    connected: bool,
+    reason: str,
+    now: datetime,
+) -> Host | None:
+    """In the caller's tenant transaction: the host's robot connected or went. Moves the status
+    as presence_status says (recording the change with `reason`) and, on connecting, sets
+    last_seen_time to `now`. None if the host is gone."""
+    current = await _one(conn, _GET_FOR_PRESENCE, (host_id,))
+    if current is None:
+        return None
+    target = presence_status(current.status, connected)
+    if target is None:
+        return await _one(conn, _SEEN_AT, (now, host_id)) if connected else current
+    changed_at = await _record(conn, current, current.status, target, reason, None)
+    return await _one(
+        conn, _SET_STATUS, (target.value, changed_at, connected, max(changed_at, now), host_id)
+    )
 
 
 async def _record(

@@ -13,7 +13,7 @@ cancellation there too. A task without a host is not for any robot's link.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from uuid import UUID
@@ -25,7 +25,10 @@ from psycopg.types.json import Jsonb
 from server.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from server.domain.pagination import Page
 from server.domain.robot_deliveries import DeliveryKind
+from server.domain.robot_link import Judgement, judge_report
 from server.domain.tasks import (
+    ROBOT_REPORTS,
+    TRANSITIONS,
     Task,
     TaskDraft,
     TaskFields,
@@ -46,7 +49,7 @@ RESOURCE = "task"
 _COLUMNS = (
     "id, tenant_id, prompt, environment_id, host_id, timeout, allowed_tools, parent_task_id,"
     " labels, state, result, create_time, update_time, start_time, end_time, deliver_time,"
-    " acknowledge_time"
+    " acknowledge_time, output"
 )
 # What the tenant holds that a new task refers to, in one round trip. FOR SHARE keeps the
 # environment's tools and the host's environment as checked until the task is committed.
@@ -74,12 +77,13 @@ _INSERT = (
 )
 _BY_KEY = "SELECT " + _COLUMNS + ", request_fingerprint FROM roz.tasks WHERE idempotency_key = %s"
 _GET = "SELECT " + _COLUMNS + " FROM roz.tasks WHERE id = %s"
-_LOCK = "SELECT state FROM roz.tasks WHERE id = %s FOR UPDATE"
+_LOCK = "SELECT state, host_id FROM roz.tasks WHERE id = %s FOR UPDATE"
 # statement_timestamp(), not now(): this statement runs after the row lock was granted, so the
 # times of one task's transitions follow the order in which they took the lock.
 _MOVE = (
     "WITH moved AS ("
     " UPDATE roz.tasks SET state = %(to)s, result = %(reason)s,"
+    " output = coalesce(%(output)s::jsonb, output),"
     " update_time = greatest(statement_timestamp(), create_time),"
     " start_time = CASE WHEN %(starts)s THEN statement_timestamp() ELSE start_time END,"
     " run_deadline = CASE WHEN %(starts)s THEN statement_timestamp() + timeout END,"
@@ -235,11 +239,57 @@ class TaskRepository:
                         "actor": actor,
                         "starts": target is TaskState.RUNNING,
                         "ends": target.terminal,
+                        "output": None,
                     },
                 )
                 assert moved is not None, "the row is locked; its state cannot have changed"
                 await _tell_robot(conn, moved)
                 return await _with_history(conn, moved)
+
+    async def report(
+        self,
+        tenant_id: UUID,
+        host_id: UUID,
+        task_id: str | UUID,
+        reported: TaskState,
+        *,
+        reason: str = "",
+        output: Mapping[str, Any] | None = None,
+        actor: UUID | None,
+    ) -> tuple[Judgement, Task]:
+        """A robot's report on a task of its host: the move is made if the transition table
+        allows it (with `output` kept on the task); otherwise nothing changes. Returns the
+        verdict and the task as it is now. A task of another host (or none) is NotFound."""
+        task_uuid = resource_id(task_id, RESOURCE)
+        check_reason(reason)
+        with database_errors(RESOURCE):
+            async with tenant_transaction(self._pool, tenant_id) as conn:
+                row = await (await conn.execute(_LOCK, (task_uuid,))).fetchone()
+                if row is None or row[1] != host_id:
+                    raise NotFound(RESOURCE, str(task_uuid))
+                current = TaskState(row[0])
+                judgement = judge_report(current, reported, TRANSITIONS, ROBOT_REPORTS)
+                if not judgement.applies:
+                    found = await _one(conn, _GET, (task_uuid,))
+                    assert found is not None
+                    return judgement, await _with_history(conn, found)
+                moved = await _one(
+                    conn,
+                    _MOVE,
+                    {
+                        "id": task_uuid,
+                        "from": current.value,
+                        "to": reported.value,
+                        "reason": reason,
+                        "actor": actor,
+                        "starts": reported is TaskState.RUNNING,
+                        "ends": reported.terminal,
+                        "output": None if output is None else Jsonb(dict(output)),
+                    },
+                )
+                assert moved is not None, "the row is locked; its state cannot have changed"
+                await _tell_robot(conn, moved)
+                return judgement, await _with_history(conn, moved)
 
 
 async def time_out_tasks(pool: Pool, batch_size: int = 500) -> int:

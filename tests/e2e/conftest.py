@@ -154,7 +154,8 @@ def roz_servers() -> Iterator[RozFactory]:
             databases.append(database_url)
         # admin_key=None lets the server generate one and save it in the data directory.
         admin_key = overrides.pop("admin_key", "") if "admin_key" in overrides else mint_secret()
-        clock = overrides.pop("clock", None)  # the wall clock of device logins
+        clock = overrides.pop("clock", None)  # the wall clock of device logins and robot links
+        monotonic = overrides.pop("monotonic", None)  # robot links' silence and keepalives
         # The port is chosen first so the server knows its own address (the approval page's URL).
         overrides.setdefault("port", free_port())
         settings = dataclasses.replace(
@@ -167,7 +168,7 @@ def roz_servers() -> Iterator[RozFactory]:
         apps: list[RozServer] = []
 
         def build() -> Any:
-            apps.append(RozServer(settings, clock=clock))
+            apps.append(RozServer(settings, clock=clock, monotonic=monotonic))
             return apps[0].asgi
 
         context = running(build, config=hypercorn_config(settings), port=settings.port)

@@ -25,12 +25,13 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from roz.v1 import access_pb2 as roz_dot_v1_dot_access__pb2
 from transcoding.v1 import annotations_pb2 as transcoding_dot_v1_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12roz/v1/tasks.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\xd5\x08\n\x04Task\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x1c\n\x06prompt\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x06prompt\x12+\n\x0e\x65nvironment_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02R\renvironmentId\x12\x17\n\x07host_id\x18\x04 \x01(\tR\x06hostId\x12\x33\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x12#\n\rallowed_tools\x18\x06 \x03(\tR\x0c\x61llowedTools\x12$\n\x0eparent_task_id\x18\x07 \x01(\tR\x0cparentTaskId\x12\x30\n\x06labels\x18\x08 \x03(\x0b\x32\x18.roz.v1.Task.LabelsEntryR\x06labels\x12.\n\x05state\x18\t \x01(\x0e\x32\x12.roz.v1.Task.StateB\x04\xe2\x41\x01\x03R\x05state\x12\x1c\n\x06result\x18\n \x01(\tB\x04\xe2\x41\x01\x03R\x06result\x12>\n\x0btransitions\x18\x0b \x03(\x0b\x32\x16.roz.v1.TaskTransitionB\x04\xe2\x41\x01\x03R\x0btransitions\x12\x41\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\x12?\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\tstartTime\x12;\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x07\x65ndTime\x12\x43\n\x0c\x64\x65liver_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0b\x64\x65liverTime\x12K\n\x10\x61\x63knowledge_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0f\x61\x63knowledgeTime\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xc1\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x10\n\x0cSTATE_QUEUED\x10\x02\x12\x11\n\rSTATE_RUNNING\x10\x03\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06\x12\x13\n\x0fSTATE_TIMED_OUT\x10\x07\x12\x18\n\x14STATE_SAFETY_STOPPED\x10\x08\"\xe5\x01\n\x0eTaskTransition\x12\x31\n\nfrom_state\x18\x01 \x01(\x0e\x32\x12.roz.v1.Task.StateR\tfromState\x12-\n\x08to_state\x18\x02 \x01(\x0e\x32\x12.roz.v1.Task.StateR\x07toState\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n\x05\x61\x63tor\x18\x04 \x01(\tR\x05\x61\x63tor\x12\x43\n\x0ftransition_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0etransitionTime\"d\n\x11\x43reateTaskRequest\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x0c.roz.v1.TaskB\x04\xe2\x41\x01\x02R\x04task\x12\'\n\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\"\xb8\x01\n\x10ListTasksRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x12.roz.v1.Task.StateR\x05state\x12%\n\x0e\x65nvironment_id\x18\x04 \x01(\tR\renvironmentId\x12\x17\n\x07host_id\x18\x05 \x01(\tR\x06hostId\"_\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x0c.roz.v1.TaskR\x05tasks\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"&\n\x0eGetTaskRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"u\n\x15TransitionTaskRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x12.roz.v1.Task.StateB\x04\xe2\x41\x01\x02R\x05state\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason2\xb9\x03\n\x0bTaskService\x12j\n\nCreateTask\x12\x19.roz.v1.CreateTaskRequest\x1a\x0c.roz.v1.Task\"3\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\r\n\x0btasks:write\x82\xd3\xe4\x93\x02\x15\"\r/api/v1/tasks:\x04task\x12g\n\tListTasks\x12\x18.roz.v1.ListTasksRequest\x1a\x19.roz.v1.ListTasksResponse\"%\xea\xf9\x18\x0c\n\ntasks:read\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/tasks\x12[\n\x07GetTask\x12\x16.roz.v1.GetTaskRequest\x1a\x0c.roz.v1.Task\"*\xea\xf9\x18\x0c\n\ntasks:read\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/tasks/{id}\x12x\n\x0eTransitionTask\x12\x1d.roz.v1.TransitionTaskRequest\x1a\x0c.roz.v1.Task\"9\xea\xf9\x18\r\n\x0btasks:write\x82\xd3\xe4\x93\x02\"\"\x1d/api/v1/tasks/{id}/transition:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12roz/v1/tasks.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\x8c\t\n\x04Task\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x1c\n\x06prompt\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x06prompt\x12+\n\x0e\x65nvironment_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02R\renvironmentId\x12\x17\n\x07host_id\x18\x04 \x01(\tR\x06hostId\x12\x33\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x12#\n\rallowed_tools\x18\x06 \x03(\tR\x0c\x61llowedTools\x12$\n\x0eparent_task_id\x18\x07 \x01(\tR\x0cparentTaskId\x12\x30\n\x06labels\x18\x08 \x03(\x0b\x32\x18.roz.v1.Task.LabelsEntryR\x06labels\x12.\n\x05state\x18\t \x01(\x0e\x32\x12.roz.v1.Task.StateB\x04\xe2\x41\x01\x03R\x05state\x12\x1c\n\x06result\x18\n \x01(\tB\x04\xe2\x41\x01\x03R\x06result\x12>\n\x0btransitions\x18\x0b \x03(\x0b\x32\x16.roz.v1.TaskTransitionB\x04\xe2\x41\x01\x03R\x0btransitions\x12\x41\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\x12?\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\tstartTime\x12;\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x07\x65ndTime\x12\x43\n\x0c\x64\x65liver_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0b\x64\x65liverTime\x12K\n\x10\x61\x63knowledge_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0f\x61\x63knowledgeTime\x12\x35\n\x06output\x18\x12 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x03R\x06output\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xc1\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x10\n\x0cSTATE_QUEUED\x10\x02\x12\x11\n\rSTATE_RUNNING\x10\x03\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06\x12\x13\n\x0fSTATE_TIMED_OUT\x10\x07\x12\x18\n\x14STATE_SAFETY_STOPPED\x10\x08\"\xe5\x01\n\x0eTaskTransition\x12\x31\n\nfrom_state\x18\x01 \x01(\x0e\x32\x12.roz.v1.Task.StateR\tfromState\x12-\n\x08to_state\x18\x02 \x01(\x0e\x32\x12.roz.v1.Task.StateR\x07toState\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n\x05\x61\x63tor\x18\x04 \x01(\tR\x05\x61\x63tor\x12\x43\n\x0ftransition_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0etransitionTime\"d\n\x11\x43reateTaskRequest\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x0c.roz.v1.TaskB\x04\xe2\x41\x01\x02R\x04task\x12\'\n\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\"\xb8\x01\n\x10ListTasksRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x12.roz.v1.Task.StateR\x05state\x12%\n\x0e\x65nvironment_id\x18\x04 \x01(\tR\renvironmentId\x12\x17\n\x07host_id\x18\x05 \x01(\tR\x06hostId\"_\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x0c.roz.v1.TaskR\x05tasks\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"&\n\x0eGetTaskRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"u\n\x15TransitionTaskRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x12.roz.v1.Task.StateB\x04\xe2\x41\x01\x02R\x05state\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason2\xb9\x03\n\x0bTaskService\x12j\n\nCreateTask\x12\x19.roz.v1.CreateTaskRequest\x1a\x0c.roz.v1.Task\"3\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\r\n\x0btasks:write\x82\xd3\xe4\x93\x02\x15\"\r/api/v1/tasks:\x04task\x12g\n\tListTasks\x12\x18.roz.v1.ListTasksRequest\x1a\x19.roz.v1.ListTasksResponse\"%\xea\xf9\x18\x0c\n\ntasks:read\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/tasks\x12[\n\x07GetTask\x12\x16.roz.v1.GetTaskRequest\x1a\x0c.roz.v1.Task\"*\xea\xf9\x18\x0c\n\ntasks:read\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/tasks/{id}\x12x\n\x0eTransitionTask\x12\x1d.roz.v1.TransitionTaskRequest\x1a\x0c.roz.v1.Task\"9\xea\xf9\x18\r\n\x0btasks:write\x82\xd3\xe4\x93\x02\"\"\x1d/api/v1/tasks/{id}/transition:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -63,6 +64,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK'].fields_by_name['deliver_time']._serialized_options = b'\342A\001\003'
   _globals['_TASK'].fields_by_name['acknowledge_time']._loaded_options = None
   _globals['_TASK'].fields_by_name['acknowledge_time']._serialized_options = b'\342A\001\003'
+  _globals['_TASK'].fields_by_name['output']._loaded_options = None
+  _globals['_TASK'].fields_by_name['output']._serialized_options = b'\342A\001\003'
   _globals['_CREATETASKREQUEST'].fields_by_name['task']._loaded_options = None
   _globals['_CREATETASKREQUEST'].fields_by_name['task']._serialized_options = b'\342A\001\002'
   _globals['_GETTASKREQUEST'].fields_by_name['id']._loaded_options = None
@@ -79,24 +82,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSERVICE'].methods_by_name['GetTask']._serialized_options = b'\352\371\030\014\n\ntasks:read\202\323\344\223\002\024\022\022/api/v1/tasks/{id}'
   _globals['_TASKSERVICE'].methods_by_name['TransitionTask']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['TransitionTask']._serialized_options = b'\352\371\030\r\n\013tasks:write\202\323\344\223\002\"\"\035/api/v1/tasks/{id}/transition:\001*'
-  _globals['_TASK']._serialized_start=214
-  _globals['_TASK']._serialized_end=1323
-  _globals['_TASK_LABELSENTRY']._serialized_start=1070
-  _globals['_TASK_LABELSENTRY']._serialized_end=1127
-  _globals['_TASK_STATE']._serialized_start=1130
-  _globals['_TASK_STATE']._serialized_end=1323
-  _globals['_TASKTRANSITION']._serialized_start=1326
-  _globals['_TASKTRANSITION']._serialized_end=1555
-  _globals['_CREATETASKREQUEST']._serialized_start=1557
-  _globals['_CREATETASKREQUEST']._serialized_end=1657
-  _globals['_LISTTASKSREQUEST']._serialized_start=1660
-  _globals['_LISTTASKSREQUEST']._serialized_end=1844
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1846
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1941
-  _globals['_GETTASKREQUEST']._serialized_start=1943
-  _globals['_GETTASKREQUEST']._serialized_end=1981
-  _globals['_TRANSITIONTASKREQUEST']._serialized_start=1983
-  _globals['_TRANSITIONTASKREQUEST']._serialized_end=2100
-  _globals['_TASKSERVICE']._serialized_start=2103
-  _globals['_TASKSERVICE']._serialized_end=2544
+  _globals['_TASK']._serialized_start=244
+  _globals['_TASK']._serialized_end=1408
+  _globals['_TASK_LABELSENTRY']._serialized_start=1155
+  _globals['_TASK_LABELSENTRY']._serialized_end=1212
+  _globals['_TASK_STATE']._serialized_start=1215
+  _globals['_TASK_STATE']._serialized_end=1408
+  _globals['_TASKTRANSITION']._serialized_start=1411
+  _globals['_TASKTRANSITION']._serialized_end=1640
+  _globals['_CREATETASKREQUEST']._serialized_start=1642
+  _globals['_CREATETASKREQUEST']._serialized_end=1742
+  _globals['_LISTTASKSREQUEST']._serialized_start=1745
+  _globals['_LISTTASKSREQUEST']._serialized_end=1929
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1931
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2026
+  _globals['_GETTASKREQUEST']._serialized_start=2028
+  _globals['_GETTASKREQUEST']._serialized_end=2066
+  _globals['_TRANSITIONTASKREQUEST']._serialized_start=2068
+  _globals['_TRANSITIONTASKREQUEST']._serialized_end=2185
+  _globals['_TASKSERVICE']._serialized_start=2188
+  _globals['_TASKSERVICE']._serialized_end=2629
 # @@protoc_insertion_point(module_scope)

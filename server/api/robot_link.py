@@ -1,0 +1,197 @@
+"""RobotLinkService: a robot's stream, proto ⇄ the robot link service, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf import duration_pb2
+from roz.v1 import robot_link_pb2 as pb
+from roz.v1 import robot_link_pb2_grpc
+
+from server.api.commands import command_to_proto
+from server.api.commands import state_from_proto as command_state
+from server.api.convert import datetime_of, dict_of, parse_id
+from server.api.principal import current_principal
+from server.api.tasks import state_from_proto as task_state
+from server.api.tasks import task_to_proto
+from server.domain.commands import Command
+from server.domain.errors import FieldViolation, InvalidArgument, PermissionDenied
+from server.domain.robot_link import (
+    Ack,
+    Heartbeat,
+    Hello,
+    ItemKind,
+    Report,
+    RobotMessage,
+    Telemetry,
+)
+from server.domain.tasks import Task
+from server.services.robot_link import (
+    Cancel,
+    Drain,
+    Keepalive,
+    ReportOutcome,
+    RobotLinks,
+    Sent,
+    ServerMessage,
+    Welcome,
+)
+
+_HELLO_FIRST = "a robot's first message is its hello"
+
+
+class RobotLinkServicer(robot_link_pb2_grpc.RobotLinkServiceServicer):  # type: ignore[misc]
+    def __init__(self, links: RobotLinks) -> None:
+        self._links = links
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Any
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        principal = current_principal()
+        if principal.host_id is None:  # Authorize lets only robot keys in; kept as a guard
+            raise PermissionDenied("only a robot key opens a robot link", reason="ROBOT_ONLY")
+        requests = aiter(request_iterator)
+        hello = await _hello(requests, self._links.terms.hello_timeout.total_seconds())
+        link, welcome = await self._links.open(
+            principal.tenant_id, principal.host_id, principal.key_id, hello
+        )
+        yield _encode(welcome)
+        async for message in self._links.serve(link, _decoded(requests)):
+            yield _encode(message)
+
+
+async def _hello(requests: AsyncIterator[pb.ConnectRequest], timeout: float) -> Hello:  # noqa: ASYNC109
+    try:
+        async with asyncio.timeout(timeout):
+            first = await anext(requests)
+    except StopAsyncIteration:
+        raise InvalidArgument(_HELLO_FIRST) from None
+    except TimeoutError:
+        raise InvalidArgument(f"no hello within {timeout:g} s; {_HELLO_FIRST}") from None
+    if first.WhichOneof("message") != "hello":
+        raise InvalidArgument(_HELLO_FIRST, [FieldViolation("hello", "must come first")])
+    named = first.hello.host_id
+    if named:
+        parse_id(named, "hello.host_id")
+    return Hello(
+        host_id=named,
+        last_received_sequence=first.hello.last_received_sequence,
+        client=first.hello.client[:200],
+    )
+
+
+async def _decoded(requests: AsyncIterator[pb.ConnectRequest]) -> AsyncIterator[RobotMessage]:
+    async for request in requests:
+        yield _decode(request)
+
+
+def _decode(request: pb.ConnectRequest) -> RobotMessage:
+    which = request.WhichOneof("message")
+    if which == "ack":
+        return Ack(request.ack.sequence)
+    if which == "command_report":
+        report = request.command_report
+        return Report(
+            kind=ItemKind.COMMAND,
+            item_id=report.command_id,
+            state=command_state(report.state, "command_report.state"),
+            reason=report.reason,
+            result=dict_of(report.result, "command_report.result")
+            if report.HasField("result")
+            else None,
+            report_id=report.report_id,
+        )
+    if which == "task_report":
+        task_report = request.task_report
+        state = task_state(task_report.state, "task_report.state")
+        if state is None:
+            raise InvalidArgument(
+                "a report names a state",
+                [FieldViolation("task_report.state", "state is required")],
+            )
+        return Report(
+            kind=ItemKind.TASK,
+            item_id=task_report.task_id,
+            state=state,
+            reason=task_report.reason,
+            result=dict_of(task_report.result, "task_report.result")
+            if task_report.HasField("result")
+            else None,
+            report_id=task_report.report_id,
+        )
+    if which == "heartbeat":
+        return Heartbeat()
+    if which == "telemetry":
+        sample = request.telemetry
+        return Telemetry(
+            state=dict_of(sample.state, "telemetry.state"),
+            sample_time=datetime_of(sample.sample_time, "telemetry.sample_time")
+            if sample.HasField("sample_time")
+            else None,
+        )
+    if which == "hello":
+        raise InvalidArgument("a robot says hello once, first")
+    raise InvalidArgument("empty message", [FieldViolation("message", "one field must be set")])
+
+
+def _encode(message: ServerMessage) -> pb.ConnectResponse:
+    if isinstance(message, Sent):
+        return pb.ConnectResponse(delivery=_delivery(message))
+    if isinstance(message, ReportOutcome):
+        return pb.ConnectResponse(report_result=_report_result(message))
+    if isinstance(message, Keepalive):
+        return pb.ConnectResponse(keepalive=pb.Keepalive())
+    if isinstance(message, Drain):
+        return pb.ConnectResponse(
+            drain=pb.Drain(
+                reason=message.reason,
+                reconnect_after=_duration(message.reconnect_after.total_seconds()),
+            )
+        )
+    return pb.ConnectResponse(welcome=_welcome(message))
+
+
+def _welcome(welcome: Welcome) -> pb.Welcome:
+    return pb.Welcome(
+        host_id=str(welcome.host_id),
+        heartbeat_interval=_duration(welcome.terms.heartbeat_interval.total_seconds()),
+        presence_window=_duration(welcome.terms.presence_window.total_seconds()),
+        resume_after_sequence=welcome.resume_after,
+        link_id=str(welcome.link_id),
+    )
+
+
+def _delivery(sent: Sent) -> pb.Delivery:
+    item = sent.item
+    if isinstance(item, Command):
+        return pb.Delivery(sequence=sent.sequence, command=command_to_proto(item))
+    if isinstance(item, Task):
+        return pb.Delivery(sequence=sent.sequence, task=task_to_proto(item))
+    return pb.Delivery(sequence=sent.sequence, cancellation=_cancellation(item))
+
+
+def _cancellation(cancel: Cancel) -> pb.Cancellation:
+    if cancel.kind is ItemKind.COMMAND:
+        return pb.Cancellation(command_id=str(cancel.item_id), reason=cancel.reason)
+    return pb.Cancellation(task_id=str(cancel.item_id), reason=cancel.reason)
+
+
+def _report_result(outcome: ReportOutcome) -> pb.ReportResult:
+    result = pb.ReportResult(
+        report_id=outcome.report_id,
+        applied=outcome.judgement.applies,
+        reason=outcome.judgement.reason,
+    )
+    if isinstance(outcome.item, Command):
+        result.command.CopyFrom(command_to_proto(outcome.item))
+    elif isinstance(outcome.item, Task):
+        result.task.CopyFrom(task_to_proto(outcome.item))
+    return result
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration

@@ -1,0 +1,488 @@
+"""The robot link: one live stream per host, in whichever process the robot reached.
+
+`RobotLinks` is the process's registry of live links. A hello claims the host in the database
+(taking it over from any older stream, here or in another process), and the stream then sends
+everything numbered for the host after the robot's last received sequence, reading the
+delivery log only when woken:
+- by `NOTIFY roz_robot_deliveries` (an item was numbered for the host, by any process);
+- by the pulse, every few seconds, which finds any link behind its host's last sequence (a lost
+  notification, a dropped listener) and any link another stream has taken over;
+- after the listener connects again, when every link looks.
+What the robot sends is applied as it arrives: cumulative acks, reports through the items'
+transition tables, heartbeats, telemetry (kept in memory only). Silence past the presence window
+ends the stream; its end marks the host OFFLINE unless another stream holds it by then.
+Shutdown sends every robot a drain message first, and leaves presence to the robot's next
+stream (elsewhere) or to the presence sweep.
+
+Time comes in: `clock` (wall, for what is stored) and `monotonic` (for silence and keepalives),
+so tests move both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from server.domain.commands import Command
+from server.domain.errors import (
+    Aborted,
+    DomainError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from server.domain.robot_deliveries import Delivery, DeliveryKind
+from server.domain.robot_link import (
+    CONNECTED,
+    DISCONNECTED,
+    SILENT,
+    Ack,
+    Heartbeat,
+    Hello,
+    ItemKind,
+    Judgement,
+    LinkTerms,
+    Report,
+    RobotMessage,
+    Telemetry,
+    Verdict,
+    check_own_host,
+)
+from server.domain.tasks import Task
+from server.storage.commands import CommandRepository
+from server.storage.robot_deliveries import RobotDeliveryRepository
+from server.storage.robot_links import RobotLinkRepository
+from server.storage.tasks import TaskRepository
+
+log = logging.getLogger(__name__)
+
+# Deliveries read per round trip; a robot far behind is caught up in several.
+BATCH = 100
+# Report answers waiting for the robot to read them; a robot that reports faster than it reads
+# is held back here (its stream's flow control does the rest).
+OUTBOX = 64
+TAKEOVER = "LINK_TAKEN_OVER"
+
+
+# -- what the service sends, before it is encoded ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Welcome:
+    host_id: UUID
+    terms: LinkTerms
+    resume_after: int
+    link_id: UUID
+
+
+@dataclass(frozen=True)
+class Cancel:
+    kind: ItemKind
+    item_id: UUID
+    reason: str
+
+
+@dataclass(frozen=True)
+class Sent:
+    sequence: int
+    item: Command | Task | Cancel
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    report_id: str
+    judgement: Judgement
+    item: Command | Task | None
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    pass
+
+
+@dataclass(frozen=True)
+class Drain:
+    reason: str
+    reconnect_after: timedelta
+
+
+ServerMessage = Welcome | Sent | ReportOutcome | Keepalive | Drain
+
+
+@dataclass(frozen=True)
+class TelemetrySnapshot:
+    state: dict[str, Any]
+    sample_time: datetime | None
+    receive_time: datetime
+
+
+@dataclass(eq=False)
+class LiveLink:
+    """One stream, from its hello to its end."""
+
+    tenant_id: UUID
+    host_id: UUID
+    link_id: UUID
+    actor: UUID | None
+    client: str
+    sent_through: int
+    last_heard: float
+    last_sent: float
+    behind: bool = True
+    stirred: asyncio.Event = field(default_factory=asyncio.Event)
+    outbox: asyncio.Queue[ReportOutcome] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=OUTBOX)
+    )
+    # Set once: how the stream is to end (an error to raise, or a drain to send).
+    ending: DomainError | Drain | None = None
+    # Why presence goes OFFLINE when it ends (None: leave presence alone).
+    release_reason: str | None = DISCONNECTED
+
+    def wake(self) -> None:
+        self.behind = True
+        self.stirred.set()
+
+    def end(self, how: DomainError | Drain, release_reason: str | None) -> None:
+        if self.ending is None:
+            self.ending = how
+            self.release_reason = release_reason
+        self.stirred.set()
+
+
+@dataclass(frozen=True)
+class Repositories:
+    deliveries: Callable[[], RobotDeliveryRepository]
+    links: Callable[[], RobotLinkRepository]
+    commands: Callable[[], CommandRepository]
+    tasks: Callable[[], TaskRepository]
+
+
+class RobotLinks:
+    """This process's live links, by host."""
+
+    def __init__(
+        self,
+        repositories: Repositories,
+        terms: LinkTerms,
+        *,
+        pulse_seconds: float,
+        clock: Callable[[], datetime],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._repos = repositories
+        self.terms = terms
+        self._pulse_seconds = pulse_seconds
+        self._clock = clock
+        self._monotonic = monotonic
+        self._live: dict[UUID, LiveLink] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._pulse_task: asyncio.Task[None] | None = None
+        self._draining: Drain | None = None
+        # The latest telemetry of each connected robot, for watchers; never stored.
+        self.telemetry: dict[UUID, TelemetrySnapshot] = {}
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._pulse_task = asyncio.create_task(self._pulse_loop(), name="roz-robot-pulse")
+
+    async def stop(self) -> None:
+        task, self._pulse_task = self._pulse_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+
+    def drain(self, reason: str, reconnect_after: timedelta) -> int:
+        """Tells every live robot to go elsewhere, and every robot that says hello from now
+        on; their streams end after the message. Returns how many were told."""
+        self._draining = Drain(reason, reconnect_after)
+        for link in self._live.values():
+            link.end(self._draining, release_reason=None)
+        return len(self._live)
+
+    def live(self, host_id: UUID) -> LiveLink | None:
+        return self._live.get(host_id)
+
+    def count(self) -> int:
+        return len(self._live)
+
+    # -- wake-ups -----------------------------------------------------------------------------
+
+    def on_delivery(self, payload: str) -> None:
+        """NOTIFY roz_robot_deliveries: something was numbered for the host."""
+        link = self._live.get(_uuid(payload))
+        if link is not None:
+            link.wake()
+
+    def on_link(self, payload: str) -> None:
+        """NOTIFY roz_robot_links: a stream claimed the host; if ours is older, it must go."""
+        link = self._live.get(_uuid(payload))
+        if link is not None:
+            self._spawn(self._check_holder(link))
+
+    def on_reconnect(self) -> None:
+        """The listener was away: anything may have been missed."""
+        for link in list(self._live.values()):
+            link.wake()
+            self._spawn(self._check_holder(link))
+
+    async def _check_holder(self, link: LiveLink) -> None:
+        holder = await self._repos.links().holder(link.tenant_id, link.host_id)
+        if holder != link.link_id:
+            _taken_over(link, holder)
+
+    # -- one stream ---------------------------------------------------------------------------
+
+    async def open(
+        self, tenant_id: UUID, bound_host: UUID, actor: UUID | None, hello: Hello
+    ) -> tuple[LiveLink, Welcome]:
+        """A robot's hello: claims its host and returns the live link and its welcome."""
+        if self._draining is not None:
+            raise Unavailable(
+                "this server is shutting down; connect to another",
+                retry_after_seconds=self._draining.reconnect_after.total_seconds(),
+            )
+        host_id = UUID(check_own_host(hello.host_id, str(bound_host)))
+        link_id = uuid.uuid4()
+        claim = await self._repos.links().claim(
+            tenant_id,
+            host_id,
+            link_id,
+            last_received=hello.last_received_sequence,
+            reason=CONNECTED,
+            now=self._clock(),
+        )
+        now = self._monotonic()
+        link = LiveLink(
+            tenant_id=tenant_id,
+            host_id=host_id,
+            link_id=link_id,
+            actor=actor,
+            client=hello.client,
+            sent_through=claim.resume_after,
+            last_heard=now,
+            last_sent=now,
+        )
+        previous = self._live.get(host_id)
+        if previous is not None:
+            _taken_over(previous, link_id)
+        self._live[host_id] = link
+        log.info(
+            "robot link %s for host %s opened (%s), resuming after %d",
+            link_id,
+            host_id,
+            hello.client or "unnamed client",
+            claim.resume_after,
+        )
+        return link, Welcome(host_id, self.terms, claim.resume_after, link_id)
+
+    async def serve(
+        self, link: LiveLink, messages: AsyncIterator[RobotMessage]
+    ) -> AsyncIterator[ServerMessage]:
+        """What the server sends on `link` after the welcome, while it applies what the robot
+        sends; ends (or raises the reason) when the link ends."""
+        reader = asyncio.create_task(self._read(link, messages), name=f"robot-link-{link.host_id}")
+        reader.add_done_callback(lambda _: link.stirred.set())
+        try:
+            async for message in self._outgoing(link, reader):
+                link.last_sent = self._monotonic()
+                yield message
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            if self._live.get(link.host_id) is link:
+                del self._live[link.host_id]
+                self.telemetry.pop(link.host_id, None)
+            if link.release_reason is not None:
+                self._spawn(self._release(link, link.release_reason))
+            log.info("robot link %s for host %s ended", link.link_id, link.host_id)
+
+    async def _outgoing(
+        self, link: LiveLink, reader: asyncio.Task[None]
+    ) -> AsyncIterator[ServerMessage]:
+        while True:
+            link.stirred.clear()
+            if link.ending is not None:
+                if isinstance(link.ending, Drain):
+                    yield link.ending
+                    return
+                raise link.ending
+            if reader.done():
+                reader.result()  # the robot's mistake, raised as its status
+                return  # the robot closed its side
+            if not link.outbox.empty():
+                yield link.outbox.get_nowait()
+                continue
+            if link.behind:
+                link.behind = False
+                async for sent in self._catch_up(link):
+                    yield sent
+                continue
+            idle = self._monotonic() - link.last_sent
+            wait = self.terms.keepalive_interval.total_seconds() - idle
+            if wait <= 0:
+                yield Keepalive()
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await link.stirred.wait()
+
+    async def _catch_up(self, link: LiveLink) -> AsyncIterator[Sent]:
+        """Everything numbered after what was sent, in batches; each batch's send time kept."""
+        deliveries = self._repos.deliveries()
+        batch = await deliveries.after(link.tenant_id, link.host_id, link.sent_through, BATCH)
+        if not batch:
+            return
+        after = link.sent_through
+        for delivery in batch:
+            yield Sent(delivery.sequence, await self._item(link, delivery))
+            link.sent_through = delivery.sequence
+        await deliveries.mark_delivered(
+            link.tenant_id, link.host_id, after, link.sent_through, now=self._clock()
+        )
+        if len(batch) == BATCH:
+            link.behind = True  # more to read
+
+    async def _item(self, link: LiveLink, delivery: Delivery) -> Command | Task | Cancel:
+        kind = delivery.kind
+        try:
+            if kind is DeliveryKind.COMMAND:
+                return await self._repos.commands().get(link.tenant_id, delivery.item_id)
+            if kind is DeliveryKind.TASK:
+                return await self._repos.tasks().get(link.tenant_id, delivery.item_id)
+        except NotFound:
+            # Removed since (only a finished item can be): nothing to run.
+            item_kind = ItemKind.COMMAND if kind is DeliveryKind.COMMAND else ItemKind.TASK
+            return Cancel(item_kind, delivery.item_id, "it no longer exists")
+        item_kind = ItemKind.COMMAND if kind is DeliveryKind.CANCEL_COMMAND else ItemKind.TASK
+        return Cancel(item_kind, delivery.item_id, "cancelled")
+
+    async def _read(self, link: LiveLink, messages: AsyncIterator[RobotMessage]) -> None:
+        async for message in messages:
+            link.last_heard = self._monotonic()
+            if isinstance(message, Ack):
+                await self._repos.deliveries().acknowledge(
+                    link.tenant_id, link.host_id, message.sequence, now=self._clock()
+                )
+            elif isinstance(message, Report):
+                await link.outbox.put(await self._report(link, message))
+                link.stirred.set()
+            elif isinstance(message, Telemetry):
+                self.telemetry[link.host_id] = TelemetrySnapshot(
+                    dict(message.state), message.sample_time, self._clock()
+                )
+            elif isinstance(message, Heartbeat):
+                pass
+            if link.ending is not None:
+                return
+
+    async def _report(self, link: LiveLink, report: Report) -> ReportOutcome:
+        """Applies a report through its item's transition table; a refusal is an answer to
+        the robot, never the end of its stream."""
+        try:
+            if report.kind is ItemKind.COMMAND:
+                judgement, item = await self._repos.commands().report(
+                    link.tenant_id,
+                    link.host_id,
+                    report.item_id,
+                    report.state,  # type: ignore[arg-type]
+                    reason=report.reason,
+                    result=report.result,
+                    actor=link.actor,
+                )
+                return ReportOutcome(report.report_id, judgement, item)
+            judgement, task = await self._repos.tasks().report(
+                link.tenant_id,
+                link.host_id,
+                report.item_id,
+                report.state,  # type: ignore[arg-type]
+                reason=report.reason,
+                output=report.result,
+                actor=link.actor,
+            )
+            return ReportOutcome(report.report_id, judgement, task)
+        except (InvalidArgument, NotFound) as exc:
+            what = (
+                f"no such {report.kind.value} on this host"
+                if isinstance(exc, NotFound)
+                else exc.message
+            )
+            return ReportOutcome(report.report_id, Judgement(Verdict.REFUSED, what), None)
+
+    async def _release(self, link: LiveLink, reason: str) -> None:
+        try:
+            await self._repos.links().release(
+                link.tenant_id, link.host_id, link.link_id, reason=reason, now=self._clock()
+            )
+        except Exception:  # the database is away: the presence sweep will do it
+            log.warning("could not record the end of robot link %s", link.link_id, exc_info=True)
+
+    # -- the pulse ----------------------------------------------------------------------------
+
+    async def pulse(self) -> None:
+        """Vouches for every live link, ends those silent past the window and those taken
+        over, and wakes those behind."""
+        now = self._clock()
+        mono = self._monotonic()
+        window = self.terms.presence_window.total_seconds()
+        links = list(self._live.values())
+        for link in links:
+            silence = mono - link.last_heard
+            if silence > window:
+                link.end(
+                    Unavailable(f"no word from the robot for {silence:.0f} s; reconnect"), SILENT
+                )
+        held = [link for link in links if link.ending is None]
+        heard = [
+            (link.host_id, link.link_id, now - timedelta(seconds=mono - link.last_heard))
+            for link in held
+        ]
+        by_host = {link.host_id: link for link in held}
+        for pulse in await self._repos.links().pulse(heard):
+            link = by_host[pulse.host_id]
+            if not pulse.held:
+                _taken_over(link, None)
+            elif pulse.last_sequence > link.sent_through:
+                link.wake()
+
+    async def _pulse_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._pulse_seconds)
+            try:
+                await self.pulse()
+            except Exception:  # the database is away; the next pulse tries again
+                log.debug("robot link pulse failed", exc_info=True)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _taken_over(link: LiveLink, by: UUID | None) -> None:
+    link.end(
+        Aborted(
+            "another stream for this host took over the robot link",
+            reason=TAKEOVER,
+            metadata={"link_id": str(link.link_id), "taken_over_by": str(by or "")},
+        ),
+        release_reason=None,
+    )
+
+
+def _uuid(payload: str) -> UUID:
+    try:
+        return UUID(payload)
+    except ValueError:
+        return UUID(int=0)
