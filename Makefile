@@ -17,7 +17,15 @@ $(VENV)/.installed: requirements/dev.txt pyproject.toml
 	$(PY) -m pip check
 	touch $@
 
-install: $(VENV)/.installed
+# The grpc-js robot of tests/e2e/test_robot_link_js.py, exactly from its lock, no install scripts.
+# Without npm a laptop goes on (that test skips); CI fails.
+tests/js/node_modules/.installed: tests/js/package-lock.json tests/js/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/js --ignore-scripts --no-audit --no-fund --loglevel=error && touch $@; \
+	elif [ "$$CI" = true ]; then echo "install: npm is missing" >&2; exit 1; \
+	else echo "install: no npm, so tests/js is not installed and its test skips"; fi
+
+install: $(VENV)/.installed tests/js/node_modules/.installed
 
 run: install
 	$(VENV)/bin/roz-server serve
