@@ -107,7 +107,7 @@ _INSERT = (
 )
 _LOCK = "SELECT state, host_id FROM roz.commands WHERE id = %s FOR UPDATE"
 _LOCK_OVERDUE = (
-    "SELECT state FROM roz.commands WHERE id = %s AND state = 'running'"
+    "SELECT state, host_id FROM roz.commands WHERE id = %s AND state = 'running'"
     " AND run_deadline <= now() FOR UPDATE SKIP LOCKED"
 )
 # RUNNING starts the clock: the deadline is measured from now, not from creation.
@@ -358,6 +358,7 @@ class CommandRepository:
                     "no result within its timeout",
                     None,
                 )
+                await _tell_robot(conn, command_id, row[1], CommandState.TIMED_OUT)
             timed_out += 1
         if timed_out:
             log.info("timed out %d commands", timed_out, extra={"commands": timed_out})
@@ -466,7 +467,8 @@ async def _tell_robot(
     """Puts what the move means for the robot in its delivery log, in the move's transaction."""
     if target is CommandState.PENDING:  # approved
         await enqueue(conn, host_id, DeliveryKind.COMMAND, command_id)
-    elif target is CommandState.CANCELLED:
+    elif target in (CommandState.CANCELLED, CommandState.TIMED_OUT):
+        # Timed out: the robot may still be at it, and must stop.
         await enqueue_cancellation(conn, host_id, DeliveryKind.COMMAND, command_id)
 
 

@@ -496,3 +496,81 @@ async def _owner_execute(roz: Roz, query: str, *params: Any) -> None:
 
     async with await AsyncConnection.connect(roz.app.database.owner_dsn, autocommit=True) as conn:
         await conn.execute(query, params)
+
+
+def test_a_command_that_times_out_while_running_is_cancelled_on_the_robot(
+    roz_factory: RozFactory,
+) -> None:
+    roz = roz_factory(sweep_interval_seconds=0.2)
+    fleet = Fleet(roz)
+    host_id, secret = fleet.robot()
+    body = {"host_id": host_id, "type": "grip", "timeout": "1s"}
+    made = rest(roz, fleet.key, "POST", "/api/v1/commands", json=body)
+    with fleet.connect(secret) as robot:
+        robot.welcome()
+        robot.delivery()
+        robot.send(**report(made["id"], RUNNING, "start"))
+        assert robot.receive("report_result").report_result.applied
+        cancel = robot.delivery(timeout=10)
+        assert cancel.cancellation.command_id == made["id"]
+        robot.send(**report(made["id"], COMPLETED, "too late"))
+        late = robot.receive("report_result").report_result
+        assert (late.applied, late.reason) == (False, "already TIMED_OUT")
+
+
+# -- bounded memory ---------------------------------------------------------------------------
+
+
+def test_a_robot_that_stops_reading_holds_back_its_own_deliveries_only(fleet: Fleet) -> None:
+    host_id, secret = fleet.robot()
+    other_host, other_secret = fleet.robot()
+    links = fleet.roz.app.robot_links
+    params = {"note": "x" * 16_000}
+    with (
+        fleet.connect(secret, small_window=True) as robot,
+        fleet.connect(other_secret) as other,
+    ):
+        robot.welcome()
+        other.welcome()
+        robot.pause()  # reads nothing more
+        count = 150
+        for _ in range(count):
+            fleet.command(host_id, **params)
+        time.sleep(1)
+        link = links.live(uuid.UUID(host_id))
+        assert link is not None
+        held_back = link.sent_through
+        assert held_back < count  # flow control stopped the server producing
+        time.sleep(0.5)
+        assert link.sent_through == held_back
+        made = fleet.command(other_host)
+        assert other.delivery().command.id == made["id"]  # the others are unaffected
+        robot.resume()
+        sequences = [robot.delivery().sequence for _ in range(count)]
+        assert sequences == list(range(1, count + 1))
+
+
+def test_a_robot_that_floods_without_reading_is_cut_alone(roz_factory: RozFactory) -> None:
+    roz = roz_factory(
+        max_buffered_bytes_per_call=64 * 1024,
+        max_message_bytes=16 * 1024,
+        rate_limit_rps=100_000.0,
+        rate_limit_burst=100_000,
+    )
+    fleet = Fleet(roz)
+    host_id, secret = fleet.robot()
+    _, other_secret = fleet.robot()
+    made = fleet.command(host_id)
+    with (
+        fleet.connect(secret, small_window=True) as robot,
+        fleet.connect(other_secret) as other,
+    ):
+        robot.welcome()
+        other_host = other.welcome().host_id
+        robot.pause()
+        # Each report is answered with the whole command; the robot reads none of the answers.
+        for n in range(3_000):
+            robot.send(**report(made["id"], RUNNING, f"r{n}", note="x" * 4000))
+        robot.resume()
+        assert robot.ended(timeout=30) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert fleet.command(other_host)["id"] == other.delivery().command.id

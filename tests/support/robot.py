@@ -25,13 +25,19 @@ class Robot:
         last_received: int = 0,
         hello: bool = True,
         channel: grpc.Channel | None = None,
+        small_window: bool = False,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(target)
+        # small_window: HTTP/2's initial 64 KiB receive window, never grown by grpcio's
+        # bandwidth probe, so that a robot that stops reading soon stops the server's sends.
+        options = [("grpc.http2.bdp_probe", 0)] if small_window else []
+        self._channel = channel or grpc.insecure_channel(target, options=options)
         self._own_channel = channel is None
         self._requests: queue.Queue[Any] = queue.Queue()
         self._responses: queue.Queue[Any] = queue.Queue()
         stub = robot_link_pb2_grpc.RobotLinkServiceStub(self._channel)
         self.call = stub.Connect(self._outgoing(), metadata=(("authorization", f"Bearer {key}"),))
+        self._reading = threading.Event()
+        self._reading.set()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if hello:
@@ -48,9 +54,18 @@ class Robot:
         try:
             for response in self.call:
                 self._responses.put(response)
+                self._reading.wait()
         except grpc.RpcError:
             pass
         self._responses.put(_END)
+
+    def pause(self) -> None:
+        """Stops reading from the stream (after at most one more message), as a robot whose
+        code hangs would; the server's flow control then holds its sends back."""
+        self._reading.clear()
+
+    def resume(self) -> None:
+        self._reading.set()
 
     def send(self, **message: Any) -> None:
         self._requests.put(pb.ConnectRequest(**message))
