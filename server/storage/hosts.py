@@ -317,9 +317,7 @@ async def record_presence(
     if target is None:
         return await _one(conn, _SEEN_AT, (now, host_id)) if connected else current
     changed_at = await _record(conn, current, current.status, target, reason, None)
-    return await _one(
-        conn, _SET_STATUS, (target.value, changed_at, connected, max(changed_at, now), host_id)
-    )
+    return await _one(conn, _SET_STATUS, (target.value, changed_at, connected, now, host_id))
 
 
 async def _record(

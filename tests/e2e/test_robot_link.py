@@ -15,7 +15,7 @@ from google.protobuf import struct_pb2
 from roz.v1 import commands_pb2, tasks_pb2
 from roz.v1 import robot_link_pb2 as pb
 
-from tests.e2e.conftest import Roz, RozFactory
+from tests.e2e.conftest import Roz, RozFactory, TestClock
 from tests.e2e.test_commands import rest
 from tests.e2e.test_robot_keys import new_host, robot_key
 from tests.support.robot import Robot
@@ -357,6 +357,30 @@ def test_a_robot_silent_past_the_window_is_cut_and_marked_offline(
         "STATUS_OFFLINE",
         "robot silent past the presence window",
     )
+
+
+def test_the_pulse_keeps_the_hosts_last_seen_time_at_the_robots_last_word(
+    roz_factory: RozFactory,
+) -> None:
+    ticks, wall = Ticks(), TestClock()
+    roz = roz_factory(monotonic=ticks, clock=wall, robot_pulse_seconds=3600)
+    fleet = Fleet(roz)
+    host_id, secret = fleet.robot()
+    links = roz.app.robot_links
+    with fleet.connect(secret) as robot:
+        robot.welcome()
+        connected = fleet.host(host_id)["last_seen_time"]
+        assert connected == wall().isoformat().replace("+00:00", "Z")
+        ticks.now += 8
+        wall.advance(8)
+        robot.send(heartbeat=pb.Heartbeat())
+        eventually(lambda: links.live(uuid.UUID(host_id)).last_heard == ticks.now)  # type: ignore[union-attr]
+        heard = wall()
+        ticks.now += 3
+        wall.advance(3)  # silent since: the pulse keeps the time it was last heard
+        roz.listener.call(links.pulse())
+        seen = fleet.host(host_id)["last_seen_time"]
+        assert seen == heard.isoformat().replace("+00:00", "Z")
 
 
 # -- credentials and tenancy ----------------------------------------------------------------
