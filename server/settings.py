@@ -152,9 +152,11 @@ class Settings:
             ),
             log_format=reader.choice("ROZ_LOG_FORMAT", cls.log_format, ("text", "json")),
         )
-        if settings.robot_presence_window_seconds <= settings.robot_heartbeat_seconds:
+        window = settings.robot_presence_window_seconds
+        if window <= max(settings.robot_heartbeat_seconds, settings.robot_keepalive_seconds):
             raise SettingsError(
                 "ROZ_ROBOT_PRESENCE_WINDOW_SECONDS must be longer than ROZ_ROBOT_HEARTBEAT_SECONDS"
+                " and ROZ_ROBOT_KEEPALIVE_SECONDS (robots stop when the server is silent that long)"
             )
         if (settings.tls_cert is None) != (settings.tls_key is None):
             raise SettingsError("ROZ_TLS_CERT and ROZ_TLS_KEY must be set together")

@@ -37,6 +37,9 @@ class LinkTerms:
     def __post_init__(self) -> None:
         if self.presence_window <= self.heartbeat_interval:
             raise ValueError("the presence window must be longer than the heartbeat interval")
+        if self.presence_window <= self.keepalive_interval:
+            # The robot's own deadman listens for the server within the same window.
+            raise ValueError("the presence window must be longer than the keepalive interval")
 
 
 def check_own_host(named: str, bound: str) -> str:

@@ -355,18 +355,23 @@ class RobotLinks:
             link.behind = True  # more to read
 
     async def _item(self, link: LiveLink, delivery: Delivery) -> Command | Task | Cancel:
+        """The delivery's item as it is now (a resent command may have moved on since), or the
+        cancellation, which says why: the state the item was stopped in and its reason."""
         kind = delivery.kind
+        is_command = kind in (DeliveryKind.COMMAND, DeliveryKind.CANCEL_COMMAND)
+        item_kind = ItemKind.COMMAND if is_command else ItemKind.TASK
         try:
-            if kind is DeliveryKind.COMMAND:
-                return await self._repos.commands().get(link.tenant_id, delivery.item_id)
-            if kind is DeliveryKind.TASK:
-                return await self._repos.tasks().get(link.tenant_id, delivery.item_id)
+            item: Command | Task
+            if is_command:
+                item = await self._repos.commands().get(link.tenant_id, delivery.item_id)
+            else:
+                item = await self._repos.tasks().get(link.tenant_id, delivery.item_id)
         except NotFound:
             # Removed since (only a finished item can be): nothing to run.
-            item_kind = ItemKind.COMMAND if kind is DeliveryKind.COMMAND else ItemKind.TASK
             return Cancel(item_kind, delivery.item_id, "it no longer exists")
-        item_kind = ItemKind.COMMAND if kind is DeliveryKind.CANCEL_COMMAND else ItemKind.TASK
-        return Cancel(item_kind, delivery.item_id, "cancelled")
+        if kind in (DeliveryKind.COMMAND, DeliveryKind.TASK):
+            return item
+        return Cancel(item_kind, delivery.item_id, _why_stopped(item))
 
     async def _read(self, link: LiveLink, messages: AsyncIterator[RobotMessage]) -> None:
         async for message in messages:
@@ -468,6 +473,14 @@ class RobotLinks:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _why_stopped(item: Command | Task) -> str:
+    """"CANCELLED: operator's reason", "TIMED_OUT: no result within its timeout"."""
+    reason = item.transitions[-1].reason if item.transitions else ""
+    if isinstance(item, Task):
+        reason = item.result
+    return f"{item.state.name}: {reason}" if reason else item.state.name
 
 
 def _taken_over(link: LiveLink, by: UUID | None) -> None:

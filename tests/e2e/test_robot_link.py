@@ -234,6 +234,7 @@ def test_cancelling_a_delivered_command_tells_the_robot(fleet: Fleet) -> None:
         cancel = robot.delivery()
         assert cancel.sequence == 2
         assert cancel.cancellation.command_id == made["id"]
+        assert cancel.cancellation.reason == "CANCELLED: deleted"
 
 
 # -- resume, takeover, presence -------------------------------------------------------------
@@ -537,6 +538,7 @@ def test_a_command_that_times_out_while_running_is_cancelled_on_the_robot(
         assert robot.receive("report_result").report_result.applied
         cancel = robot.delivery(timeout=10)
         assert cancel.cancellation.command_id == made["id"]
+        assert cancel.cancellation.reason == "TIMED_OUT: no result within its timeout"
         robot.send(**report(made["id"], COMPLETED, "too late"))
         late = robot.receive("report_result").report_result
         assert (late.applied, late.reason) == (False, "already TIMED_OUT")
