@@ -96,6 +96,31 @@ def test_whole_flow_runs_as_written(roz_dir: Path, roz_factory_per_test: RozFact
     assert '"STATE_PENDING"' in grpcurl  # the metrics now count the new task
 
 
+def test_the_robot_walkthrough_runs_as_written(
+    roz_dir: Path, roz_factory_per_test: RozFactory
+) -> None:
+    home = roz_dir / "home"
+    roz = roz_factory_per_test(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    (block,) = shell_blocks("A robot on the link")
+    script = (
+        "set -euo pipefail\nexport ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n" + block
+    ).replace("localhost:8080", roz.listener.target)
+    result = run_as_user(script, home)
+    assert result.returncode == 0, result.stderr + result.stdout
+    command = json.loads(result.stdout.strip().splitlines()[-1])
+    assert command["state"] == "STATE_COMPLETED"
+    assert command["result"]["distance"] == 1.5
+    assert command["deliver_time"] <= command["acknowledge_time"]
+    assert [t["to_state"] for t in command["transitions"]] == [
+        "STATE_PENDING",
+        "STATE_RUNNING",
+        "STATE_COMPLETED",
+    ]
+    # The simulator's log, on its stderr: the delivery, and the move's end.
+    assert "delivery 1: command" in result.stderr
+    assert command["id"] in result.stderr
+
+
 def test_device_login_by_hand_runs_as_written(
     roz_dir: Path, roz_factory_per_test: RozFactory
 ) -> None:
