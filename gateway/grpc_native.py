@@ -723,5 +723,8 @@ async def _discard_request(receive: Receive, ended: asyncio.Event) -> None:
 
 
 async def _at_most(seconds: float, awaitable: Awaitable[Any]) -> None:
+    # asyncio.timeout, not wait_for: on 3.11, wait_for can swallow a cancellation that arrives
+    # as the awaitable completes (cpython gh-86296).
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(awaitable, seconds)
+        async with asyncio.timeout(seconds):
+            await awaitable

@@ -85,8 +85,9 @@ class HealthMonitor:
     async def _run(self) -> None:
         was_healthy = True
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), self._interval)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see gateway/grpc_native.py
+                async with asyncio.timeout(self._interval):
+                    await self._woken.wait()
             self._woken.clear()
             try:
                 healthy = await self.refresh()
