@@ -130,6 +130,8 @@ class LiveLink:
     tenant_id: UUID
     host_id: UUID
     link_id: UUID
+    # The claim's number: of two streams for one host, the higher holds it.
+    epoch: int
     actor: UUID | None
     client: str
     sent_through: int
@@ -267,6 +269,7 @@ class RobotLinks:
             tenant_id=tenant_id,
             host_id=host_id,
             link_id=link_id,
+            epoch=claim.epoch,
             actor=actor,
             client=hello.client,
             sent_through=claim.resume_after,
@@ -274,6 +277,9 @@ class RobotLinks:
             last_sent=now,
         )
         previous = self._live.get(host_id)
+        if previous is not None and previous.epoch > claim.epoch:
+            # Two hellos at once here, and the other claimed last: it holds the host.
+            raise _takeover(link, previous.link_id)
         if previous is not None:
             _taken_over(previous, link_id)
         self._live[host_id] = link
@@ -484,13 +490,14 @@ def _why_stopped(item: Command | Task) -> str:
 
 
 def _taken_over(link: LiveLink, by: UUID | None) -> None:
-    link.end(
-        Aborted(
-            "another stream for this host took over the robot link",
-            reason=TAKEOVER,
-            metadata={"link_id": str(link.link_id), "taken_over_by": str(by or "")},
-        ),
-        release_reason=None,
+    link.end(_takeover(link, by), release_reason=None)
+
+
+def _takeover(link: LiveLink, by: UUID | None) -> Aborted:
+    return Aborted(
+        "another stream for this host took over the robot link",
+        reason=TAKEOVER,
+        metadata={"link_id": str(link.link_id), "taken_over_by": str(by or "")},
     )
 
 

@@ -15,6 +15,7 @@ from google.protobuf import struct_pb2
 from roz.v1 import commands_pb2, tasks_pb2
 from roz.v1 import robot_link_pb2 as pb
 
+from server.storage.robot_links import RobotLinkRepository
 from tests.e2e.conftest import Roz, RozFactory, TestClock
 from tests.e2e.test_commands import rest
 from tests.e2e.test_robot_keys import new_host, robot_key
@@ -286,6 +287,28 @@ def test_a_second_stream_for_the_host_takes_over_and_the_first_ends_aborted(
         time.sleep(0.2)
         assert fleet.host(host_id)["status"] == "STATUS_ONLINE"  # the old end did not count
     first.cut()
+
+
+def test_of_hellos_racing_for_one_host_exactly_the_last_claim_holds_it(fleet: Fleet) -> None:
+    host_id, secret = fleet.robot()
+    robots = [fleet.connect(secret) for _ in range(6)]
+    try:
+        links = fleet.roz.app.robot_links
+        eventually(lambda: sum(robot.call.done() for robot in robots) == 5)
+        (survivor,) = [robot for robot in robots if not robot.call.done()]
+        assert {robot.code() for robot in robots if robot is not survivor} == {
+            grpc.StatusCode.ABORTED
+        }
+        live = links.live(uuid.UUID(host_id))
+        assert live is not None
+        assert survivor.welcome().link_id == str(live.link_id)
+        tenant = live.tenant_id
+        repository = RobotLinkRepository(fleet.roz.app.database.pool)
+        holder = fleet.roz.listener.call(repository.holder(tenant, uuid.UUID(host_id)))
+        assert holder == live.link_id
+    finally:
+        for robot in robots:
+            robot.cut()
 
 
 def test_presence_follows_the_stream_and_is_recorded_with_its_reason(fleet: Fleet) -> None:
