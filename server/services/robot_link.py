@@ -482,7 +482,7 @@ class RobotLinks:
 
 
 def _why_stopped(item: Command | Task) -> str:
-    """"CANCELLED: operator's reason", "TIMED_OUT: no result within its timeout"."""
+    """Why an item was stopped, for its cancellation: its state and its last reason."""
     reason = item.transitions[-1].reason if item.transitions else ""
     if isinstance(item, Task):
         reason = item.result
