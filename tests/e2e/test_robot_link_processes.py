@@ -95,6 +95,7 @@ def pair(roz: Roz, roz_dir: Path) -> Iterator[Pair]:
         "ROZ_SWEEP_INTERVAL_SECONDS": "0.5",
         "ROZ_ROBOT_HEARTBEAT_SECONDS": "0.5",
         "ROZ_ROBOT_PRESENCE_WINDOW_SECONDS": "3",
+        "ROZ_ROBOT_KEEPALIVE_SECONDS": "1",
         "ROZ_RATE_LIMIT_RPS": "10000",
         "ROZ_RATE_LIMIT_BURST": "10000",
     }

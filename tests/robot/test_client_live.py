@@ -31,6 +31,7 @@ from roz_robot import LinkRefused, RobotClient
 from roz_robot.record import Record
 from roz_robot.simulator import SimulatedRobot
 from tests.e2e.conftest import Roz, RozFactory, roz_factory  # noqa: F401  (the fixture)
+from tests.support.forwarder import Forwarder, forwarding
 
 T = TypeVar("T")
 WAIT_SECONDS = 20.0
@@ -325,7 +326,9 @@ def test_a_cancellation_stops_the_motion_and_a_resend_does_not_restart_it(
                     return sim.stops or None
 
                 reasons = await eventually(stopped)
-                assert reasons == [f"command {command_id} cancelled: cancelled"]
+                assert reasons == [
+                    f"command {command_id} cancelled: CANCELLED: operator pressed stop"
+                ]
                 assert client.stats.cancelled == 1
                 where = sim.position.x
                 assert 0 < where < 100
@@ -414,25 +417,44 @@ def test_a_silent_server_trips_the_deadman_once_and_the_robot_reconnects(
     roz_factory: RozFactory,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    # A server whose keepalives come later than its own presence window: the robot hears
-    # nothing for longer than the window after each welcome.
-    quiet = roz_factory(
-        robot_heartbeat_seconds=0.2, robot_presence_window_seconds=1.0, robot_keepalive_seconds=60
+    # The network between robot and server stops carrying anything (a partition): the robot
+    # hears nothing for longer than the presence window, stops, and links again once it heals.
+    server = roz_factory(
+        robot_heartbeat_seconds=0.2, robot_presence_window_seconds=1.0, robot_keepalive_seconds=0.3
     )
+    host, port = server.listener.target.rsplit(":", 1)
 
-    async def scenario() -> None:
-        async with operator(quiet, quiet.new_tenant("quiet")) as op:
+    async def scenario(network: Forwarder) -> None:
+        async with operator(server, server.new_tenant("quiet")) as op:
             _, secret = await op.robot()
-            client, sim = simulated(quiet, secret, tmp_path)
+            sim = SimulatedRobot(telemetry_period=0.05)
+            client = RobotClient(
+                f"127.0.0.1:{network.port}",
+                secret,
+                state_dir=tmp_path,
+                on_command=sim.on_command,
+                on_stop=sim.on_stop,
+            )
             async with linked(client):
-                terms = await client.wait_linked(after=1)
+                terms = await client.wait_linked()
                 assert terms.presence_window == 1.0
                 assert terms.heartbeat_interval == 0.2
-                assert sim.stops == [
+                await asyncio.sleep(1.5)  # keepalives keep the link up
+                assert sim.stops == []
+                network.hold()
+
+                async def stopped() -> list[str] | None:
+                    return sim.stops or None
+
+                assert await eventually(stopped) == [
                     "link lost: nothing arrived from the server within the presence window"
                 ]
+                network.release()
+                await client.wait_linked(after=1)
+                assert len(sim.stops) == 1  # once per loss
 
-    asyncio.run(scenario())
+    with forwarding([(host, int(port))]) as network:
+        asyncio.run(scenario(network))
 
 
 # -- the roz-robot command -----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """A TCP load balancer for tests: each connection goes to the first of its targets that accepts,
 and is piped both ways until either side closes. A robot behind it reconnects to "the other
-server" when one dies, as it would behind a real balancer."""
+server" when one dies, as it would behind a real balancer. `hold()` stops it carrying bytes
+(a network partition: nothing is closed, nothing arrives) until `release()`."""
 
 from __future__ import annotations
 
@@ -16,10 +17,24 @@ class Forwarder:
         self.targets = targets
         self.port = 0
         self.connections = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flowing: asyncio.Event | None = None
+
+    def hold(self) -> None:
+        assert self._loop is not None
+        assert self._flowing is not None
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def release(self) -> None:
+        assert self._loop is not None
+        assert self._flowing is not None
+        self._loop.call_soon_threadsafe(self._flowing.set)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
+                assert self._flowing is not None
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         with contextlib.suppress(OSError):
@@ -47,6 +62,9 @@ def forwarding(targets: list[tuple[str, int]]) -> Iterator[Forwarder]:
     server: list[asyncio.Server] = []
 
     async def start() -> None:
+        forwarder._loop = asyncio.get_running_loop()
+        forwarder._flowing = asyncio.Event()
+        forwarder._flowing.set()
         server.append(await asyncio.start_server(forwarder._accept, "127.0.0.1", 0))
         forwarder.port = server[0].sockets[0].getsockname()[1]
         ready.set()
