@@ -603,6 +603,7 @@ def test_a_robot_that_floods_without_reading_is_cut_alone(roz_factory: RozFactor
     roz = roz_factory(
         max_buffered_bytes_per_call=64 * 1024,
         max_message_bytes=16 * 1024,
+        robot_presence_window_seconds=600,  # only the flood may cut anyone, however slow
         rate_limit_rps=100_000.0,
         rate_limit_burst=100_000,
     )
