@@ -10,4 +10,6 @@ walked from the first page to the last, its page time by depth against a goal (b
 Settings come from the environment: BENCH_SECONDS (8), BENCH_WARMUP_SECONDS (2), BENCH_ROUNDS (3),
 BENCH_GRPC_CONNECTIONS (8), BENCH_GRPC_STREAMS (16), BENCH_HTTP1_CONNECTIONS (32), BENCH_LOAD
 (tools|python), BENCH_TASKS (100000, the tasks walked), BENCH_WALKS (1 timed walk per protocol).
+Last, the robot link (bench/robots.py): BENCH_ROBOTS (10000 idle streams), BENCH_DISPATCH_SECONDS
+(10), BENCH_STORM_ROBOTS (2000), BENCH_ROBOT_PHASES (0 skips it).
 """

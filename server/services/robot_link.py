@@ -345,39 +345,22 @@ class RobotLinks:
                     await link.stirred.wait()
 
     async def _catch_up(self, link: LiveLink) -> AsyncIterator[Sent]:
-        """Everything numbered after what was sent, in batches; each batch's send time kept."""
-        deliveries = self._repos.deliveries()
-        batch = await deliveries.after(link.tenant_id, link.host_id, link.sent_through, BATCH)
+        """Everything numbered after what was sent, in batches (each read with its items in
+        one transaction); each batch's send time kept."""
+        batch = await self._repos.links().outgoing(
+            link.tenant_id, link.host_id, link.sent_through, BATCH
+        )
         if not batch:
             return
         after = link.sent_through
-        for delivery in batch:
-            yield Sent(delivery.sequence, await self._item(link, delivery))
+        for delivery, item in batch:
+            yield Sent(delivery.sequence, _sendable(delivery, item))
             link.sent_through = delivery.sequence
-        await deliveries.mark_delivered(
+        await self._repos.deliveries().mark_delivered(
             link.tenant_id, link.host_id, after, link.sent_through, now=self._clock()
         )
         if len(batch) == BATCH:
             link.behind = True  # more to read
-
-    async def _item(self, link: LiveLink, delivery: Delivery) -> Command | Task | Cancel:
-        """The delivery's item as it is now (a resent command may have moved on since), or the
-        cancellation, which says why: the state the item was stopped in and its reason."""
-        kind = delivery.kind
-        is_command = kind in (DeliveryKind.COMMAND, DeliveryKind.CANCEL_COMMAND)
-        item_kind = ItemKind.COMMAND if is_command else ItemKind.TASK
-        try:
-            item: Command | Task
-            if is_command:
-                item = await self._repos.commands().get(link.tenant_id, delivery.item_id)
-            else:
-                item = await self._repos.tasks().get(link.tenant_id, delivery.item_id)
-        except NotFound:
-            # Removed since (only a finished item can be): nothing to run.
-            return Cancel(item_kind, delivery.item_id, "it no longer exists")
-        if kind in (DeliveryKind.COMMAND, DeliveryKind.TASK):
-            return item
-        return Cancel(item_kind, delivery.item_id, _why_stopped(item))
 
     async def _read(self, link: LiveLink, messages: AsyncIterator[RobotMessage]) -> None:
         async for message in messages:
@@ -479,6 +462,22 @@ class RobotLinks:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _sendable(delivery: Delivery, item: Command | Task | None) -> Command | Task | Cancel:
+    """The delivery's item as it is now (a resent command may have moved on since), or the
+    cancellation, which says why: the state the item was stopped in and its reason."""
+    kind = delivery.kind
+    item_kind = (
+        ItemKind.COMMAND
+        if kind in (DeliveryKind.COMMAND, DeliveryKind.CANCEL_COMMAND)
+        else ItemKind.TASK
+    )
+    if item is None:  # removed since (only a finished item can be): nothing to run
+        return Cancel(item_kind, delivery.item_id, "it no longer exists")
+    if kind in (DeliveryKind.COMMAND, DeliveryKind.TASK):
+        return item
+    return Cancel(item_kind, delivery.item_id, _why_stopped(item))
 
 
 def _why_stopped(item: Command | Task) -> str:

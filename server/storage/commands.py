@@ -20,7 +20,7 @@ cancellation there too.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -86,6 +86,7 @@ _COLUMNS = (
 )
 _GET = "SELECT " + _COLUMNS + " FROM roz.commands WHERE id = %s"
 _SET_RESULT = "UPDATE roz.commands SET result = %s WHERE id = %s"
+_MANY = "SELECT " + _COLUMNS + " FROM roz.commands WHERE id = ANY(%s)"
 _BY_KEY = "SELECT id, request_fingerprint FROM roz.commands WHERE idempotency_key = %s"
 _HOST = "SELECT environment_id FROM roz.hosts WHERE id = %s"
 _LOCK_HOST = _HOST + " FOR SHARE"
@@ -498,6 +499,15 @@ async def _one(
     async with conn.cursor(row_factory=kwargs_row(_command)) as cursor:
         await cursor.execute(query, params)
         return await cursor.fetchone()
+
+
+async def commands_by_id(
+    conn: AsyncConnection[TupleRow], command_ids: Sequence[UUID]
+) -> dict[UUID, Command]:
+    """In the caller's tenant transaction: the commands with these ids that exist, by id."""
+    async with conn.cursor(row_factory=kwargs_row(_command)) as cursor:
+        await cursor.execute(_MANY, (list(command_ids),))
+        return {command.id: command for command in await cursor.fetchall()}
 
 
 async def time_out_commands(pool: Pool) -> int:

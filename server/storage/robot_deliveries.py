@@ -132,7 +132,7 @@ class RobotDeliveryRepository:
         host_uuid = resource_id(host_id, RESOURCE)
         check_batch(sequence, limit)
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            return await _deliveries(conn, host_uuid, sequence, limit)
+            return await read_deliveries(conn, host_uuid, sequence, limit)
 
     async def last_sequence(self, tenant_id: UUID, host_id: str | UUID) -> int:
         """The highest sequence numbered for the host; 0 before its first. NotFound: no host."""
@@ -198,9 +198,10 @@ class RobotDeliveryRepository:
         return int(row[0])
 
 
-async def _deliveries(
+async def read_deliveries(
     conn: AsyncConnection[TupleRow], host_id: UUID, sequence: int, limit: int
 ) -> list[Delivery]:
+    """In the caller's tenant transaction: the host's deliveries above `sequence`, in order."""
     async with conn.cursor(row_factory=kwargs_row(_delivery)) as cursor:
         await cursor.execute(_AFTER, (host_id, sequence, limit))
         return await cursor.fetchall()

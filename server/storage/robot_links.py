@@ -21,10 +21,16 @@ from uuid import UUID
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from server.domain.commands import Command
 from server.domain.errors import NotFound
+from server.domain.robot_deliveries import Delivery, DeliveryKind, check_batch
 from server.domain.robot_link import resume_after
+from server.domain.tasks import Task
+from server.storage.commands import commands_by_id
 from server.storage.database import Pool
 from server.storage.hosts import record_presence
+from server.storage.robot_deliveries import read_deliveries
+from server.storage.tasks import tasks_by_id
 from server.storage.tenancy import tenant_transaction
 
 RESOURCE = "host"
@@ -49,6 +55,7 @@ _RELEASE = (
 _PULSE = "SELECT host_id, last_sequence, held FROM roz.pulse_robot_links(%s, %s, %s)"
 _SILENT = "SELECT tenant_id, host_id, link_id FROM roz.silent_robot_links(%s, %s)"
 SWEEP_BATCH = 500
+_COMMAND_KINDS = frozenset({DeliveryKind.COMMAND, DeliveryKind.CANCEL_COMMAND})
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,23 @@ class RobotLinkRepository:
                 await conn.execute(_PULSE, (list(hosts), list(link_ids), list(seen)))
             ).fetchall()
         return [Pulse(row[0], int(row[1]), bool(row[2])) for row in rows]
+
+    async def outgoing(
+        self, tenant_id: UUID, host_id: UUID, after: int, limit: int
+    ) -> list[tuple[Delivery, Command | Task | None]]:
+        """The host's deliveries numbered above `after`, in order, each with its item as it is
+        now (None: deleted since), in one transaction: what a stream sends next."""
+        check_batch(after, limit)
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            deliveries = await read_deliveries(conn, host_id, after, limit)
+            if not deliveries:
+                return []
+            command_ids = [d.item_id for d in deliveries if d.kind in _COMMAND_KINDS]
+            task_ids = [d.item_id for d in deliveries if d.kind not in _COMMAND_KINDS]
+            commands = await commands_by_id(conn, command_ids) if command_ids else {}
+            tasks = await tasks_by_id(conn, task_ids) if task_ids else {}
+        items: dict[UUID, Command | Task] = {**commands, **tasks}
+        return [(delivery, items.get(delivery.item_id)) for delivery in deliveries]
 
     async def silent(self, before: datetime, limit: int = SWEEP_BATCH) -> list[SilentLink]:
         """Held links whose robot was last heard before `before`, across tenants."""

@@ -100,6 +100,11 @@ _HISTORY = (
     "SELECT from_state, to_state, reason, actor_key_id AS actor, transition_time"
     " FROM roz.task_transitions WHERE task_id = %s ORDER BY id"
 )
+_MANY = "SELECT " + _COLUMNS + " FROM roz.tasks WHERE id = ANY(%s)"
+_HISTORIES = (
+    "SELECT task_id, from_state, to_state, reason, actor_key_id AS actor, transition_time"
+    " FROM roz.task_transitions WHERE task_id = ANY(%s) ORDER BY task_id, id"
+)
 _TIME_OUT = "SELECT roz.time_out_tasks(%s)"
 
 
@@ -387,6 +392,26 @@ async def _replay(
             resource=RESOURCE,
         )
     return await _with_history(conn, task)
+
+
+async def tasks_by_id(
+    conn: AsyncConnection[TupleRow], task_ids: Sequence[UUID]
+) -> dict[UUID, Task]:
+    """In the caller's tenant transaction: the tasks with these ids that exist, by id, each
+    with its history (two queries, however many)."""
+    async with conn.cursor(row_factory=kwargs_row(_task)) as cursor:
+        await cursor.execute(_MANY, (list(task_ids),))
+        tasks = await cursor.fetchall()
+    history: dict[UUID, list[TaskTransition]] = {task.id: [] for task in tasks}
+    async with conn.cursor(row_factory=kwargs_row(_owned_transition)) as cursor:
+        await cursor.execute(_HISTORIES, (list(history),))
+        for task_id, transition in await cursor.fetchall():
+            history[task_id].append(transition)
+    return {task.id: replace(task, transitions=tuple(history[task.id])) for task in tasks}
+
+
+def _owned_transition(*, task_id: UUID, **columns: Any) -> tuple[UUID, TaskTransition]:
+    return task_id, _transition(**columns)
 
 
 async def _with_history(conn: AsyncConnection[TupleRow], task: Task) -> Task:

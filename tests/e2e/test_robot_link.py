@@ -238,6 +238,24 @@ def test_cancelling_a_delivered_command_tells_the_robot(fleet: Fleet) -> None:
         assert cancel.cancellation.reason == "CANCELLED: deleted"
 
 
+def test_a_command_deleted_before_its_robot_connects_arrives_as_a_cancellation(
+    fleet: Fleet,
+) -> None:
+    host_id, secret = fleet.robot()
+    gone, kept = fleet.command(host_id), fleet.command(host_id)
+    for state in ("STATE_RUNNING", "STATE_COMPLETED"):
+        path = f"/api/v1/commands/{gone['id']}/transition"
+        rest(fleet.roz, fleet.key, "POST", path, json={"state": state})
+    rest(fleet.roz, fleet.key, "DELETE", f"/api/v1/commands/{gone['id']}")
+    with fleet.connect(secret) as robot:
+        robot.welcome()
+        first, second = robot.delivery(), robot.delivery()
+        assert first.sequence == 1
+        assert first.cancellation.command_id == gone["id"]
+        assert first.cancellation.reason == "it no longer exists"
+        assert (second.sequence, second.command.id) == (2, kept["id"])
+
+
 # -- resume, takeover, presence -------------------------------------------------------------
 
 
