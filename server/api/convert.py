@@ -29,6 +29,15 @@ def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     return stamp
 
 
+def duration(value: timedelta | None) -> duration_pb2.Duration | None:
+    """A timedelta on the wire; None stays unset."""
+    if value is None:
+        return None
+    message = duration_pb2.Duration()
+    message.FromTimedelta(value)
+    return message
+
+
 def datetime_of(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
     """A Timestamp as an aware datetime; one outside Timestamp's own range (nanos outside
     0..999,999,999, or beyond years 1..9999), which only a binary client can send, is a field

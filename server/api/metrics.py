@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2
 from roz.v1 import metrics_pb2 as pb
 from roz.v1 import metrics_pb2_grpc
 
-from server.api.convert import datetime_of
+from server.api.convert import datetime_of, duration
 from server.api.principal import current_principal
 from server.api.tasks import STATE_TO_PROTO
 from server.domain.metrics import TaskMetrics, TaskMetricsQuery
 from server.domain.tasks import parse_optional_id
 from server.storage.metrics import MetricsRepository
-
-
-def _duration(value: timedelta | None) -> duration_pb2.Duration | None:
-    if value is None:
-        return None
-    duration = duration_pb2.Duration()
-    duration.FromTimedelta(value)
-    return duration
 
 
 def metrics_to_proto(metrics: TaskMetrics) -> pb.TaskMetrics:
@@ -33,9 +23,9 @@ def metrics_to_proto(metrics: TaskMetrics) -> pb.TaskMetrics:
             for state, count in metrics.state_counts
         ],
         total=metrics.total,
-        average_duration=_duration(metrics.average_duration),
-        p50_duration=_duration(metrics.p50_duration),
-        p95_duration=_duration(metrics.p95_duration),
+        average_duration=duration(metrics.average_duration),
+        p50_duration=duration(metrics.p50_duration),
+        p95_duration=duration(metrics.p95_duration),
     )
 
 

@@ -6,13 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from google.protobuf import duration_pb2
 from roz.v1 import robot_link_pb2 as pb
 from roz.v1 import robot_link_pb2_grpc
 
 from server.api.commands import command_to_proto
 from server.api.commands import state_from_proto as command_state
-from server.api.convert import datetime_of, dict_of, parse_id
+from server.api.convert import datetime_of, dict_of, duration, parse_id
 from server.api.principal import current_principal
 from server.api.tasks import state_from_proto as task_state
 from server.api.tasks import task_to_proto
@@ -147,7 +146,7 @@ def _encode(message: ServerMessage) -> pb.ConnectResponse:
         return pb.ConnectResponse(
             drain=pb.Drain(
                 reason=message.reason,
-                reconnect_after=_duration(message.reconnect_after.total_seconds()),
+                reconnect_after=duration(message.reconnect_after),
             )
         )
     return pb.ConnectResponse(welcome=_welcome(message))
@@ -156,8 +155,8 @@ def _encode(message: ServerMessage) -> pb.ConnectResponse:
 def _welcome(welcome: Welcome) -> pb.Welcome:
     return pb.Welcome(
         host_id=str(welcome.host_id),
-        heartbeat_interval=_duration(welcome.terms.heartbeat_interval.total_seconds()),
-        presence_window=_duration(welcome.terms.presence_window.total_seconds()),
+        heartbeat_interval=duration(welcome.terms.heartbeat_interval),
+        presence_window=duration(welcome.terms.presence_window),
         resume_after_sequence=welcome.resume_after,
         link_id=str(welcome.link_id),
     )
@@ -189,9 +188,3 @@ def _report_result(outcome: ReportOutcome) -> pb.ReportResult:
     elif isinstance(outcome.item, Task):
         result.task.CopyFrom(task_to_proto(outcome.item))
     return result
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration

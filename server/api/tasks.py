@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf import duration_pb2
 from roz.v1 import tasks_pb2 as pb
 from roz.v1 import tasks_pb2_grpc
 
-from server.api.convert import parse_id, struct_of, timedelta_of, timestamp
+from server.api.convert import duration, parse_id, struct_of, timedelta_of, timestamp
 from server.api.principal import current_principal
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.tasks import (
@@ -52,12 +51,6 @@ def state_from_proto(number: int, field: str = "state") -> TaskState | None:
     return state
 
 
-def _duration(value: Any) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromTimedelta(value)
-    return duration
-
-
 def transition_to_proto(transition: TaskTransition) -> pb.TaskTransition:
     return pb.TaskTransition(
         from_state=(
@@ -78,7 +71,7 @@ def task_to_proto(task: Task) -> pb.Task:
         prompt=task.prompt,
         environment_id=str(task.environment_id),
         host_id=str(task.host_id or ""),
-        timeout=_duration(task.timeout),
+        timeout=duration(task.timeout),
         allowed_tools=task.allowed_tools,
         parent_task_id=str(task.parent_task_id or ""),
         labels=dict(task.labels),
