@@ -34,7 +34,6 @@ from server.domain.robot_deliveries import (
     Delivery,
     DeliveryKind,
     check_acknowledgement,
-    check_batch,
 )
 from server.storage.database import Pool
 from server.storage.errors import database_errors, resource_id
@@ -121,18 +120,6 @@ class RobotDeliveryRepository:
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
-
-    async def after(
-        self, tenant_id: UUID, host_id: str | UUID, sequence: int, limit: int = 100
-    ) -> list[Delivery]:
-        """The host's deliveries numbered above `sequence`, in order, at most `limit`.
-
-        Another tenant's host, like a missing one, has none.
-        """
-        host_uuid = resource_id(host_id, RESOURCE)
-        check_batch(sequence, limit)
-        async with tenant_transaction(self._pool, tenant_id) as conn:
-            return await read_deliveries(conn, host_uuid, sequence, limit)
 
     async def last_sequence(self, tenant_id: UUID, host_id: str | UUID) -> int:
         """The highest sequence numbered for the host; 0 before its first. NotFound: no host."""

@@ -18,13 +18,14 @@ from psycopg.types.json import Jsonb
 
 from server.domain.commands import CommandDraft, CommandState
 from server.domain.errors import InvalidArgument, NotFound
-from server.domain.robot_deliveries import DeliveryKind
+from server.domain.robot_deliveries import Delivery, DeliveryKind
 from server.domain.tasks import TaskDraft, TaskState
 from server.storage.commands import CommandRepository
 from server.storage.database import Database
 from server.storage.environments import EnvironmentRepository
 from server.storage.hosts import HostRepository
 from server.storage.robot_deliveries import CHANNEL, RobotDeliveryRepository, enqueue
+from server.storage.robot_links import RobotLinkRepository
 from server.storage.tasks import TaskRepository
 from server.storage.tenancy import tenant_transaction
 from tests.server.conftest import TenantWithKey, new_environment, new_host, sql
@@ -36,6 +37,11 @@ NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 @pytest.fixture
 def deliveries(database: Database) -> RobotDeliveryRepository:
     return RobotDeliveryRepository(database.pool)
+
+
+@pytest.fixture
+def links(database: Database) -> RobotLinkRepository:
+    return RobotLinkRepository(database.pool)
 
 
 @pytest.fixture
@@ -84,12 +90,23 @@ def task(environment_id: uuid.UUID, host_id: uuid.UUID | None) -> TaskDraft:
     )
 
 
+async def after(
+    links: RobotLinkRepository,
+    tenant_id: uuid.UUID,
+    host_id: uuid.UUID,
+    sequence: int,
+    limit: int = 100,
+) -> list[Delivery]:
+    """The host's log above `sequence`, as a robot's stream reads it (with the items)."""
+    return [delivery for delivery, _ in await links.outgoing(tenant_id, host_id, sequence, limit)]
+
+
 async def log_of(
-    deliveries: RobotDeliveryRepository, tenant: TenantWithKey, host_id: uuid.UUID
+    links: RobotLinkRepository, tenant: TenantWithKey, host_id: uuid.UUID
 ) -> list[tuple[int, DeliveryKind, uuid.UUID]]:
     return [
         (d.sequence, d.kind, d.item_id)
-        for d in await deliveries.after(tenant.id, host_id, 0, limit=1000)
+        for d in await after(links, tenant.id, host_id, 0, limit=1000)
     ]
 
 
@@ -98,13 +115,14 @@ async def test_pending_commands_are_numbered_from_one_in_order(
     tenant_a: TenantWithKey,
     commands: CommandRepository,
     deliveries: RobotDeliveryRepository,
+    links: RobotLinkRepository,
 ) -> None:
     host = await new_host(database, tenant_a)
     first = await commands.create(tenant_a.id, command(host), actor=None)
     second = await commands.create(tenant_a.id, command(host), actor=None)
 
     assert first.state is CommandState.PENDING
-    assert await log_of(deliveries, tenant_a, host) == [
+    assert await log_of(links, tenant_a, host) == [
         (1, K.COMMAND, first.id),
         (2, K.COMMAND, second.id),
     ]
@@ -117,6 +135,7 @@ async def test_a_command_awaiting_approval_is_enqueued_when_approved(
     environments: EnvironmentRepository,
     commands: CommandRepository,
     deliveries: RobotDeliveryRepository,
+    links: RobotLinkRepository,
 ) -> None:
     environment = await new_environment(environments, tenant_a)
     await require_approval(database, tenant_a, environment, "lift")
@@ -124,11 +143,11 @@ async def test_a_command_awaiting_approval_is_enqueued_when_approved(
 
     waiting = await commands.create(tenant_a.id, command(host, "lift"), actor=None)
     assert waiting.state is CommandState.AWAITING_APPROVAL
-    assert await log_of(deliveries, tenant_a, host) == []
+    assert await log_of(links, tenant_a, host) == []
     assert await deliveries.last_sequence(tenant_a.id, host) == 0
 
     await commands.transition(tenant_a.id, waiting.id, CommandState.PENDING, actor=None)
-    assert await log_of(deliveries, tenant_a, host) == [(1, K.COMMAND, waiting.id)]
+    assert await log_of(links, tenant_a, host) == [(1, K.COMMAND, waiting.id)]
 
 
 async def test_a_rejected_or_cancelled_unapproved_command_is_never_enqueued(
@@ -137,6 +156,7 @@ async def test_a_rejected_or_cancelled_unapproved_command_is_never_enqueued(
     environments: EnvironmentRepository,
     commands: CommandRepository,
     deliveries: RobotDeliveryRepository,
+    links: RobotLinkRepository,
 ) -> None:
     environment = await new_environment(environments, tenant_a)
     await require_approval(database, tenant_a, environment, "lift")
@@ -147,7 +167,7 @@ async def test_a_rejected_or_cancelled_unapproved_command_is_never_enqueued(
     await commands.transition(tenant_a.id, rejected.id, CommandState.REJECTED, actor=None)
     await commands.delete(tenant_a.id, cancelled.id, actor=None)
 
-    assert await log_of(deliveries, tenant_a, host) == []
+    assert await log_of(links, tenant_a, host) == []
 
 
 async def test_cancelling_a_delivered_command_enqueues_its_cancellation(
@@ -155,6 +175,7 @@ async def test_cancelling_a_delivered_command_enqueues_its_cancellation(
     tenant_a: TenantWithKey,
     commands: CommandRepository,
     deliveries: RobotDeliveryRepository,
+    links: RobotLinkRepository,
 ) -> None:
     host = await new_host(database, tenant_a)
     by_transition = await commands.create(tenant_a.id, command(host), actor=None)
@@ -163,7 +184,7 @@ async def test_cancelling_a_delivered_command_enqueues_its_cancellation(
     await commands.transition(tenant_a.id, by_transition.id, CommandState.CANCELLED, actor=None)
     await commands.delete(tenant_a.id, by_delete.id, actor=None)
 
-    assert await log_of(deliveries, tenant_a, host) == [
+    assert await log_of(links, tenant_a, host) == [
         (1, K.COMMAND, by_transition.id),
         (2, K.COMMAND, by_delete.id),
         (3, K.CANCEL_COMMAND, by_transition.id),
@@ -177,21 +198,22 @@ async def test_a_queued_task_with_a_host_is_enqueued_and_one_without_is_not(
     environments: EnvironmentRepository,
     tasks: TaskRepository,
     deliveries: RobotDeliveryRepository,
+    links: RobotLinkRepository,
 ) -> None:
     environment = await new_environment(environments, tenant_a)
     host = await new_host(database, tenant_a, environment)
     placed = await tasks.create(tenant_a.id, task(environment, host))
     unplaced = await tasks.create(tenant_a.id, task(environment, None))
-    assert await log_of(deliveries, tenant_a, host) == []  # PENDING is not for the robot yet
+    assert await log_of(links, tenant_a, host) == []  # PENDING is not for the robot yet
 
     await tasks.transition(tenant_a.id, placed.id, TaskState.QUEUED)
     await tasks.transition(tenant_a.id, unplaced.id, TaskState.QUEUED)
-    assert await log_of(deliveries, tenant_a, host) == [(1, K.TASK, placed.id)]
+    assert await log_of(links, tenant_a, host) == [(1, K.TASK, placed.id)]
     rows = await sql(database, tenant_a, "SELECT count(*) FROM roz.robot_deliveries")
     assert rows == [(1,)]
 
     await tasks.transition(tenant_a.id, placed.id, TaskState.CANCELLED)
-    assert await log_of(deliveries, tenant_a, host) == [
+    assert await log_of(links, tenant_a, host) == [
         (1, K.TASK, placed.id),
         (2, K.CANCEL_TASK, placed.id),
     ]
@@ -202,13 +224,14 @@ async def test_ten_concurrent_creates_for_one_host_get_one_to_ten(
     tenant_a: TenantWithKey,
     commands: CommandRepository,
     deliveries: RobotDeliveryRepository,
+    links: RobotLinkRepository,
 ) -> None:
     host = await new_host(database, tenant_a)
     created = await asyncio.gather(
         *(commands.create(tenant_a.id, command(host), actor=None) for _ in range(10))
     )
 
-    log = await log_of(deliveries, tenant_a, host)
+    log = await log_of(links, tenant_a, host)
     assert [sequence for sequence, _, _ in log] == list(range(1, 11))
     assert {item for _, _, item in log} == {c.id for c in created}
     assert await deliveries.last_sequence(tenant_a.id, host) == 10
@@ -219,18 +242,19 @@ async def test_after_returns_the_deliveries_above_a_sequence_in_order_up_to_a_li
     tenant_a: TenantWithKey,
     commands: CommandRepository,
     deliveries: RobotDeliveryRepository,
+    links: RobotLinkRepository,
 ) -> None:
     host = await new_host(database, tenant_a)
     for _ in range(5):
         await commands.create(tenant_a.id, command(host), actor=None)
 
-    assert [d.sequence for d in await deliveries.after(tenant_a.id, host, 2, limit=2)] == [3, 4]
-    assert [d.sequence for d in await deliveries.after(tenant_a.id, host, 3)] == [4, 5]
-    assert await deliveries.after(tenant_a.id, host, 5) == []
+    assert [d.sequence for d in await after(links, tenant_a.id, host, 2, limit=2)] == [3, 4]
+    assert [d.sequence for d in await after(links, tenant_a.id, host, 3)] == [4, 5]
+    assert await after(links, tenant_a.id, host, 5) == []
     with pytest.raises(InvalidArgument):
-        await deliveries.after(tenant_a.id, host, -1)
+        await after(links, tenant_a.id, host, -1)
     with pytest.raises(InvalidArgument):
-        await deliveries.after(tenant_a.id, host, 0, limit=0)
+        await after(links, tenant_a.id, host, 0, limit=0)
 
 
 async def test_acknowledge_is_cumulative_monotonic_and_refuses_the_never_sent(
@@ -238,6 +262,7 @@ async def test_acknowledge_is_cumulative_monotonic_and_refuses_the_never_sent(
     tenant_a: TenantWithKey,
     commands: CommandRepository,
     deliveries: RobotDeliveryRepository,
+    links: RobotLinkRepository,
 ) -> None:
     host = await new_host(database, tenant_a)
     created = [await commands.create(tenant_a.id, command(host), actor=None) for _ in range(3)]
@@ -251,7 +276,7 @@ async def test_acknowledge_is_cumulative_monotonic_and_refuses_the_never_sent(
     with pytest.raises(InvalidArgument):
         await deliveries.acknowledge(tenant_a.id, host, -1, now=later)
 
-    log = await deliveries.after(tenant_a.id, host, 0)
+    log = await after(links, tenant_a.id, host, 0)
     assert [d.acknowledge_time for d in log] == [NOW, NOW, None]
     rows = await sql(
         database,
@@ -263,7 +288,7 @@ async def test_acknowledge_is_cumulative_monotonic_and_refuses_the_never_sent(
     assert await deliveries.acknowledged_sequence(tenant_a.id, host) == 2
 
     assert await deliveries.acknowledge(tenant_a.id, host, 3, now=later) == 3
-    log = await deliveries.after(tenant_a.id, host, 0)
+    log = await after(links, tenant_a.id, host, 0)
     assert [d.acknowledge_time for d in log] == [NOW, NOW, later]
 
 
@@ -285,6 +310,7 @@ async def test_mark_delivered_records_the_first_send_on_the_log_and_the_items(
     commands: CommandRepository,
     tasks: TaskRepository,
     deliveries: RobotDeliveryRepository,
+    links: RobotLinkRepository,
 ) -> None:
     environment = await new_environment(environments, tenant_a)
     host = await new_host(database, tenant_a, environment)
@@ -297,7 +323,7 @@ async def test_mark_delivered_records_the_first_send_on_the_log_and_the_items(
     resend = NOW + timedelta(seconds=5)
     assert await deliveries.mark_delivered(tenant_a.id, host, 0, 2, now=resend) == 0
 
-    log = await deliveries.after(tenant_a.id, host, 0)
+    log = await after(links, tenant_a.id, host, 0)
     assert [d.deliver_time for d in log] == [NOW, NOW, None]
     times = await sql(
         database,
@@ -314,11 +340,12 @@ async def test_another_tenant_sees_none_of_a_hosts_deliveries(
     tenant_b: TenantWithKey,
     commands: CommandRepository,
     deliveries: RobotDeliveryRepository,
+    links: RobotLinkRepository,
 ) -> None:
     host = await new_host(database, tenant_a)
     await commands.create(tenant_a.id, command(host), actor=None)
 
-    assert await deliveries.after(tenant_b.id, host, 0) == []
+    assert await after(links, tenant_b.id, host, 0) == []
     with pytest.raises(NotFound):
         await deliveries.last_sequence(tenant_b.id, host)
     with pytest.raises(NotFound):
@@ -327,7 +354,7 @@ async def test_another_tenant_sees_none_of_a_hosts_deliveries(
         assert await sql(database, tenant_b, f"SELECT count(*) FROM roz.{table}") == [(0,)]
     # Nothing changed for the owner either.
     assert await deliveries.acknowledged_sequence(tenant_a.id, host) == 0
-    assert len(await deliveries.after(tenant_a.id, host, 0)) == 1
+    assert len(await after(links, tenant_a.id, host, 0)) == 1
 
 
 async def test_an_enqueue_notifies_listeners_with_only_the_host_id(
@@ -371,12 +398,13 @@ async def test_deleting_the_host_deletes_its_deliveries(
     tenant_a: TenantWithKey,
     commands: CommandRepository,
     deliveries: RobotDeliveryRepository,
+    links: RobotLinkRepository,
 ) -> None:
     host = await new_host(database, tenant_a)
     created = await commands.create(tenant_a.id, command(host), actor=None)
     await commands.transition(tenant_a.id, created.id, CommandState.CANCELLED, actor=None)
     await commands.delete(tenant_a.id, created.id, actor=None)  # finished: removed
-    assert len(await deliveries.after(tenant_a.id, host, 0)) == 2
+    assert len(await after(links, tenant_a.id, host, 0)) == 2
 
     await HostRepository(database.pool).delete(tenant_a.id, host)
 
