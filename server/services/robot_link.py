@@ -56,6 +56,7 @@ from server.domain.robot_link import (
     check_own_host,
 )
 from server.domain.tasks import Task
+from server.storage.availability import DATABASE_AWAY
 from server.storage.commands import CommandRepository
 from server.storage.robot_deliveries import RobotDeliveryRepository
 from server.storage.robot_links import RobotLinkRepository
@@ -419,7 +420,9 @@ class RobotLinks:
             await self._repos.links().release(
                 link.tenant_id, link.host_id, link.link_id, reason=reason, now=self._clock()
             )
-        except Exception:  # the database is away: the presence sweep will do it
+        except DATABASE_AWAY:  # logged once, by availability; the presence sweep will do it
+            pass
+        except Exception:  # the presence sweep will do it
             log.warning("could not record the end of robot link %s", link.link_id, exc_info=True)
 
     # -- the pulse ----------------------------------------------------------------------------

@@ -33,9 +33,9 @@ from server.domain.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
-    Unavailable,
 )
 from server.domain.pagination import Page
+from server.storage.availability import DATABASE_AWAY
 from server.storage.database import Pool
 from server.storage.errors import database_errors, resource_id
 from server.storage.listing import Listing
@@ -277,7 +277,7 @@ class LastUsedRecorder:
             await asyncio.sleep(self._interval)
             try:
                 await self.flush()
-            except Unavailable:
+            except DATABASE_AWAY:
                 pass  # the database is away (logged once, by availability); the times are kept
             except Exception:  # the times are kept for the next attempt
                 log.warning("could not write API keys' last-used times", exc_info=True)

@@ -18,6 +18,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+from psycopg import OperationalError
+
 from server.domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,13 @@ PROBE_TIMEOUT_SECONDS = 1.0
 # Between probes while down: quick at first (a restart takes about a second), then every second.
 _FIRST_RETRY_SECONDS = 0.1
 _MAX_RETRY_SECONDS = 1.0
+
+
+# What a background loop (a sweep, a flush, a pulse) sees when the database goes away: refused
+# at once while it is known down (Unavailable), or cut off mid-query by a restart or a terminated
+# backend (OperationalError, such as AdminShutdown). Availability logs the outage once; a loop
+# that meets one of these retries next round without a traceback of its own.
+DATABASE_AWAY: tuple[type[Exception], ...] = (Unavailable, OperationalError)
 
 
 def database_unavailable() -> Unavailable:

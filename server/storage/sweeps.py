@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from server.domain.errors import Unavailable
+from server.storage.availability import DATABASE_AWAY
 from server.storage.database import Pool
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Sweeper:
         for name, sweep in self._sweeps.items():
             try:
                 moved[name] = count = await sweep(pool)
-            except Unavailable:  # the database is away, logged once (availability); retried
+            except DATABASE_AWAY:  # logged once, by availability; the next round retries
                 moved[name] = -1
                 continue
             except Exception:  # the next round retries; one sweep must not stop the others

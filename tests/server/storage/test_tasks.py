@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -20,7 +21,7 @@ from server.domain.errors import (
     NotFound,
 )
 from server.domain.tasks import Task, TaskDraft, TaskState
-from server.storage.database import Database
+from server.storage.database import Database, Pool
 from server.storage.environments import EnvironmentRepository
 from server.storage.errors import database_errors
 from server.storage.hosts import HostRepository
@@ -684,3 +685,38 @@ async def test_a_tenant_with_unfinished_tasks_can_still_be_deleted(
             )
         ).fetchone()
         assert row == (0,), table
+
+
+async def test_a_sweep_cut_off_by_the_database_is_retried_without_a_traceback(
+    database: Database,
+    owner: AsyncConnection[tuple[object, ...]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A restart or a terminated backend mid-sweep is an outage, which availability logs once;
+    the sweeper itself stays quiet about it, and the next round runs as usual."""
+    started = asyncio.Event()
+
+    async def sleeping(pool: Pool) -> int:
+        async with pool.connection() as conn:
+            started.set()
+            await conn.execute("SELECT pg_sleep(10)")
+        return 1
+
+    async def terminate() -> None:
+        await started.wait()
+        while True:  # until the sweep's query is under way
+            cursor = await owner.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE query = 'SELECT pg_sleep(10)' AND state = 'active'"
+            )
+            if await cursor.fetchone() == (1,):
+                return
+            await asyncio.sleep(0.01)
+
+    sweeper = Sweeper(interval_seconds=3600).add("sleeping", sleeping)
+    with caplog.at_level(logging.DEBUG, logger="server.storage.sweeps"):
+        moved, _ = await asyncio.gather(sweeper.run_once(database.pool), terminate())
+    assert moved == {"sleeping": -1}
+    assert [r for r in caplog.records if r.name == "server.storage.sweeps"] == []
+    async with database.pool.connection() as conn:  # the broken connection was not kept
+        assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
