@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from google.protobuf import empty_pb2
 from roz.v1 import safety_policies_pb2 as pb
 from roz.v1 import safety_policies_pb2_grpc
 
-from server.api.convert import parse_id, timestamp
+from server.api.convert import duration, parse_id, timedelta_of, timestamp
 from server.api.principal import current_principal
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.safety_policies import (
@@ -64,6 +65,8 @@ def safety_policy_to_proto(policy: SafetyPolicy) -> pb.SafetyPolicy:
         approval_command_types=sorted(policy.approval_command_types),
         create_time=timestamp(policy.create_time),
         update_time=timestamp(policy.update_time),
+        approval_ttl=duration(policy.approval_ttl),
+        heartbeat_window=duration(policy.heartbeat_window),
     )
 
 
@@ -96,7 +99,15 @@ def draft_from_proto(message: pb.SafetyPolicy) -> SafetyPolicyDraft:
         allowed_command_types=tuple(message.allowed_command_types),
         denied_command_types=tuple(message.denied_command_types),
         approval_command_types=tuple(message.approval_command_types),
+        approval_ttl=_timedelta_of(message, "approval_ttl"),
+        heartbeat_window=_timedelta_of(message, "heartbeat_window"),
     )
+
+
+def _timedelta_of(message: pb.SafetyPolicy, name: str) -> timedelta | None:
+    if not message.HasField(name):
+        return None
+    return timedelta_of(getattr(message, name), f"safety_policy.{name}")
 
 
 class SafetyPolicyServicer(safety_policies_pb2_grpc.SafetyPolicyServiceServicer):  # type: ignore[misc]

@@ -2,8 +2,11 @@
 
 Units are fixed by the field names and are SI: velocity in m/s, acceleration in m/s², force in
 N, payload in kg, coordinates in metres. A policy only constrains: an unset limit, an empty
-workspace or an empty allow list constrains nothing. The rules here are the whole contract;
-storage calls `SafetyPolicyDraft.validate` before every write, the database only backs it up.
+workspace or an empty allow list constrains nothing. Two durations bound time rather than
+motion: how long a person's approval stays good (checked when the command is about to be sent,
+server/domain/dispatch_checks.py), and the heartbeat window of the environment's robot links.
+The rules here are the whole contract; storage calls `SafetyPolicyDraft.validate` before every
+write, the database only backs it up.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from server.domain.errors import FieldViolation, InvalidArgument, ReportViolation
@@ -31,6 +34,16 @@ COMMAND_TYPES = TokenKind(
     max_count=MAX_COMMAND_TYPES,
     max_length=MAX_COMMAND_TYPE_LENGTH,
 )
+
+# An approval older than this is no longer good; shorter than a second is no approval at all,
+# and a month is longer than any plan a person approved still holds.
+MIN_APPROVAL_TTL = timedelta(seconds=1)
+MAX_APPROVAL_TTL = timedelta(days=30)
+# Silence on a robot link longer than this stops the robot and marks its host OFFLINE: below a
+# second the network's own jitter would stop robots, and a deadman of more than ten minutes
+# does not stop anything in time.
+MIN_HEARTBEAT_WINDOW = timedelta(seconds=1)
+MAX_HEARTBEAT_WINDOW = timedelta(minutes=10)
 
 LIMIT_UNITS: dict[str, str] = {
     "max_linear_velocity": "m/s",
@@ -136,6 +149,9 @@ class SafetyPolicy:
     approval_command_types: frozenset[str]
     create_time: datetime
     update_time: datetime
+    # None: approvals do not expire; the link's window is the server's own.
+    approval_ttl: timedelta | None = None
+    heartbeat_window: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +165,8 @@ class SafetyPolicyFields:
     allowed_command_types: frozenset[str]
     denied_command_types: frozenset[str]
     approval_command_types: frozenset[str]
+    approval_ttl: timedelta | None = None
+    heartbeat_window: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +180,9 @@ class SafetyPolicyDraft:
     allowed_command_types: Sequence[str] = ()
     denied_command_types: Sequence[str] = ()
     approval_command_types: Sequence[str] = ()
+    # None or zero: not set.
+    approval_ttl: timedelta | None = None
+    heartbeat_window: timedelta | None = None
 
     def validate(self, resource_field: str = "safety_policy") -> SafetyPolicyFields:
         """Every problem at once, each on its wire name ("safety_policy.limits.max_force")."""
@@ -191,6 +212,16 @@ class SafetyPolicyDraft:
             "approval_command_types", self.approval_command_types, violation
         )
         _check_command_type_rules(self, allowed, denied, violation)
+        approval_ttl = _check_duration(
+            "approval_ttl", self.approval_ttl, MIN_APPROVAL_TTL, MAX_APPROVAL_TTL, violation
+        )
+        heartbeat_window = _check_duration(
+            "heartbeat_window",
+            self.heartbeat_window,
+            MIN_HEARTBEAT_WINDOW,
+            MAX_HEARTBEAT_WINDOW,
+            violation,
+        )
         if violations:
             raise InvalidArgument("the safety policy is not valid", violations)
         return SafetyPolicyFields(
@@ -201,6 +232,8 @@ class SafetyPolicyDraft:
             allowed_command_types=frozenset(allowed),
             denied_command_types=frozenset(denied),
             approval_command_types=frozenset(approval),
+            approval_ttl=approval_ttl,
+            heartbeat_window=heartbeat_window,
         )
 
 
@@ -221,6 +254,36 @@ def _check_limits(limits: Limits, violation: ReportViolation) -> None:
             violation(where, f"{name} must be a finite number of {unit}")
         elif value < 0:
             violation(where, f"{name} must not be negative (it is an upper bound in {unit})")
+
+
+def _check_duration(
+    name: str,
+    value: timedelta | None,
+    shortest: timedelta,
+    longest: timedelta,
+    violation: ReportViolation,
+) -> timedelta | None:
+    """The duration as stored: None when unset or zero (both mean "not set")."""
+    if value is None or not value:
+        return None
+    if not shortest <= value <= longest:
+        violation(
+            name,
+            f"{name} must be between {describe_duration(shortest)} and "
+            f"{describe_duration(longest)} (or unset), not {describe_duration(value)}",
+        )
+        return None
+    return value
+
+
+def describe_duration(value: timedelta) -> str:
+    """A duration as protobuf's JSON writes it: "300s", "0.5s", "-2s"."""
+    micros = value // timedelta(microseconds=1)
+    seconds, fraction = divmod(abs(micros), 1_000_000)
+    sign = "-" if micros < 0 else ""
+    if not fraction:
+        return f"{sign}{seconds}s"
+    return f"{sign}{seconds}.{fraction:06d}".rstrip("0") + "s"
 
 
 def _check_workspace(workspace: Workspace, violation: ReportViolation) -> None:

@@ -4,10 +4,14 @@ roz.safety_policies holds a policy's identity, current name and current version 
 roz.safety_policy_versions holds every version whole, never changed. An update writes version
 n + 1 under a row lock, so two concurrent updates get two versions, never one lost. Row-level
 security scopes every statement to the caller's tenant.
+
+Other transactions read policies through the functions at the end: an environment's (a command's
+creation), a host's (the check at dispatch), and a host's heartbeat window (the robot link).
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -53,6 +57,8 @@ _NAMES = (
     "approval_command_types",
     "create_time",
     "update_time",
+    "approval_ttl",
+    "heartbeat_window",
 )
 _COLUMNS = ", ".join(_NAMES)
 # One version of each policy, as one row: identity and create_time from the policy, the rest
@@ -61,7 +67,7 @@ _VERSIONS = (
     "(SELECT p.id, p.tenant_id, v.name, v.description, v.version, v.max_linear_velocity,"
     " v.max_acceleration, v.max_force, v.max_payload, v.workspace, v.allowed_command_types,"
     " v.denied_command_types, v.approval_command_types, p.create_time,"
-    " v.create_time AS update_time"
+    " v.create_time AS update_time, v.approval_ttl, v.heartbeat_window"
     " FROM roz.safety_policies AS p JOIN roz.safety_policy_versions AS v"
     " ON v.tenant_id = p.tenant_id AND v.safety_policy_id = p.id) AS versions"
 )
@@ -69,7 +75,7 @@ _LATEST = (
     "(SELECT p.id, p.tenant_id, v.name, v.description, v.version, v.max_linear_velocity,"
     " v.max_acceleration, v.max_force, v.max_payload, v.workspace, v.allowed_command_types,"
     " v.denied_command_types, v.approval_command_types, p.create_time,"
-    " v.create_time AS update_time"
+    " v.create_time AS update_time, v.approval_ttl, v.heartbeat_window"
     " FROM roz.safety_policies AS p JOIN roz.safety_policy_versions AS v"
     " ON v.tenant_id = p.tenant_id AND v.safety_policy_id = p.id"
     " AND v.version = p.current_version) AS latest"
@@ -80,8 +86,10 @@ _INSERT_POLICY = (
 _INSERT_VERSION = (
     "INSERT INTO roz.safety_policy_versions (tenant_id, safety_policy_id, version, name,"
     " description, max_linear_velocity, max_acceleration, max_force, max_payload, workspace,"
-    " allowed_command_types, denied_command_types, approval_command_types, create_time)"
+    " allowed_command_types, denied_command_types, approval_command_types, approval_ttl,"
+    " heartbeat_window, create_time)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[], %s::text[],"
+    " %s::interval, %s::interval,"
     " coalesce(%s::timestamptz,"
     " greatest(clock_timestamp(), %s::timestamptz + interval '1 microsecond')))"
     " RETURNING create_time"
@@ -106,6 +114,24 @@ _FOR_ENVIRONMENT = (
     + _LATEST
     + " ON latest.id = esp.safety_policy_id"
     " WHERE esp.environment_id = %s ORDER BY esp.position"
+)
+# The same through the host, in one statement: the dispatch check reads it for every batch.
+_FOR_HOST = (
+    "SELECT "
+    + ", ".join(f"latest.{name}" for name in _NAMES)
+    + " FROM roz.hosts AS h JOIN roz.environment_safety_policies AS esp"
+    " ON esp.environment_id = h.environment_id JOIN "
+    + _LATEST
+    + " ON latest.id = esp.safety_policy_id"
+    " WHERE h.id = %s ORDER BY esp.position"
+)
+_HEARTBEAT_WINDOW = (
+    "SELECT min(v.heartbeat_window) FROM roz.hosts AS h"
+    " JOIN roz.environment_safety_policies AS esp ON esp.environment_id = h.environment_id"
+    " JOIN roz.safety_policies AS p ON p.id = esp.safety_policy_id"
+    " JOIN roz.safety_policy_versions AS v"
+    " ON v.safety_policy_id = p.id AND v.version = p.current_version"
+    " WHERE h.id = %s"
 )
 
 
@@ -187,6 +213,8 @@ def _version_values(fields: SafetyPolicyFields) -> tuple[Any, ...]:
         sorted(fields.allowed_command_types),
         sorted(fields.denied_command_types),
         sorted(fields.approval_command_types),
+        fields.approval_ttl,
+        fields.heartbeat_window,
     )
 
 
@@ -315,6 +343,23 @@ async def latest_policies_for_environment(
     async with conn.cursor(row_factory=kwargs_row(_policy)) as cursor:
         await cursor.execute(_FOR_ENVIRONMENT, (environment_id,))
         return await cursor.fetchall()
+
+
+async def latest_policies_for_host(conn: AsyncConnection[Any], host_id: UUID) -> list[SafetyPolicy]:
+    """The latest version of each policy of the host's environment, in attachment order; none
+    for a host without an environment (or one that does not exist). In the caller's tenant
+    transaction, unlocked: what is current as the statement runs."""
+    async with conn.cursor(row_factory=kwargs_row(_policy)) as cursor:
+        await cursor.execute(_FOR_HOST, (host_id,))
+        return await cursor.fetchall()
+
+
+async def heartbeat_window_of_host(conn: AsyncConnection[Any], host_id: UUID) -> timedelta | None:
+    """The heartbeat window the host's robot link is held to: the shortest `heartbeat_window`
+    among the latest versions of its environment's policies; None when none sets one (or the
+    host has no environment). In the caller's tenant transaction."""
+    row = await (await conn.execute(_HEARTBEAT_WINDOW, (host_id,))).fetchone()
+    return None if row is None else row[0]
 
 
 async def _one(

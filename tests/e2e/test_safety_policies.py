@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import empty_pb2, json_format
+from google.protobuf import duration_pb2, empty_pb2, json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from roz.v1 import safety_policies_pb2 as pb
@@ -380,3 +380,91 @@ def test_tenancy_matrix(roz: Roz, protocol: str) -> None:
     assert list(ok(call("rest", roz, environments.get(cell.id), owner)).safety_policy_ids) == [
         mine.id
     ]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_durations_round_trip_and_bad_ones_name_their_fields(roz: Roz, protocol: str) -> None:
+    tenant = roz.new_tenant("durations")
+    name = unique("timed")
+    v1 = ok(
+        call(
+            protocol,
+            roz,
+            create(
+                policy(
+                    name,
+                    approval_ttl=duration_pb2.Duration(seconds=300),
+                    heartbeat_window=duration_pb2.Duration(seconds=2, nanos=500_000_000),
+                )
+            ),
+            tenant,
+        )
+    )
+    assert v1.approval_ttl == duration_pb2.Duration(seconds=300)
+    assert v1.heartbeat_window == duration_pb2.Duration(seconds=2, nanos=500_000_000)
+    assert ok(call(protocol, roz, get(v1.id), tenant)) == v1
+
+    bad = policy(
+        name,
+        approval_ttl=duration_pb2.Duration(seconds=-1),
+        heartbeat_window=duration_pb2.Duration(seconds=0, nanos=500_000_000),
+    )
+    found = violations(call(protocol, roz, update(v1.id, bad), tenant))
+    assert found == {
+        "safety_policy.approval_ttl": (
+            "approval_ttl must be between 1s and 2592000s (or unset), not -1s"
+        ),
+        "safety_policy.heartbeat_window": (
+            "heartbeat_window must be between 1s and 600s (or unset), not 0.5s"
+        ),
+    }
+    too_long = policy(name, heartbeat_window=duration_pb2.Duration(seconds=601))
+    assert set(violations(call(protocol, roz, update(v1.id, too_long), tenant))) == {
+        "safety_policy.heartbeat_window"
+    }
+    assert ok(call(protocol, roz, get(v1.id), tenant)) == v1  # untouched, still version 1
+
+    # Zero is "not set", like leaving the field out: the next version has neither.
+    zero = policy(name, approval_ttl=duration_pb2.Duration(), heartbeat_window=None)
+    v2 = ok(call(protocol, roz, update(v1.id, zero), tenant))
+    assert v2.version == 2
+    assert not v2.HasField("approval_ttl")
+    assert not v2.HasField("heartbeat_window")
+
+
+def test_durations_on_rest_are_protobuf_json_strings(roz: Roz) -> None:
+    tenant = roz.new_tenant("rest-durations")
+    with roz.rest(tenant) as client:
+        created = client.post(
+            "/api/v1/safety-policies",
+            json={"name": unique("rest"), "approval_ttl": "90s", "heartbeatWindow": "1.250s"},
+        )
+        refused = client.post(
+            "/api/v1/safety-policies",
+            json={"name": unique("rest"), "heartbeat_window": "3600s"},
+        )
+        garbled = client.post(
+            "/api/v1/safety-policies", json={"name": unique("rest"), "approval_ttl": "soon"}
+        )
+    assert created.status_code == 201
+    body = created.json()
+    assert (body["approval_ttl"], body["heartbeat_window"]) == ("90s", "1.250s")
+    assert refused.status_code == 400
+    assert [v["field"] for v in refused.json()["details"][0]["field_violations"]] == [
+        "safety_policy.heartbeat_window"
+    ]
+    assert garbled.status_code == 400
+
+
+def test_a_duration_outside_protobufs_own_range_is_a_field_violation(roz: Roz) -> None:
+    # Only a binary client can send nanos of the other sign than the seconds.
+    broken = policy(unique("broken"), approval_ttl=duration_pb2.Duration(seconds=5, nanos=-1))
+    rpc = Rpc(
+        SERVICE + "CreateSafetyPolicy",
+        pb.CreateSafetyPolicyRequest(safety_policy=broken),
+        pb.SafetyPolicy,
+        "POST",
+        "/api/v1/safety-policies",
+    )
+    found = violations(call("grpc", roz, rpc, roz.admin_key))
+    assert list(found) == ["safety_policy.approval_ttl"]

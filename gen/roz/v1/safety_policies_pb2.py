@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from roz.v1 import access_pb2 as roz_dot_v1_dot_access__pb2
 from transcoding.v1 import annotations_pb2 as transcoding_dot_v1_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1croz/v1/safety_policies.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\xfb\x03\n\x0cSafetyPolicy\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x18\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x04name\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\x12\x1e\n\x07version\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x07version\x12&\n\x06limits\x18\x05 \x01(\x0b\x32\x0e.roz.v1.LimitsR\x06limits\x12/\n\tworkspace\x18\x06 \x01(\x0b\x32\x11.roz.v1.WorkspaceR\tworkspace\x12\x32\n\x15\x61llowed_command_types\x18\x07 \x03(\tR\x13\x61llowedCommandTypes\x12\x30\n\x14\x64\x65nied_command_types\x18\x08 \x03(\tR\x12\x64\x65niedCommandTypes\x12\x34\n\x16\x61pproval_command_types\x18\t \x03(\tR\x14\x61pprovalCommandTypes\x12\x41\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\"\x80\x02\n\x06Limits\x12\x33\n\x13max_linear_velocity\x18\x01 \x01(\x01H\x00R\x11maxLinearVelocity\x88\x01\x01\x12.\n\x10max_acceleration\x18\x02 \x01(\x01H\x01R\x0fmaxAcceleration\x88\x01\x01\x12 \n\tmax_force\x18\x03 \x01(\x01H\x02R\x08maxForce\x88\x01\x01\x12$\n\x0bmax_payload\x18\x04 \x01(\x01H\x03R\nmaxPayload\x88\x01\x01\x42\x16\n\x14_max_linear_velocityB\x13\n\x11_max_accelerationB\x0c\n\n_max_forceB\x0e\n\x0c_max_payload\"U\n\tWorkspace\x12!\n\x05\x62oxes\x18\x01 \x03(\x0b\x32\x0b.roz.v1.BoxR\x05\x62oxes\x12%\n\x06prisms\x18\x02 \x03(\x0b\x32\r.roz.v1.PrismR\x06prisms\"1\n\x05Point\x12\x0c\n\x01x\x18\x01 \x01(\x01R\x01x\x12\x0c\n\x01y\x18\x02 \x01(\x01R\x01y\x12\x0c\n\x01z\x18\x03 \x01(\x01R\x01z\"G\n\x03\x42ox\x12\x1f\n\x03min\x18\x01 \x01(\x0b\x32\r.roz.v1.PointR\x03min\x12\x1f\n\x03max\x18\x02 \x01(\x0b\x32\r.roz.v1.PointR\x03max\"\\\n\x05Prism\x12)\n\x08vertices\x18\x01 \x03(\x0b\x32\r.roz.v1.PointR\x08vertices\x12\x13\n\x05min_z\x18\x02 \x01(\x01R\x04minZ\x12\x13\n\x05max_z\x18\x03 \x01(\x01R\x04maxZ\"\\\n\x19\x43reateSafetyPolicyRequest\x12?\n\rsafety_policy\x18\x01 \x01(\x0b\x32\x14.roz.v1.SafetyPolicyB\x04\xe2\x41\x01\x02R\x0csafetyPolicy\"W\n\x19ListSafetyPoliciesRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"\x83\x01\n\x1aListSafetyPoliciesResponse\x12=\n\x0fsafety_policies\x18\x01 \x03(\x0b\x32\x14.roz.v1.SafetyPolicyR\x0esafetyPolicies\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"H\n\x16GetSafetyPolicyRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12\x18\n\x07version\x18\x02 \x01(\x05R\x07version\"r\n\x19UpdateSafetyPolicyRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12?\n\rsafety_policy\x18\x02 \x01(\x0b\x32\x14.roz.v1.SafetyPolicyB\x04\xe2\x41\x01\x02R\x0csafetyPolicy\"1\n\x19\x44\x65leteSafetyPolicyRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id2\x94\x06\n\x13SafetyPolicyService\x12\x9f\x01\n\x12\x43reateSafetyPolicy\x12!.roz.v1.CreateSafetyPolicyRequest\x1a\x14.roz.v1.SafetyPolicy\"P\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\x17\n\x15safety-policies:write\x82\xd3\xe4\x93\x02(\"\x17/api/v1/safety-policies:\rsafety_policy\x12\x96\x01\n\x12ListSafetyPolicies\x12!.roz.v1.ListSafetyPoliciesRequest\x1a\".roz.v1.ListSafetyPoliciesResponse\"9\xea\xf9\x18\x16\n\x14safety-policies:read\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/safety-policies\x12\x87\x01\n\x0fGetSafetyPolicy\x12\x1e.roz.v1.GetSafetyPolicyRequest\x1a\x14.roz.v1.SafetyPolicy\">\xea\xf9\x18\x16\n\x14safety-policies:read\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/safety-policies/{id}\x12\x9d\x01\n\x12UpdateSafetyPolicy\x12!.roz.v1.UpdateSafetyPolicyRequest\x1a\x14.roz.v1.SafetyPolicy\"N\xea\xf9\x18\x17\n\x15safety-policies:write\x82\xd3\xe4\x93\x02-\x1a\x1c/api/v1/safety-policies/{id}:\rsafety_policy\x12\x97\x01\n\x12\x44\x65leteSafetyPolicy\x12!.roz.v1.DeleteSafetyPolicyRequest\x1a\x16.google.protobuf.Empty\"F\xca\xf3\x18\x03\x08\xcc\x01\xea\xf9\x18\x17\n\x15safety-policies:write\x82\xd3\xe4\x93\x02\x1e*\x1c/api/v1/safety-policies/{id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1croz/v1/safety_policies.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\xff\x04\n\x0cSafetyPolicy\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x18\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x04name\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\x12\x1e\n\x07version\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x07version\x12&\n\x06limits\x18\x05 \x01(\x0b\x32\x0e.roz.v1.LimitsR\x06limits\x12/\n\tworkspace\x18\x06 \x01(\x0b\x32\x11.roz.v1.WorkspaceR\tworkspace\x12\x32\n\x15\x61llowed_command_types\x18\x07 \x03(\tR\x13\x61llowedCommandTypes\x12\x30\n\x14\x64\x65nied_command_types\x18\x08 \x03(\tR\x12\x64\x65niedCommandTypes\x12\x34\n\x16\x61pproval_command_types\x18\t \x03(\tR\x14\x61pprovalCommandTypes\x12\x41\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\x12<\n\x0c\x61pproval_ttl\x18\x0c \x01(\x0b\x32\x19.google.protobuf.DurationR\x0b\x61pprovalTtl\x12\x44\n\x10heartbeat_window\x18\r \x01(\x0b\x32\x19.google.protobuf.DurationR\x0fheartbeatWindow\"\x80\x02\n\x06Limits\x12\x33\n\x13max_linear_velocity\x18\x01 \x01(\x01H\x00R\x11maxLinearVelocity\x88\x01\x01\x12.\n\x10max_acceleration\x18\x02 \x01(\x01H\x01R\x0fmaxAcceleration\x88\x01\x01\x12 \n\tmax_force\x18\x03 \x01(\x01H\x02R\x08maxForce\x88\x01\x01\x12$\n\x0bmax_payload\x18\x04 \x01(\x01H\x03R\nmaxPayload\x88\x01\x01\x42\x16\n\x14_max_linear_velocityB\x13\n\x11_max_accelerationB\x0c\n\n_max_forceB\x0e\n\x0c_max_payload\"U\n\tWorkspace\x12!\n\x05\x62oxes\x18\x01 \x03(\x0b\x32\x0b.roz.v1.BoxR\x05\x62oxes\x12%\n\x06prisms\x18\x02 \x03(\x0b\x32\r.roz.v1.PrismR\x06prisms\"1\n\x05Point\x12\x0c\n\x01x\x18\x01 \x01(\x01R\x01x\x12\x0c\n\x01y\x18\x02 \x01(\x01R\x01y\x12\x0c\n\x01z\x18\x03 \x01(\x01R\x01z\"G\n\x03\x42ox\x12\x1f\n\x03min\x18\x01 \x01(\x0b\x32\r.roz.v1.PointR\x03min\x12\x1f\n\x03max\x18\x02 \x01(\x0b\x32\r.roz.v1.PointR\x03max\"\\\n\x05Prism\x12)\n\x08vertices\x18\x01 \x03(\x0b\x32\r.roz.v1.PointR\x08vertices\x12\x13\n\x05min_z\x18\x02 \x01(\x01R\x04minZ\x12\x13\n\x05max_z\x18\x03 \x01(\x01R\x04maxZ\"\\\n\x19\x43reateSafetyPolicyRequest\x12?\n\rsafety_policy\x18\x01 \x01(\x0b\x32\x14.roz.v1.SafetyPolicyB\x04\xe2\x41\x01\x02R\x0csafetyPolicy\"W\n\x19ListSafetyPoliciesRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"\x83\x01\n\x1aListSafetyPoliciesResponse\x12=\n\x0fsafety_policies\x18\x01 \x03(\x0b\x32\x14.roz.v1.SafetyPolicyR\x0esafetyPolicies\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"H\n\x16GetSafetyPolicyRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12\x18\n\x07version\x18\x02 \x01(\x05R\x07version\"r\n\x19UpdateSafetyPolicyRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12?\n\rsafety_policy\x18\x02 \x01(\x0b\x32\x14.roz.v1.SafetyPolicyB\x04\xe2\x41\x01\x02R\x0csafetyPolicy\"1\n\x19\x44\x65leteSafetyPolicyRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id2\x94\x06\n\x13SafetyPolicyService\x12\x9f\x01\n\x12\x43reateSafetyPolicy\x12!.roz.v1.CreateSafetyPolicyRequest\x1a\x14.roz.v1.SafetyPolicy\"P\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\x17\n\x15safety-policies:write\x82\xd3\xe4\x93\x02(\"\x17/api/v1/safety-policies:\rsafety_policy\x12\x96\x01\n\x12ListSafetyPolicies\x12!.roz.v1.ListSafetyPoliciesRequest\x1a\".roz.v1.ListSafetyPoliciesResponse\"9\xea\xf9\x18\x16\n\x14safety-policies:read\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/safety-policies\x12\x87\x01\n\x0fGetSafetyPolicy\x12\x1e.roz.v1.GetSafetyPolicyRequest\x1a\x14.roz.v1.SafetyPolicy\">\xea\xf9\x18\x16\n\x14safety-policies:read\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/safety-policies/{id}\x12\x9d\x01\n\x12UpdateSafetyPolicy\x12!.roz.v1.UpdateSafetyPolicyRequest\x1a\x14.roz.v1.SafetyPolicy\"N\xea\xf9\x18\x17\n\x15safety-policies:write\x82\xd3\xe4\x93\x02-\x1a\x1c/api/v1/safety-policies/{id}:\rsafety_policy\x12\x97\x01\n\x12\x44\x65leteSafetyPolicy\x12!.roz.v1.DeleteSafetyPolicyRequest\x1a\x16.google.protobuf.Empty\"F\xca\xf3\x18\x03\x08\xcc\x01\xea\xf9\x18\x17\n\x15safety-policies:write\x82\xd3\xe4\x93\x02\x1e*\x1c/api/v1/safety-policies/{id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -67,30 +68,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAFETYPOLICYSERVICE'].methods_by_name['UpdateSafetyPolicy']._serialized_options = b'\352\371\030\027\n\025safety-policies:write\202\323\344\223\002-\032\034/api/v1/safety-policies/{id}:\rsafety_policy'
   _globals['_SAFETYPOLICYSERVICE'].methods_by_name['DeleteSafetyPolicy']._loaded_options = None
   _globals['_SAFETYPOLICYSERVICE'].methods_by_name['DeleteSafetyPolicy']._serialized_options = b'\312\363\030\003\010\314\001\352\371\030\027\n\025safety-policies:write\202\323\344\223\002\036*\034/api/v1/safety-policies/{id}'
-  _globals['_SAFETYPOLICY']._serialized_start=221
-  _globals['_SAFETYPOLICY']._serialized_end=728
-  _globals['_LIMITS']._serialized_start=731
-  _globals['_LIMITS']._serialized_end=987
-  _globals['_WORKSPACE']._serialized_start=989
-  _globals['_WORKSPACE']._serialized_end=1074
-  _globals['_POINT']._serialized_start=1076
-  _globals['_POINT']._serialized_end=1125
-  _globals['_BOX']._serialized_start=1127
-  _globals['_BOX']._serialized_end=1198
-  _globals['_PRISM']._serialized_start=1200
-  _globals['_PRISM']._serialized_end=1292
-  _globals['_CREATESAFETYPOLICYREQUEST']._serialized_start=1294
-  _globals['_CREATESAFETYPOLICYREQUEST']._serialized_end=1386
-  _globals['_LISTSAFETYPOLICIESREQUEST']._serialized_start=1388
-  _globals['_LISTSAFETYPOLICIESREQUEST']._serialized_end=1475
-  _globals['_LISTSAFETYPOLICIESRESPONSE']._serialized_start=1478
-  _globals['_LISTSAFETYPOLICIESRESPONSE']._serialized_end=1609
-  _globals['_GETSAFETYPOLICYREQUEST']._serialized_start=1611
-  _globals['_GETSAFETYPOLICYREQUEST']._serialized_end=1683
-  _globals['_UPDATESAFETYPOLICYREQUEST']._serialized_start=1685
-  _globals['_UPDATESAFETYPOLICYREQUEST']._serialized_end=1799
-  _globals['_DELETESAFETYPOLICYREQUEST']._serialized_start=1801
-  _globals['_DELETESAFETYPOLICYREQUEST']._serialized_end=1850
-  _globals['_SAFETYPOLICYSERVICE']._serialized_start=1853
-  _globals['_SAFETYPOLICYSERVICE']._serialized_end=2641
+  _globals['_SAFETYPOLICY']._serialized_start=253
+  _globals['_SAFETYPOLICY']._serialized_end=892
+  _globals['_LIMITS']._serialized_start=895
+  _globals['_LIMITS']._serialized_end=1151
+  _globals['_WORKSPACE']._serialized_start=1153
+  _globals['_WORKSPACE']._serialized_end=1238
+  _globals['_POINT']._serialized_start=1240
+  _globals['_POINT']._serialized_end=1289
+  _globals['_BOX']._serialized_start=1291
+  _globals['_BOX']._serialized_end=1362
+  _globals['_PRISM']._serialized_start=1364
+  _globals['_PRISM']._serialized_end=1456
+  _globals['_CREATESAFETYPOLICYREQUEST']._serialized_start=1458
+  _globals['_CREATESAFETYPOLICYREQUEST']._serialized_end=1550
+  _globals['_LISTSAFETYPOLICIESREQUEST']._serialized_start=1552
+  _globals['_LISTSAFETYPOLICIESREQUEST']._serialized_end=1639
+  _globals['_LISTSAFETYPOLICIESRESPONSE']._serialized_start=1642
+  _globals['_LISTSAFETYPOLICIESRESPONSE']._serialized_end=1773
+  _globals['_GETSAFETYPOLICYREQUEST']._serialized_start=1775
+  _globals['_GETSAFETYPOLICYREQUEST']._serialized_end=1847
+  _globals['_UPDATESAFETYPOLICYREQUEST']._serialized_start=1849
+  _globals['_UPDATESAFETYPOLICYREQUEST']._serialized_end=1963
+  _globals['_DELETESAFETYPOLICYREQUEST']._serialized_start=1965
+  _globals['_DELETESAFETYPOLICYREQUEST']._serialized_end=2014
+  _globals['_SAFETYPOLICYSERVICE']._serialized_start=2017
+  _globals['_SAFETYPOLICYSERVICE']._serialized_end=2805
 # @@protoc_insertion_point(module_scope)

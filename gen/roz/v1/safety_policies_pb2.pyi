@@ -2,6 +2,7 @@ import datetime
 
 from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from roz.v1 import access_pb2 as _access_pb2
@@ -15,7 +16,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SafetyPolicy(_message.Message):
-    __slots__ = ("id", "name", "description", "version", "limits", "workspace", "allowed_command_types", "denied_command_types", "approval_command_types", "create_time", "update_time")
+    __slots__ = ("id", "name", "description", "version", "limits", "workspace", "allowed_command_types", "denied_command_types", "approval_command_types", "create_time", "update_time", "approval_ttl", "heartbeat_window")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +28,8 @@ class SafetyPolicy(_message.Message):
     APPROVAL_COMMAND_TYPES_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_TTL_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     description: str
@@ -38,7 +41,9 @@ class SafetyPolicy(_message.Message):
     approval_command_types: _containers.RepeatedScalarFieldContainer[str]
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., version: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., workspace: _Optional[_Union[Workspace, _Mapping]] = ..., allowed_command_types: _Optional[_Iterable[str]] = ..., denied_command_types: _Optional[_Iterable[str]] = ..., approval_command_types: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    approval_ttl: _duration_pb2.Duration
+    heartbeat_window: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., version: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., workspace: _Optional[_Union[Workspace, _Mapping]] = ..., allowed_command_types: _Optional[_Iterable[str]] = ..., denied_command_types: _Optional[_Iterable[str]] = ..., approval_command_types: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approval_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., heartbeat_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_linear_velocity", "max_acceleration", "max_force", "max_payload")

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 import pytest
 
 from server.domain.errors import InvalidArgument
 from server.domain.safety_policies import (
+    MAX_APPROVAL_TTL,
     MAX_BOXES,
     MAX_COMMAND_TYPES,
+    MAX_HEARTBEAT_WINDOW,
     MAX_VERTICES,
+    MIN_APPROVAL_TTL,
+    MIN_HEARTBEAT_WINDOW,
     Box,
     Limits,
     Point,
@@ -18,6 +23,7 @@ from server.domain.safety_policies import (
     SafetyPolicyDraft,
     Workspace,
     command_type_problem,
+    describe_duration,
 )
 
 SQUARE = (Point(0, 0, 0), Point(2, 0, 0), Point(2, 2, 0), Point(0, 2, 0))
@@ -241,3 +247,66 @@ def test_box_and_prism_containment_include_the_boundary() -> None:
     assert workspace.contains(Point(0.5, 0.5, 0.5))
     assert not workspace.contains(Point(5, 5, 0.5))
     assert not workspace.is_unconstrained
+
+
+@pytest.mark.parametrize("name", ["approval_ttl", "heartbeat_window"])
+def test_unset_or_zero_durations_are_not_set(name: str) -> None:
+    for value in (None, timedelta(0)):
+        fields = SafetyPolicyDraft(name="lab", **{name: value}).validate()  # type: ignore[arg-type]
+        assert getattr(fields, name) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "shortest", "longest"),
+    [
+        ("approval_ttl", MIN_APPROVAL_TTL, MAX_APPROVAL_TTL),
+        ("heartbeat_window", MIN_HEARTBEAT_WINDOW, MAX_HEARTBEAT_WINDOW),
+    ],
+)
+def test_durations_are_kept_within_their_bounds_and_refused_outside(
+    name: str, shortest: timedelta, longest: timedelta
+) -> None:
+    for good in (shortest, longest, (shortest + longest) / 2):
+        fields = SafetyPolicyDraft(name="lab", **{name: good}).validate()  # type: ignore[arg-type]
+        assert getattr(fields, name) == good
+    tick = timedelta(microseconds=1)
+    for bad in (-shortest, shortest - tick, longest + tick, -tick):
+        problems = _violations(SafetyPolicyDraft(name="lab", **{name: bad}))  # type: ignore[arg-type]
+        assert list(problems) == [f"safety_policy.{name}"]
+        assert problems[f"safety_policy.{name}"].startswith(f"{name} must be between")
+
+
+def test_duration_problems_come_with_the_others_and_say_what_was_given() -> None:
+    problems = _violations(
+        SafetyPolicyDraft(
+            name="",
+            approval_ttl=timedelta(days=31),
+            heartbeat_window=timedelta(milliseconds=500),
+        )
+    )
+    assert problems == {
+        "safety_policy.name": problems["safety_policy.name"],
+        "safety_policy.approval_ttl": (
+            "approval_ttl must be between 1s and 2592000s (or unset), not 2678400s"
+        ),
+        "safety_policy.heartbeat_window": (
+            "heartbeat_window must be between 1s and 600s (or unset), not 0.5s"
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        (timedelta(seconds=300), "300s"),
+        (timedelta(milliseconds=1500), "1.5s"),
+        (timedelta(microseconds=1), "0.000001s"),
+        (timedelta(seconds=-2), "-2s"),
+        (timedelta(milliseconds=-250), "-0.25s"),
+        (timedelta(0), "0s"),
+    ],
+)
+def test_durations_are_described_as_protobuf_json_writes_them(
+    value: timedelta, written: str
+) -> None:
+    assert describe_duration(value) == written

@@ -4,6 +4,8 @@ isolation, and the lookup the command check relies on."""
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -18,6 +20,10 @@ from server.domain.errors import (
 )
 from server.domain.hosts import HostDraft
 from server.domain.safety_policies import (
+    MAX_APPROVAL_TTL,
+    MAX_HEARTBEAT_WINDOW,
+    MIN_APPROVAL_TTL,
+    MIN_HEARTBEAT_WINDOW,
     Box,
     Limits,
     Point,
@@ -31,10 +37,11 @@ from server.storage.errors import database_errors
 from server.storage.hosts import HostRepository
 from server.storage.safety_policies import (
     SafetyPolicyRepository,
+    heartbeat_window_of_host,
     latest_policies_for_environment,
 )
 from server.storage.tenancy import tenant_transaction
-from tests.server.conftest import TenantWithKey
+from tests.server.conftest import TenantWithKey, new_host
 
 POLICY_TABLES = ("environment_safety_policies", "safety_policies", "safety_policy_versions")
 
@@ -431,3 +438,105 @@ async def test_deleting_a_tenant_removes_its_policies_hosts_and_histories(
                 )
             ).fetchone()
             assert left == (0,), table
+
+
+async def test_durations_round_trip_and_each_version_keeps_its_own(
+    policies: SafetyPolicyRepository, tenant_a: TenantWithKey
+) -> None:
+    timed = _named(
+        "timed", approval_ttl=timedelta(minutes=5), heartbeat_window=timedelta(seconds=2.5)
+    )
+    v1 = await policies.create(tenant_a.id, timed)
+    assert (v1.approval_ttl, v1.heartbeat_window) == (timedelta(minutes=5), timedelta(seconds=2.5))
+    v2 = await policies.update(tenant_a.id, v1.id, _named("timed", approval_ttl=timedelta(0)))
+    assert (v2.approval_ttl, v2.heartbeat_window) == (None, None)
+    assert await policies.get(tenant_a.id, v1.id, 1) == v1
+    assert await policies.get(tenant_a.id, v1.id) == v2
+
+
+async def test_a_duration_out_of_bounds_writes_nothing(
+    policies: SafetyPolicyRepository, tenant_a: TenantWithKey
+) -> None:
+    created = await policies.create(tenant_a.id, _named("bounded"))
+    bad = _named("bounded", approval_ttl=timedelta(days=-1), heartbeat_window=timedelta(minutes=11))
+    with pytest.raises(InvalidArgument) as raised:
+        await policies.update(tenant_a.id, created.id, bad)
+    assert [v.field for v in raised.value.violations] == [
+        "safety_policy.approval_ttl",
+        "safety_policy.heartbeat_window",
+    ]
+    assert await policies.get(tenant_a.id, created.id) == created
+
+
+@pytest.mark.parametrize(
+    ("column", "shortest", "longest"),
+    [
+        ("approval_ttl", MIN_APPROVAL_TTL, MAX_APPROVAL_TTL),
+        ("heartbeat_window", MIN_HEARTBEAT_WINDOW, MAX_HEARTBEAT_WINDOW),
+    ],
+)
+async def test_the_database_holds_durations_to_the_domains_bounds(
+    database: Database,
+    policies: SafetyPolicyRepository,
+    tenant_a: TenantWithKey,
+    column: str,
+    shortest: timedelta,
+    longest: timedelta,
+) -> None:
+    policy = await policies.create(tenant_a.id, _named(f"bounds-{column}"))
+    insert = (
+        "INSERT INTO roz.safety_policy_versions"
+        f" (tenant_id, safety_policy_id, version, name, {column}) VALUES (%s, %s, %s, 'x', %s)"
+    )
+    tick = timedelta(microseconds=1)
+    for value in (shortest - tick, longest + tick, timedelta(0)):
+        with pytest.raises(psycopg.errors.CheckViolation):
+            async with tenant_transaction(database.pool, tenant_a.id) as conn:
+                await conn.execute(insert, (tenant_a.id, policy.id, 2, value))
+    async with tenant_transaction(database.pool, tenant_a.id) as conn:
+        await conn.execute(insert, (tenant_a.id, policy.id, 2, shortest))
+        await conn.execute(insert, (tenant_a.id, policy.id, 3, longest))
+
+
+async def test_a_hosts_heartbeat_window_is_the_shortest_its_policies_set_now(
+    database: Database,
+    policies: SafetyPolicyRepository,
+    environments: EnvironmentRepository,
+    tenant_a: TenantWithKey,
+    tenant_b: TenantWithKey,
+) -> None:
+    loose = await policies.create(
+        tenant_a.id, _named("loose", heartbeat_window=timedelta(seconds=30))
+    )
+    strict = await policies.create(
+        tenant_a.id, _named("strict", heartbeat_window=timedelta(seconds=1))
+    )
+    silent = await policies.create(tenant_a.id, _named("silent"))
+    elsewhere = await policies.create(
+        tenant_a.id, _named("elsewhere", heartbeat_window=timedelta(seconds=1))
+    )
+    # Only the latest version counts: strict's next version loosens it to 5 s.
+    await policies.update(
+        tenant_a.id, strict.id, _named("strict", heartbeat_window=timedelta(seconds=5))
+    )
+    guarded = await environments.create(
+        tenant_a.id,
+        EnvironmentDraft(name="guarded", safety_policy_ids=(loose.id, silent.id, strict.id)),
+    )
+    unguarded = await environments.create(
+        tenant_a.id, EnvironmentDraft(name="unguarded", safety_policy_ids=(silent.id,))
+    )
+    await environments.create(
+        tenant_a.id, EnvironmentDraft(name="other", safety_policy_ids=(elsewhere.id,))
+    )
+    host = await new_host(database, tenant_a, guarded.id)
+    quiet = await new_host(database, tenant_a, unguarded.id)
+    loner = await new_host(database, tenant_a)
+
+    async with tenant_transaction(database.pool, tenant_a.id) as conn:
+        assert await heartbeat_window_of_host(conn, host) == timedelta(seconds=5)
+        assert await heartbeat_window_of_host(conn, quiet) is None
+        assert await heartbeat_window_of_host(conn, loner) is None
+        assert await heartbeat_window_of_host(conn, uuid.uuid4()) is None
+    async with tenant_transaction(database.pool, tenant_b.id) as conn:
+        assert await heartbeat_window_of_host(conn, host) is None
