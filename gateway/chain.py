@@ -46,6 +46,8 @@ class Call:
     context: Any
     metadata: Metadata
     request_id: str
+    # What carried it: "grpc", "grpc-web" or "rest" (a grpc.aio server's own context: "grpc").
+    protocol: str = "grpc"
     # Extra structured fields for the access log line (interceptors add e.g. the tenant).
     log_fields: dict[str, Any] = field(default_factory=dict)
     # What one interceptor learns for the next ones (e.g. the authenticated principal).
@@ -214,7 +216,13 @@ class InterceptorChain:
     def _start(self, method: Method, context: Any) -> Call:
         metadata = Metadata(context.invocation_metadata() or ())
         request_id = metadata.get_text(REQUEST_ID_KEY) or ""
-        return Call(method=method, context=context, metadata=metadata, request_id=request_id)
+        return Call(
+            method=method,
+            context=context,
+            metadata=metadata,
+            request_id=request_id,
+            protocol=getattr(context, "protocol", "") or "grpc",
+        )
 
     async def _before(self, call: Call) -> None:
         for interceptor in self._interceptors:

@@ -27,8 +27,11 @@ class GatewayContext(aio.ServicerContext):  # type: ignore[type-arg]
         timeout: float | None = None,
         peer: str = "",
         on_initial_metadata: InitialMetadataSender | None = None,
+        protocol: str = "",
     ) -> None:
         self.method = method
+        # Which adapter carries the call: "grpc", "grpc-web" or "rest" (see Call.protocol).
+        self.protocol = protocol
         self._metadata = tuple(metadata)
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._peer = peer

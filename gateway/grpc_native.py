@@ -611,6 +611,7 @@ class NativeGrpcApp:
             timeout=request.timeout,
             peer=request.peer,
             on_initial_metadata=response.send_initial_metadata,
+            protocol="grpc",
         )
         connection = request.connection
         ledger = self._ledgers.get(connection)

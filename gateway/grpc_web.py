@@ -129,6 +129,7 @@ class GrpcWebApp(grpcASGI):  # type: ignore[misc]
                 timeout=_timeout(headers.get(b"grpc-timeout")),
                 peer=wire.peer(scope.get("client")),
                 on_initial_metadata=response.start,
+                protocol="grpc-web",
             )
             body = await self._read_body(receive, text_in)
             if body is None:

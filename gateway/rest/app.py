@@ -256,6 +256,7 @@ class RestApp:
             headers.metadata,
             timeout=headers.timeout,
             peer=_peer(scope.get("client")),
+            protocol="rest",
         )
         task = asyncio.current_task()
         assert task is not None
