@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from roz.v1 import (
     api_keys_pb2_grpc,
+    audit_pb2_grpc,
     commands_pb2_grpc,
     device_auth_pb2_grpc,
     environments_pb2_grpc,
@@ -36,6 +37,7 @@ from gateway.registry import MethodRegistry
 from gateway.rest.app import RestApp
 from gateway.router import GatewayRouter
 from server.api.api_keys import ApiKeyServicer
+from server.api.audit import AuditServicer
 from server.api.commands import CommandServicer
 from server.api.device_auth import (
     DeviceAuthServicer,
@@ -47,7 +49,13 @@ from server.api.environments import EnvironmentServicer
 from server.api.errors import status_for
 from server.api.health import HealthMonitor, ServerHealthServicer
 from server.api.hosts import HostServicer
-from server.api.interceptors import AccessRules, Authenticate, Authorize, RateLimit
+from server.api.interceptors import (
+    AccessRules,
+    Authenticate,
+    Authorize,
+    RateLimit,
+    RecordActor,
+)
 from server.api.metrics import MetricsServicer
 from server.api.robot_link import RobotLinkServicer
 from server.api.safety_policies import SafetyPolicyServicer
@@ -59,6 +67,7 @@ from server.domain.robot_link import SILENT, LinkTerms
 from server.services.robot_link import Repositories, RobotLinks
 from server.settings import Settings
 from server.storage.api_keys import ApiKeyRepository, LastUsedRecorder
+from server.storage.audit import AuditRepository
 from server.storage.bootstrap import bootstrap
 from server.storage.commands import CommandRepository, time_out_commands
 from server.storage.database import Database
@@ -159,6 +168,7 @@ class RozServer:
         chain = InterceptorChain(
             [
                 Authenticate(rules, self._authenticate),
+                RecordActor(),
                 Authorize(rules),
                 RateLimit(TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst)),
             ],
@@ -211,6 +221,9 @@ class RozServer:
         )
         api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(
             ApiKeyServicer(self._api_keys), registry
+        )
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditServicer(lambda: AuditRepository(self.database.pool)), registry
         )
         health_pb2_grpc.add_ServerHealthServiceServicer_to_server(
             ServerHealthServicer(self.database.health_check, lambda: self._draining), registry

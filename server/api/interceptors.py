@@ -1,4 +1,5 @@
-"""roz's interceptors: authenticate the API key, check the RPC's scope, limit each tenant's rate.
+"""roz's interceptors: authenticate the API key, check the RPC's scope, limit each tenant's rate,
+tell storage who acts (for the audit trail).
 
 They run inside the gateway's one chain, so REST, gRPC-web and native gRPC get the same answers.
 Each RPC's rule comes from its `(roz.v1.access)` option, read once at start-up. A key bound to a
@@ -18,7 +19,9 @@ from gateway.registry import Method
 from server.api.principal import set_principal
 from server.domain import errors, scopes
 from server.domain.api_keys import Principal
+from server.domain.audit import Actor, Protocol
 from server.domain.rate_limits import TokenBuckets
+from server.storage.tenancy import set_actor
 
 # Services from the gRPC ecosystem that carry no roz access option and need no key: the API
 # surface is public in the proto anyway, and health must answer load balancers.
@@ -174,3 +177,23 @@ class RateLimit:
             raise errors.ResourceExhausted(
                 f"rate limit exceeded, retry after {wait:.3f}s", retry_after_seconds=wait
             )
+
+
+_PROTOCOLS = {protocol.value: protocol for protocol in Protocol if protocol is not Protocol.SERVER}
+
+
+class RecordActor:
+    """Sets the call's Actor (key, robot host, protocol, request id) for every tenant
+    transaction the call opens, so the audit trail's triggers record who did it and how.
+    Runs on every call, public ones too, so nothing of an earlier call can linger."""
+
+    async def intercept(self, call: Call) -> None:
+        principal: Principal | None = call.state.get("principal")
+        set_actor(
+            Actor(
+                key_id=None if principal is None else principal.key_id,
+                host_id=None if principal is None else principal.host_id,
+                protocol=_PROTOCOLS.get(call.protocol, Protocol.GRPC),
+                request_id=call.request_id,
+            )
+        )

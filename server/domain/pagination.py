@@ -99,6 +99,39 @@ def decode_page_token(token: str, query_fingerprint: str) -> PagePosition | None
     return position
 
 
+def encode_sequence_token(sequence: int, query_fingerprint: str) -> str:
+    """A token for a list ordered by a sequence number instead (the audit trail): the last
+    sequence of the page."""
+    body = json.dumps(
+        [TOKEN_VERSION, query_fingerprint, "sequence", sequence], separators=(",", ":")
+    ).encode("utf-8")
+    return base64.urlsafe_b64encode(_check(body) + body).rstrip(b"=").decode("ascii")
+
+
+def decode_sequence_token(token: str, query_fingerprint: str) -> int | None:
+    """The sequence a token of `encode_sequence_token` names; an empty token is the first page."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raise _invalid("page_token is not a token this server issued") from None
+    check, body = raw[:_CHECK_BYTES], raw[_CHECK_BYTES:]
+    if len(check) != _CHECK_BYTES or check != _check(body):
+        raise _invalid("page_token is not a token this server issued")
+    try:
+        version, token_fingerprint, marker, sequence = json.loads(body)
+    except (ValueError, TypeError):
+        raise _invalid("page_token is not a token this server issued") from None
+    if version != TOKEN_VERSION:
+        raise _invalid("page_token comes from another version of this server; list again")
+    if token_fingerprint != query_fingerprint:
+        raise _invalid("page_token belongs to a different query")
+    if marker != "sequence" or type(sequence) is not int or sequence < 0:
+        raise _invalid("page_token is not a token this server issued")
+    return sequence
+
+
 def page_of(
     rows: Sequence[T], size: int, position_of: Callable[[T], PagePosition], query_fingerprint: str
 ) -> Page[T]:

@@ -19,6 +19,7 @@ GROUPS: tuple[str, ...] = (
     "safety-policies",
     "triggers",
     "metrics",
+    "audit",
 )
 LEVELS: tuple[str, ...] = ("read", "write", "admin")
 ADMIN = "admin"

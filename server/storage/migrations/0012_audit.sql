@@ -467,9 +467,10 @@ CREATE CONSTRAINT TRIGGER environment_safety_policies_audit
     AFTER INSERT OR DELETE ON roz.environment_safety_policies DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION roz.audit_policy_attachment();
 
--- A robot's link: connected when a stream takes the host (link_id set, also over another
--- stream: took_over), disconnected when it lets go (link_id cleared, or the host deleted). The
--- link id itself is a secret of its holder and is not recorded; its epoch is.
+-- A robot's link: connected when a stream takes the host (link_id set), disconnected when it
+-- lets go (link_id cleared, or the host deleted). A takeover is both: the old stream's
+-- disconnection, then the new one's connection (took_over). The link id itself is a secret of
+-- its holder and is not recorded; its epoch is.
 CREATE FUNCTION roz.audit_robot_link() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -485,8 +486,7 @@ BEGIN
     END IF;
     SELECT h.environment_id INTO v_environment_id
       FROM roz.hosts AS h WHERE h.tenant_id = v_row.tenant_id AND h.id = v_row.host_id;
-    IF TG_OP <> 'INSERT' AND OLD.link_id IS NOT NULL
-       AND (TG_OP = 'DELETE' OR NEW.link_id IS NULL) THEN
+    IF TG_OP <> 'INSERT' AND OLD.link_id IS NOT NULL THEN
         PERFORM roz.audit_append(
             v_row.tenant_id, 'robot.disconnected', clock_timestamp(), v_row.host_id,
             v_environment_id, NULL, jsonb_build_object('link_epoch', OLD.link_epoch));

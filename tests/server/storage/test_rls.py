@@ -217,11 +217,20 @@ async def test_definer_functions_are_not_executable_by_public(database: Database
             )
         ).fetchall()
     assert [row[0] for row in rows] == [
+        "append_audit_event",
+        "audit_chain_pending",
+        "audit_command_transition",
+        "audit_delivery",
+        "audit_policy_attachment",
+        "audit_robot_link",
+        "audit_safety_policy",
+        "audit_task_transition",
         "authenticate_api_key",
         "decide_device_authorization",
         "end_device_session",
         "find_device_authorization",
         "find_device_session",
+        "keep_audit_trail",
         "lock_device_authorization",
         "overdue_commands",
         "pulse_robot_links",
