@@ -1,8 +1,9 @@
-"""Commands: one instruction for one host, its validation, and its one state-transition table.
+"""Commands: one instruction for one host, its validation, and its state-transition table.
 
 A command starts PENDING, or AWAITING_APPROVAL when a safety policy names its type for approval
-(see server/domain/safety.py). `TRANSITIONS` is the whole state machine: storage checks every
-change against it under a row lock, and the server's own sweep uses it too (for TIMED_OUT).
+(see server/domain/safety.py). `TRANSITIONS` is the state machine: storage checks every
+change against it under a row lock, and the server's own sweep uses it too (for TIMED_OUT);
+`SERVER_MOVES` adds the one move only the server makes (a command refused at dispatch).
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ TRANSITIONS: Mapping[CommandState, frozenset[CommandState]] = {
 }
 # States only the server itself may enter: a client cannot claim that a command timed out.
 SERVER_ONLY_STATES: frozenset[CommandState] = frozenset({_S.TIMED_OUT})
+# Moves only the server makes, outside the table clients and robots are held to: a PENDING
+# command refused by the check when it is about to be sent (server/domain/dispatch_checks.py)
+# fails without ever running. A robot refuses work by running and failing it instead.
+SERVER_MOVES: Mapping[CommandState, frozenset[CommandState]] = {_S.PENDING: frozenset({_S.FAILED})}
 # What a robot may report over its link: starting, and how it ended. Cancelling is an
 # operator's move, and the server's sweep times commands out.
 ROBOT_REPORTS: frozenset[CommandState] = frozenset({_S.RUNNING, _S.COMPLETED, _S.FAILED})
@@ -97,10 +102,14 @@ def check_requested_state(target: CommandState) -> None:
 def check_transition(
     current: CommandState, target: CommandState, *, by_server: bool = False
 ) -> None:
-    """Raises unless `current` → `target` is in the table (server-only targets: by the server)."""
+    """Raises unless `current` → `target` is in the table (server-only targets, and the
+    SERVER_MOVES: by the server)."""
     if not by_server:
         check_requested_state(target)
-    if target not in TRANSITIONS[current]:
+    legal = TRANSITIONS[current]
+    if by_server:
+        legal = legal | SERVER_MOVES.get(current, frozenset())
+    if target not in legal:
         allowed = sorted(state.name for state in TRANSITIONS[current] - SERVER_ONLY_STATES)
         hint = f"; from {current.name} it may go to {', '.join(allowed)}" if allowed else ""
         raise FailedPrecondition(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from uuid import UUID
 
 from psycopg import AsyncConnection
@@ -28,6 +28,7 @@ from server.domain.robot_link import resume_after
 from server.domain.tasks import Task
 from server.storage.commands import commands_by_id
 from server.storage.database import Pool
+from server.storage.dispatch_checks import check_at_dispatch
 from server.storage.hosts import record_presence
 from server.storage.robot_deliveries import read_deliveries
 from server.storage.tasks import tasks_by_id
@@ -164,11 +165,20 @@ class RobotLinkRepository:
         return [Pulse(row[0], int(row[1]), bool(row[2])) for row in rows]
 
     async def outgoing(
-        self, tenant_id: UUID, host_id: UUID, after: int, limit: int
+        self,
+        tenant_id: UUID,
+        host_id: UUID,
+        after: int,
+        limit: int,
+        *,
+        now: datetime | None = None,
     ) -> list[tuple[Delivery, Command | Task | None]]:
         """The host's deliveries numbered above `after`, in order, each with its item as it is
-        now (None: deleted since), in one transaction: what a stream sends next."""
+        now (None: deleted since), in one transaction: what a stream sends next. PENDING
+        commands are checked again at `now` (default: the wall clock), and those refused are
+        FAILED here and sent so (server/storage/dispatch_checks.py)."""
         check_batch(after, limit)
+        now = datetime.now(UTC) if now is None else now
         async with tenant_transaction(self._pool, tenant_id) as conn:
             deliveries = await read_deliveries(conn, host_id, after, limit)
             if not deliveries:
@@ -176,6 +186,7 @@ class RobotLinkRepository:
             command_ids = [d.item_id for d in deliveries if d.kind in _COMMAND_KINDS]
             task_ids = [d.item_id for d in deliveries if d.kind not in _COMMAND_KINDS]
             commands = await commands_by_id(conn, command_ids) if command_ids else {}
+            commands = await check_at_dispatch(conn, host_id, deliveries, commands, now)
             tasks = await tasks_by_id(conn, task_ids) if task_ids else {}
         items: dict[UUID, Command | Task] = {**commands, **tasks}
         return [(delivery, items.get(delivery.item_id)) for delivery in deliveries]

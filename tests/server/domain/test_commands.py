@@ -10,6 +10,7 @@ import pytest
 
 from server.domain.commands import (
     INVALID_TRANSITION,
+    SERVER_MOVES,
     TRANSITIONS,
     CommandDraft,
     CommandState,
@@ -35,6 +36,8 @@ LEGAL = {
     (S.RUNNING, S.CANCELLED),
     (S.RUNNING, S.TIMED_OUT),  # the server's sweep only
 }
+# Moves the server alone makes: a pending command refused at dispatch fails without running.
+SERVER_ONLY = {(S.PENDING, S.FAILED)}
 TERMINAL = {S.COMPLETED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.REJECTED}
 PAIRS = list(itertools.product(CommandState, CommandState))
 HOST = str(uuid.uuid4())
@@ -59,7 +62,7 @@ def test_every_pair_of_states_for_a_client(current: CommandState, target: Comman
 
 @pytest.mark.parametrize(("current", "target"), PAIRS, ids=lambda s: s.name)
 def test_every_pair_of_states_for_the_server(current: CommandState, target: CommandState) -> None:
-    if (current, target) in LEGAL:
+    if (current, target) in LEGAL | SERVER_ONLY:
         check_transition(current, target, by_server=True)
     else:
         with pytest.raises(FailedPrecondition):
@@ -69,6 +72,10 @@ def test_every_pair_of_states_for_the_server(current: CommandState, target: Comm
 def test_the_table_has_exactly_the_legal_moves() -> None:
     moves = {(current, target) for current, targets in TRANSITIONS.items() for target in targets}
     assert moves == LEGAL
+    server_moves = {
+        (current, target) for current, targets in SERVER_MOVES.items() for target in targets
+    }
+    assert server_moves == SERVER_ONLY
     assert {state for state in CommandState if state.is_terminal} == TERMINAL
 
 
