@@ -2,6 +2,11 @@
 the robot runs, every delivery recorded and acknowledged, each command and task run once in
 effect, and every report kept until the server has answered it.
 
+E-stops come first. The welcome carries the host's e-stop, and the server sends every change of
+it ahead of anything else; while it is engaged the client runs nothing: what ran is stopped at
+once (the hook, then each item recorded as the server ended it: commands FAILED, tasks
+SAFETY_STOPPED), and each state is acknowledged. `raise_estop()` is the robot's own button.
+
 A link goes through hello → welcome → deliveries, reports, heartbeats and telemetry → an end
 (the stream closes, the server drains, the link goes quiet, the connection breaks), then the
 client waits (backoff with full jitter, or what a drain asks) and opens the next one. What must
@@ -75,6 +80,16 @@ class LinkRefused(Exception):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+
+
+@dataclass(frozen=True)
+class EstopState:
+    """The host's e-stop as the server last said it."""
+
+    stopped: bool
+    host_epoch: int
+    environment_epoch: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -208,6 +223,9 @@ class RobotClient:
         self._finished = asyncio.Event()
         # Notified when a link comes or goes and when a report is answered.
         self._changed = asyncio.Condition()
+        # The e-stop as the server last said it, and e-stops raised here not yet sent.
+        self._estop: EstopState | None = None
+        self._raised: list[Any] = []
 
     # -- public ------------------------------------------------------------------------------
 
@@ -229,6 +247,36 @@ class RobotClient:
     def connected(self) -> bool:
         """Whether a welcomed link is up right now."""
         return self._outbox is not None
+
+    @property
+    def estop(self) -> EstopState | None:
+        """The host's e-stop as the server last said it; None before the first welcome."""
+        return self._estop
+
+    async def wait_estop(self, stopped: bool) -> EstopState:
+        """Waits until the server says the host is stopped (or not); returns that state."""
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: (
+                    self._finished.is_set()
+                    or (self._estop is not None and self._estop.stopped == stopped)
+                )
+            )
+            if self._estop is None or self._estop.stopped != stopped:
+                raise RuntimeError("the robot client finished first")
+            return self._estop
+
+    async def raise_estop(self, reason: str, source: str = "button") -> None:
+        """The robot's own e-stop (`source`: "button", "deadman" or "guard"): everything stops
+        here at once, and the server latches the host's e-stop (now, or on the next link)."""
+        message = messages.estop_raise(source, reason)
+        log.warning("%s: e-stop raised here (%s): %s", self._label, source, reason)
+        await self._halt(f"e-stop ({source}): {reason}")
+        async with self._report_lock:
+            if self._outbox is not None:
+                await self._outbox.put(message)
+            else:
+                self._raised.append(message)
 
     async def wait_linked(self, *, after: int = 0) -> LinkTerms:
         """Waits until more than `after` links have been welcomed; returns the current terms.
@@ -443,14 +491,57 @@ class RobotClient:
         # Under the report lock, so that a report made meanwhile goes out after the older ones.
         async with self._report_lock:
             self._outbox = outbox
+            for raised in self._raised:  # before anything else
+                await outbox.put(raised)
+            self._raised.clear()
             for report in list(self._unanswered.values()):
                 await outbox.put(report.message)
             self._telemetry_queued = self._telemetry is not None
             if self._telemetry_queued:
                 outbox.signal(_TELEMETRY)
+        if welcome.HasField("estop"):
+            await self._on_estop(welcome.estop, outbox)
         self.stats.links += 1
         async with self._changed:
             self._changed.notify_all()
+
+    async def _on_estop(self, estop: Any, outbox: Outbox | None) -> None:
+        """The server's e-stop state: halts everything if it stops the host, then says so."""
+        state = EstopState(
+            stopped=estop.stopped,
+            host_epoch=estop.host.epoch,
+            environment_epoch=estop.environment.epoch,
+            reason=estop.host.reason if estop.host.engaged else estop.environment.reason,
+        )
+        was = self._estop
+        self._estop = state
+        if state.stopped:
+            if was is None or not was.stopped:
+                log.warning("%s: e-stop engaged: %s", self._label, state.reason)
+            await self._halt(f"e-stop: {state.reason}")
+        elif was is not None and was.stopped:
+            log.warning("%s: e-stop cleared; nothing resumes by itself", self._label)
+        if outbox is not None:
+            await outbox.put(messages.estop_ack(state.host_epoch, state.environment_epoch))
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _halt(self, reason: str) -> None:
+        """Motion stops and every running item ends here as the server ends it on an e-stop
+        (commands FAILED, tasks SAFETY_STOPPED), with nothing reported: the server has it."""
+        record = self._require_record()
+        running = list(self._running.items())
+        self._running.clear()
+        for (kind, item_id), task in running:
+            self._reported_running.discard((kind, item_id))
+            task.cancel()
+            state = "FAILED" if kind is ItemKind.COMMAND else "SAFETY_STOPPED"
+            await asyncio.to_thread(
+                record.end_by_server, self._host_id, kind, item_id, state, reason
+            )
+        await asyncio.gather(*(task for _, task in running), return_exceptions=True)
+        self.stats.cancelled += len(running)
+        await self._stop_motion(reason)
 
     async def _lose_link(self, reason: str) -> None:
         """The deadman: motion stops once per lost link (not when the client is stopping,
@@ -472,6 +563,8 @@ class RobotClient:
             which = response.WhichOneof("message")
             if which == "delivery":
                 await self._on_delivery(response.delivery)
+            elif which == "estop":
+                await self._on_estop(response.estop, self._outbox)
             elif which == "report_result":
                 await self._on_report_result(response.report_result)
             elif which == "drain":
@@ -565,6 +658,10 @@ class RobotClient:
                 known.state,
             )
             await self._report_from_record(known)
+        elif self._estop is not None and self._estop.stopped:
+            # A server holds deliveries while the host is stopped; one that comes anyway (a
+            # server that does not) is recorded, never run.
+            log.warning("%s: delivery %d: %s while stopped; not run", self._label, sequence, what)
         elif (state := state_name(kind, item.state)) in TERMINAL_STATES[kind]:
             # Deliveries carry the item as it is now: one that ended before it arrived (it was
             # cancelled, or timed out, while this robot was away) is remembered, not run.

@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from grpc import aio
-from roz.v1 import commands_pb2, robot_link_pb2, tasks_pb2
+from roz.v1 import commands_pb2, estop_pb2, robot_link_pb2, tasks_pb2
 
 from roz_robot.record import ItemKind
 
@@ -34,6 +34,29 @@ def hello(host_id: str, last_received_sequence: int, client: str) -> Any:
 
 def ack(sequence: int) -> Any:
     return robot_link_pb2.ConnectRequest(ack=robot_link_pb2.Ack(sequence=sequence))
+
+
+def estop_ack(host_epoch: int, environment_epoch: int) -> Any:
+    return robot_link_pb2.ConnectRequest(
+        estop_ack=robot_link_pb2.EstopAck(
+            host_epoch=host_epoch, environment_epoch=environment_epoch
+        )
+    )
+
+
+# The sources a robot may raise an e-stop from, by the name `RobotClient.raise_estop` takes.
+ESTOP_SOURCES: Mapping[str, Any] = {
+    "button": estop_pb2.EstopLatch.SOURCE_ROBOT_BUTTON,
+    "deadman": estop_pb2.EstopLatch.SOURCE_ROBOT_DEADMAN,
+    "guard": estop_pb2.EstopLatch.SOURCE_ROBOT_GUARD,
+}
+
+
+def estop_raise(source: str, reason: str) -> Any:
+    """KeyError for a source not in ESTOP_SOURCES."""
+    return robot_link_pb2.ConnectRequest(
+        estop_raise=robot_link_pb2.EstopRaise(source=ESTOP_SOURCES[source], reason=reason)
+    )
 
 
 def heartbeat() -> Any:

@@ -20,6 +20,7 @@ from roz.v1 import (
     commands_pb2_grpc,
     device_auth_pb2_grpc,
     environments_pb2_grpc,
+    estop_pb2_grpc,
     health_pb2_grpc,
     hosts_pb2_grpc,
     metrics_pb2_grpc,
@@ -47,6 +48,7 @@ from server.api.device_auth import (
 )
 from server.api.environments import EnvironmentServicer
 from server.api.errors import status_for
+from server.api.estop import EstopServicer
 from server.api.health import HealthMonitor, ServerHealthServicer
 from server.api.hosts import HostServicer
 from server.api.interceptors import (
@@ -76,6 +78,8 @@ from server.storage.device_authorizations import (
     purge_device_authorizations,
 )
 from server.storage.environments import EnvironmentRepository
+from server.storage.estops import CHANNEL as ESTOPS_CHANNEL
+from server.storage.estops import EstopRepository, estop_epochs
 from server.storage.hosts import HostRepository
 from server.storage.metrics import MetricsRepository
 from server.storage.notifications import NotificationListener
@@ -128,6 +132,8 @@ class RozServer:
                 links=lambda: RobotLinkRepository(self.database.pool),
                 commands=lambda: CommandRepository(self.database.pool),
                 tasks=lambda: TaskRepository(self.database.pool),
+                estops=lambda: EstopRepository(self.database.pool),
+                estop_epochs=lambda hosts: estop_epochs(self.database.pool, hosts),
             ),
             LinkTerms(
                 heartbeat_interval=timedelta(seconds=settings.robot_heartbeat_seconds),
@@ -144,6 +150,7 @@ class RozServer:
             {
                 DELIVERIES_CHANNEL: self.robot_links.on_delivery,
                 LINKS_CHANNEL: self.robot_links.on_link,
+                ESTOPS_CHANNEL: self.robot_links.on_estop,
             },
             on_reconnect=self.robot_links.on_reconnect,
         )
@@ -214,6 +221,10 @@ class RozServer:
                 ),
                 TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst),
             ),
+            registry,
+        )
+        estop_pb2_grpc.add_EstopServiceServicer_to_server(
+            EstopServicer(lambda: EstopRepository(self.database.pool), self.robot_links.announce),
             registry,
         )
         robot_link_pb2_grpc.add_RobotLinkServiceServicer_to_server(

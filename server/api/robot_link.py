@@ -12,6 +12,7 @@ from roz.v1 import robot_link_pb2_grpc
 from server.api.commands import command_to_proto
 from server.api.commands import state_from_proto as command_state
 from server.api.convert import datetime_of, dict_of, duration, parse_id
+from server.api.estop import SOURCE_FROM_PROTO, host_estop_to_proto
 from server.api.principal import current_principal
 from server.api.tasks import state_from_proto as task_state
 from server.api.tasks import task_to_proto
@@ -19,6 +20,8 @@ from server.domain.commands import Command
 from server.domain.errors import FieldViolation, InvalidArgument, PermissionDenied
 from server.domain.robot_link import (
     Ack,
+    EstopAck,
+    EstopRaise,
     Heartbeat,
     Hello,
     ItemKind,
@@ -30,6 +33,7 @@ from server.domain.tasks import Task
 from server.services.robot_link import (
     Cancel,
     Drain,
+    EstopNotice,
     Keepalive,
     ReportOutcome,
     RobotLinks,
@@ -130,6 +134,20 @@ def _decode(request: pb.ConnectRequest) -> RobotMessage:
             if sample.HasField("sample_time")
             else None,
         )
+    if which == "estop_ack":
+        return EstopAck(request.estop_ack.host_epoch, request.estop_ack.environment_epoch)
+    if which == "estop_raise":
+        source = SOURCE_FROM_PROTO.get(request.estop_raise.source)
+        if source is None:
+            raise InvalidArgument(
+                "an e-stop the robot raises names its source",
+                [
+                    FieldViolation(
+                        "estop_raise.source", "one of ROBOT_BUTTON, ROBOT_DEADMAN, ROBOT_GUARD"
+                    )
+                ],
+            )
+        return EstopRaise(source, request.estop_raise.reason)
     if which == "hello":
         raise InvalidArgument("a robot says hello once, first")
     raise InvalidArgument("empty message", [FieldViolation("message", "one field must be set")])
@@ -140,6 +158,10 @@ def _encode(message: ServerMessage) -> pb.ConnectResponse:
         return pb.ConnectResponse(delivery=_delivery(message))
     if isinstance(message, ReportOutcome):
         return pb.ConnectResponse(report_result=_report_result(message))
+    if isinstance(message, EstopNotice):
+        return pb.ConnectResponse(
+            estop=host_estop_to_proto(message.stop, with_acknowledgement=False)
+        )
     if isinstance(message, Keepalive):
         return pb.ConnectResponse(keepalive=pb.Keepalive())
     if isinstance(message, Drain):
@@ -159,6 +181,7 @@ def _welcome(welcome: Welcome) -> pb.Welcome:
         presence_window=duration(welcome.terms.presence_window),
         resume_after_sequence=welcome.resume_after,
         link_id=str(welcome.link_id),
+        estop=host_estop_to_proto(welcome.stop, with_acknowledgement=False),
     )
 
 

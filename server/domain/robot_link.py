@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from server.domain.errors import PermissionDenied
+from server.domain.errors import FieldViolation, InvalidArgument, PermissionDenied
+from server.domain.estop import MAX_REASON_LENGTH, Source
 from server.domain.hosts import HostStatus
 
 State = TypeVar("State", bound=enum.Enum)
@@ -159,4 +160,38 @@ class Telemetry:
     sample_time: datetime | None
 
 
-RobotMessage = Ack | Report | Heartbeat | Telemetry
+@dataclass(frozen=True)
+class EstopAck:
+    """The robot has the e-stop epochs the server last sent it."""
+
+    host_epoch: int
+    environment_epoch: int
+
+
+@dataclass(frozen=True)
+class EstopRaise:
+    """The robot stopped itself; `source` is one of the robot sources."""
+
+    source: Source
+    reason: str
+
+
+def raised_reason(source: Source, reason: str) -> str:
+    """What a robot's own e-stop is recorded with. A robot's stop is never refused for its
+    words: an empty or unusable reason becomes a description of the source instead."""
+    cleaned = reason.replace("\x00", "").strip()[:MAX_REASON_LENGTH]
+    return cleaned or f"raised by the robot ({source.value.replace('_', ' ')})"
+
+
+def check_estop_ack(ack: EstopAck, sent: tuple[int, int]) -> None:
+    """A robot acknowledges only what it was sent: epochs above those name a change it never
+    had (a robot's bug, never trusted as an acknowledgement)."""
+    if ack.host_epoch > sent[0] or ack.environment_epoch > sent[1]:
+        raise InvalidArgument(
+            f"the e-stop acknowledgement names epochs {ack.host_epoch}/{ack.environment_epoch}, "
+            f"but the last e-stop sent was {sent[0]}/{sent[1]}",
+            [FieldViolation("estop_ack", "acknowledge the epochs of the last estop received")],
+        )
+
+
+RobotMessage = Ack | Report | Heartbeat | Telemetry | EstopAck | EstopRaise

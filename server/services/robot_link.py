@@ -9,7 +9,14 @@ delivery log only when woken:
   notification, a dropped listener) and any link another stream has taken over;
 - after the listener connects again, when every link looks.
 What the robot sends is applied as it arrives: cumulative acks, reports through the items'
-transition tables, heartbeats, telemetry (kept in memory only). Silence past the presence window
+transition tables, heartbeats, telemetry (kept in memory only), e-stop acknowledgements, and
+e-stops the robot raised itself (latched like an operator's).
+
+E-stops overtake the delivery log. Each link knows its host's e-stop (both latches); a change,
+learnt from `NOTIFY roz_estops` (or at once, when this process made it), from the pulse (which
+compares epochs), or after the listener reconnects, is sent before anything else, unnumbered.
+While the host is stopped nothing numbered is sent: the stream holds its place in the log, and
+resumes from there when the e-stop is cleared. Silence past the presence window
 ends the stream; its end marks the host OFFLINE unless another stream holds it by then.
 Shutdown sends every robot a drain message first, and leaves presence to the robot's next
 stream (elsewhere) or to the presence sweep.
@@ -24,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,16 +41,21 @@ from server.domain.commands import Command
 from server.domain.errors import (
     Aborted,
     DomainError,
+    FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     Unavailable,
 )
+from server.domain.estop import ROBOT_SOURCES, HostStop, Target, TargetKind
 from server.domain.robot_deliveries import Delivery, DeliveryKind
 from server.domain.robot_link import (
     CONNECTED,
     DISCONNECTED,
     SILENT,
     Ack,
+    EstopAck,
+    EstopRaise,
     Heartbeat,
     Hello,
     ItemKind,
@@ -53,11 +65,14 @@ from server.domain.robot_link import (
     RobotMessage,
     Telemetry,
     Verdict,
+    check_estop_ack,
     check_own_host,
+    raised_reason,
 )
 from server.domain.tasks import Task
 from server.storage.availability import DATABASE_AWAY
 from server.storage.commands import CommandRepository
+from server.storage.estops import EstopRepository, parse_payload
 from server.storage.robot_deliveries import RobotDeliveryRepository
 from server.storage.robot_links import RobotLinkRepository
 from server.storage.tasks import TaskRepository
@@ -81,6 +96,7 @@ class Welcome:
     terms: LinkTerms
     resume_after: int
     link_id: UUID
+    stop: HostStop
 
 
 @dataclass(frozen=True)
@@ -114,7 +130,14 @@ class Drain:
     reconnect_after: timedelta
 
 
-ServerMessage = Welcome | Sent | ReportOutcome | Keepalive | Drain
+@dataclass(frozen=True)
+class EstopNotice:
+    """The host's e-stop, changed since the robot last heard it."""
+
+    stop: HostStop
+
+
+ServerMessage = Welcome | Sent | ReportOutcome | Keepalive | Drain | EstopNotice
 
 
 @dataclass(frozen=True)
@@ -147,6 +170,28 @@ class LiveLink:
     ending: DomainError | Drain | None = None
     # Why presence goes OFFLINE when it ends (None: leave presence alone).
     release_reason: str | None = DISCONNECTED
+    # The host's e-stop as last learnt, whether the robot has yet to hear it, and the epochs
+    # last sent (what the robot may acknowledge).
+    stop: HostStop | None = None
+    stop_news: bool = False
+    stop_sent: tuple[int, int] = (0, 0)
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop is not None and self.stop.stopped
+
+    def learn(self, stop: HostStop) -> None:
+        """A read of the host's e-stop; kept if it is news (older reads are ignored). A clear
+        lets the stream go on from where the e-stop held it."""
+        known = self.stop
+        if known is not None and not _newer(stop, known):
+            return
+        was_stopped = self.stopped
+        self.stop = stop
+        self.stop_news = True
+        if was_stopped and not stop.stopped:
+            self.behind = True
+        self.stirred.set()
 
     def wake(self) -> None:
         self.behind = True
@@ -165,6 +210,9 @@ class Repositories:
     links: Callable[[], RobotLinkRepository]
     commands: Callable[[], CommandRepository]
     tasks: Callable[[], TaskRepository]
+    estops: Callable[[], EstopRepository]
+    # Across tenants: the latches' epochs over each host (the pulse's check).
+    estop_epochs: Callable[[Sequence[UUID]], Awaitable[dict[UUID, tuple[int, int]]]]
 
 
 class RobotLinks:
@@ -238,6 +286,43 @@ class RobotLinks:
         for link in list(self._live.values()):
             link.wake()
             self._spawn(self._check_holder(link))
+        self._spawn(self._refresh_stops(list(self._live.values())))
+
+    def on_estop(self, payload: str) -> None:
+        """NOTIFY roz_estops: a latch changed; the links it covers learn their host's e-stop."""
+        parsed = parse_payload(payload)
+        if parsed is not None:
+            self.announce(*parsed)
+
+    def announce(self, tenant_id: UUID, target: Target) -> None:
+        """A latch of `tenant_id` changed (here, or as a notification said)."""
+        if target.kind is TargetKind.HOST:
+            link = self._live.get(target.id)
+            covered = [link] if link is not None and link.tenant_id == tenant_id else []
+        else:
+            covered = [
+                link
+                for link in self._live.values()
+                if link.tenant_id == tenant_id
+                and link.stop is not None
+                and link.stop.environment_id == target.id
+            ]
+        if covered:
+            self._spawn(self._refresh_stops(covered))
+
+    async def _refresh_stops(self, links: list[LiveLink]) -> None:
+        """Reads the e-stops of these links' hosts, one query per tenant."""
+        by_tenant: dict[UUID, list[LiveLink]] = {}
+        for link in links:
+            by_tenant.setdefault(link.tenant_id, []).append(link)
+        for tenant_id, tenant_links in by_tenant.items():
+            stops = await self._repos.estops().of_hosts(
+                tenant_id, [link.host_id for link in tenant_links]
+            )
+            for link in tenant_links:
+                stop = stops.get(link.host_id)
+                if stop is not None:
+                    link.learn(stop)
 
     async def _check_holder(self, link: LiveLink) -> None:
         holder = await self._repos.links().holder(link.tenant_id, link.host_id)
@@ -283,7 +368,24 @@ class RobotLinks:
             raise _takeover(link, previous.link_id)
         if previous is not None:
             _taken_over(previous, link_id)
+        # Registered before its e-stop is read, so a change committed meanwhile is not missed:
+        # its notification finds the link, and of two reads the newer wins.
         self._live[host_id] = link
+        try:
+            stops = await self._repos.estops().of_hosts(tenant_id, [host_id])
+        except BaseException:
+            if self._live.get(host_id) is link:
+                del self._live[host_id]
+            raise
+        if host_id in stops:
+            link.learn(stops[host_id])
+        stop = link.stop
+        if stop is None:  # the host was deleted since the claim
+            if self._live.get(host_id) is link:
+                del self._live[host_id]
+            raise NotFound("host", str(host_id))
+        link.stop_news = False  # the welcome carries it
+        link.stop_sent = stop.epochs
         log.info(
             "robot link %s for host %s opened (%s), resuming after %d",
             link_id,
@@ -291,7 +393,7 @@ class RobotLinks:
             hello.client or "unnamed client",
             claim.resume_after,
         )
-        return link, Welcome(host_id, self.terms, claim.resume_after, link_id)
+        return link, Welcome(host_id, self.terms, claim.resume_after, link_id, stop)
 
     async def serve(
         self, link: LiveLink, messages: AsyncIterator[RobotMessage]
@@ -328,10 +430,15 @@ class RobotLinks:
             if reader.done():
                 reader.result()  # the robot's mistake, raised as its status
                 return  # the robot closed its side
+            if link.stop_news and link.stop is not None:  # ahead of everything else
+                link.stop_news = False
+                link.stop_sent = link.stop.epochs
+                yield EstopNotice(link.stop)
+                continue
             if not link.outbox.empty():
                 yield link.outbox.get_nowait()
                 continue
-            if link.behind:
+            if link.behind and not link.stopped:  # while stopped, the log waits
                 link.behind = False
                 async for sent in self._catch_up(link):
                     yield sent
@@ -346,20 +453,17 @@ class RobotLinks:
                     await link.stirred.wait()
 
     async def _catch_up(self, link: LiveLink) -> AsyncIterator[Sent]:
-        """Everything numbered after what was sent, in batches (each read with its items in
-        one transaction); each batch's send time kept."""
+        """Everything numbered after what was sent, in batches (each read with its items, and
+        marked sent, in one transaction; none while the host is stopped)."""
         batch = await self._repos.links().outgoing(
-            link.tenant_id, link.host_id, link.sent_through, BATCH
+            link.tenant_id, link.host_id, link.sent_through, BATCH, now=self._clock()
         )
-        if not batch:
-            return
-        after = link.sent_through
         for delivery, item in batch:
+            if link.stop_news:  # an e-stop overtakes the rest of the batch
+                link.behind = True
+                return
             yield Sent(delivery.sequence, _sendable(delivery, item))
             link.sent_through = delivery.sequence
-        await self._repos.deliveries().mark_delivered(
-            link.tenant_id, link.host_id, after, link.sent_through, now=self._clock()
-        )
         if len(batch) == BATCH:
             link.behind = True  # more to read
 
@@ -377,10 +481,45 @@ class RobotLinks:
                 self.telemetry[link.host_id] = TelemetrySnapshot(
                     dict(message.state), message.sample_time, self._clock()
                 )
+            elif isinstance(message, EstopAck):
+                await self._acknowledge_stop(link, message)
+            elif isinstance(message, EstopRaise):
+                await self._raise_stop(link, message)
             elif isinstance(message, Heartbeat):
                 pass
             if link.ending is not None:
                 return
+
+    async def _acknowledge_stop(self, link: LiveLink, ack: EstopAck) -> None:
+        check_estop_ack(ack, link.stop_sent)
+        stop = link.stop
+        await self._repos.estops().acknowledge(
+            link.tenant_id,
+            link.host_id,
+            host_epoch=ack.host_epoch,
+            environment_id=None if stop is None else stop.environment_id,
+            environment_epoch=ack.environment_epoch,
+            now=self._clock(),
+        )
+
+    async def _raise_stop(self, link: LiveLink, raised: EstopRaise) -> None:
+        """The robot stopped itself: its host's latch is engaged like an operator's, and the
+        robot (like every watcher) hears the new state."""
+        if raised.source not in ROBOT_SOURCES:
+            raise InvalidArgument(
+                "a robot raises an e-stop from its button, its deadman or a guard",
+                [FieldViolation("estop_raise.source", "must be a robot source")],
+            )
+        target = Target(TargetKind.HOST, link.host_id)
+        await self._repos.estops().engage(
+            link.tenant_id,
+            target,
+            reason=raised_reason(raised.source, raised.reason),
+            source=raised.source,
+            actor=link.actor,
+        )
+        log.warning("robot of host %s raised its e-stop (%s)", link.host_id, raised.source.value)
+        self.announce(link.tenant_id, target)
 
     async def _report(self, link: LiveLink, report: Report) -> ReportOutcome:
         """Applies a report through its item's transition table; a refusal is an answer to
@@ -407,7 +546,7 @@ class RobotLinks:
                 actor=link.actor,
             )
             return ReportOutcome(report.report_id, judgement, task)
-        except (InvalidArgument, NotFound) as exc:
+        except (InvalidArgument, NotFound, FailedPrecondition) as exc:  # e.g. stopped by an e-stop
             what = (
                 f"no such {report.kind.value} on this host"
                 if isinstance(exc, NotFound)
@@ -452,6 +591,15 @@ class RobotLinks:
                 _taken_over(link, None)
             elif pulse.last_sequence > link.sent_through:
                 link.wake()
+        # A lost notification of an e-stop is found here: the latches' epochs moved.
+        epochs = await self._repos.estop_epochs(list(by_host))
+        stale = [
+            link
+            for host_id, link in by_host.items()
+            if link.stop is not None and epochs.get(host_id, link.stop.epochs) != link.stop.epochs
+        ]
+        if stale:
+            await self._refresh_stops(stale)
 
     async def _pulse_loop(self) -> None:
         while True:
@@ -489,6 +637,16 @@ def _why_stopped(item: Command | Task) -> str:
     if isinstance(item, Task):
         reason = item.result
     return f"{item.state.name}: {reason}" if reason else item.state.name
+
+
+def _newer(read: HostStop, known: HostStop) -> bool:
+    """Whether `read` is a later state than `known`: a latch moved on, or the host moved to
+    another environment (whose latch has its own epochs)."""
+    if read.environment_id != known.environment_id:
+        return True
+    return read.epochs != known.epochs and all(
+        new >= old for new, old in zip(read.epochs, known.epochs, strict=True)
+    )
 
 
 def _taken_over(link: LiveLink, by: UUID | None) -> None:

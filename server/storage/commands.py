@@ -61,6 +61,7 @@ from server.domain.safety import PolicyVersion
 from server.domain.safety_policies import SafetyPolicy
 from server.storage.database import Pool
 from server.storage.errors import ConstraintErrors, database_errors, resource_id
+from server.storage.estop_checks import check_host, lock_host_for_start
 from server.storage.listing import Listing
 from server.storage.robot_deliveries import enqueue, enqueue_cancellation
 from server.storage.safety_policies import latest_policies_for_environment
@@ -123,6 +124,7 @@ _TRANSITION = (
     " SELECT tenant_id, id, %(from)s, %(to)s, %(reason)s, %(actor)s FROM changed"
     " RETURNING command_id"
 )
+_HOST_OF = "SELECT host_id FROM roz.commands WHERE id = %s"
 _REMOVE = "DELETE FROM roz.commands WHERE id = %s RETURNING id"
 _OVERDUE = "SELECT tenant_id, command_id FROM roz.overdue_commands(%s)"
 
@@ -221,6 +223,7 @@ class CommandRepository:
                     if original is not None:
                         return original
                 policies = await _policies_of_host(conn, fields.host_id)
+                await check_host(conn, fields.host_id, "new commands")
                 verdict = safety.evaluate(fields.type, fields.motion, policies)
                 verdict.enforce()
                 state = initial_state(verdict.needs_approval)
@@ -286,6 +289,8 @@ class CommandRepository:
         # A client's request: server-only targets are refused before anything is read.
         check_requested_state(target)
         async with tenant_transaction(self._pool, tenant_id) as conn:
+            if target is CommandState.RUNNING:
+                await _hold_host_to_start(conn, command_uuid)
             current, host_id = await _locked_state(conn, command_uuid)
             check_transition(current, target)
             await _record(conn, command_uuid, current, target, reason, actor)
@@ -311,6 +316,8 @@ class CommandRepository:
         command_uuid = resource_id(command_id, RESOURCE)
         reason = check_reason(reason)
         async with tenant_transaction(self._pool, tenant_id) as conn:
+            if reported is CommandState.RUNNING:
+                await _hold_host_to_start(conn, command_uuid)
             current, owner = await _locked_state(conn, command_uuid)
             if owner != host_id:
                 raise NotFound(RESOURCE, str(command_uuid))
@@ -470,6 +477,28 @@ async def _tell_robot(
         await enqueue(conn, host_id, DeliveryKind.COMMAND, command_id)
     elif target in (CommandState.CANCELLED, CommandState.TIMED_OUT):
         # Timed out: the robot may still be at it, and must stop.
+        await enqueue_cancellation(conn, host_id, DeliveryKind.COMMAND, command_id)
+
+
+async def _hold_host_to_start(conn: AsyncConnection[TupleRow], command_id: UUID) -> None:
+    """Before a command moves to RUNNING: its host held against an e-stop, and the move
+    refused while the host is stopped (server/storage/estop_checks.py)."""
+    row = await (await conn.execute(_HOST_OF, (command_id,))).fetchone()
+    if row is None:
+        raise NotFound(RESOURCE, str(command_id))
+    await lock_host_for_start(conn, row[0], "commands starting")
+
+
+async def stop_commands(
+    conn: AsyncConnection[TupleRow],
+    stopped: Sequence[tuple[UUID, UUID, CommandState, str]],
+    actor: UUID | None,
+) -> None:
+    """An e-stop's engage, in its transaction: each (command, host, state, reason), locked by
+    the caller, RUNNING or PENDING and sent (a server move), becomes FAILED with the reason, and
+    its robot is sent a cancellation."""
+    for command_id, host_id, current, reason in stopped:
+        await _record(conn, command_id, current, CommandState.FAILED, reason, actor)
         await enqueue_cancellation(conn, host_id, DeliveryKind.COMMAND, command_id)
 
 

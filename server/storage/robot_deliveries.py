@@ -111,6 +111,20 @@ async def enqueue_cancellation(
     return await enqueue(conn, host_id, CANCELLATION_OF[kind], item_id)
 
 
+async def mark_sent(
+    conn: AsyncConnection[TupleRow], host_id: UUID, after: int, through: int, now: datetime
+) -> int:
+    """In the caller's tenant transaction: `now` as the send time of the host's deliveries
+    after `after` up to `through` that had none (and of their items); how many were marked."""
+    row = await (
+        await conn.execute(
+            _MARK_DELIVERED, {"now": now, "host": host_id, "after": after, "through": through}
+        )
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _delivery(*, kind: str, **columns: Any) -> Delivery:
     return Delivery(kind=DeliveryKind(kind), **columns)
 
@@ -149,19 +163,7 @@ class RobotDeliveryRepository:
         host_uuid = resource_id(host_id, RESOURCE)
         with database_errors(RESOURCE):
             async with tenant_transaction(self._pool, tenant_id) as conn:
-                row = await (
-                    await conn.execute(
-                        _MARK_DELIVERED,
-                        {
-                            "now": now,
-                            "host": host_uuid,
-                            "after": after_sequence,
-                            "through": through_sequence,
-                        },
-                    )
-                ).fetchone()
-        assert row is not None
-        return int(row[0])
+                return await mark_sent(conn, host_uuid, after_sequence, through_sequence, now)
 
     async def acknowledge(
         self, tenant_id: UUID, host_id: str | UUID, sequence: int, *, now: datetime

@@ -29,8 +29,9 @@ from server.domain.tasks import Task
 from server.storage.commands import commands_by_id
 from server.storage.database import Pool
 from server.storage.dispatch_checks import check_at_dispatch
+from server.storage.estop_checks import held_and_stopped
 from server.storage.hosts import record_presence
-from server.storage.robot_deliveries import read_deliveries
+from server.storage.robot_deliveries import mark_sent, read_deliveries
 from server.storage.tasks import tasks_by_id
 from server.storage.tenancy import tenant_transaction
 
@@ -180,9 +181,14 @@ class RobotLinkRepository:
         check_batch(after, limit)
         now = datetime.now(UTC) if now is None else now
         async with tenant_transaction(self._pool, tenant_id) as conn:
+            if await held_and_stopped(conn, host_id):  # nothing goes out under an e-stop
+                return []
             deliveries = await read_deliveries(conn, host_id, after, limit)
             if not deliveries:
                 return []
+            # Marked sent as they are taken, in this transaction: an engage ends what a robot
+            # may have in hand by this mark (server/storage/estops.py).
+            await mark_sent(conn, host_id, after, deliveries[-1].sequence, now)
             command_ids = [d.item_id for d in deliveries if d.kind in _COMMAND_KINDS]
             task_ids = [d.item_id for d in deliveries if d.kind not in _COMMAND_KINDS]
             commands = await commands_by_id(conn, command_ids) if command_ids else {}

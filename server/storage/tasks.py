@@ -41,6 +41,7 @@ from server.domain.tasks import (
 )
 from server.storage.database import Pool
 from server.storage.errors import ConstraintErrors, database_errors, resource_id
+from server.storage.estop_checks import check_host, lock_host_for_start
 from server.storage.listing import Listing
 from server.storage.robot_deliveries import enqueue, enqueue_cancellation
 from server.storage.tenancy import tenant_transaction
@@ -78,6 +79,7 @@ _INSERT = (
 _BY_KEY = "SELECT " + _COLUMNS + ", request_fingerprint FROM roz.tasks WHERE idempotency_key = %s"
 _GET = "SELECT " + _COLUMNS + " FROM roz.tasks WHERE id = %s"
 _LOCK = "SELECT state, host_id FROM roz.tasks WHERE id = %s FOR UPDATE"
+_HOST_OF = "SELECT host_id FROM roz.tasks WHERE id = %s"
 # statement_timestamp(), not now(): this statement runs after the row lock was granted, so the
 # times of one task's transitions follow the order in which they took the lock.
 _MOVE = (
@@ -171,6 +173,8 @@ class TaskRepository:
                     if replayed is not None:
                         return replayed
                 tools = await _checked_tools(conn, fields)
+                if fields.host_id is not None:
+                    await check_host(conn, fields.host_id, "new tasks")
                 created = await _insert(
                     conn, tenant_id, fields, tools, actor, idempotency_key, fingerprint
                 )
@@ -228,6 +232,8 @@ class TaskRepository:
         check_reason(reason)
         with database_errors(RESOURCE):
             async with tenant_transaction(self._pool, tenant_id) as conn:
+                if target is TaskState.RUNNING:
+                    await _hold_host_to_start(conn, task_uuid)
                 row = await (await conn.execute(_LOCK, (task_uuid,))).fetchone()
                 if row is None:
                     raise NotFound(RESOURCE, str(task_uuid))
@@ -269,6 +275,8 @@ class TaskRepository:
         check_reason(reason)
         with database_errors(RESOURCE):
             async with tenant_transaction(self._pool, tenant_id) as conn:
+                if reported is TaskState.RUNNING:
+                    await _hold_host_to_start(conn, task_uuid)
                 row = await (await conn.execute(_LOCK, (task_uuid,))).fetchone()
                 if row is None or row[1] != host_id:
                     raise NotFound(RESOURCE, str(task_uuid))
@@ -315,6 +323,42 @@ async def time_out_tasks(pool: Pool, batch_size: int = 500) -> int:
 
 # Moves that stop work already handed to a robot.
 _STOPS = frozenset({TaskState.CANCELLED, TaskState.SAFETY_STOPPED})
+
+
+async def _hold_host_to_start(conn: AsyncConnection[TupleRow], task_id: UUID) -> None:
+    """Before a task moves to RUNNING: its host (if it has one) held against an e-stop, and
+    the move refused while the host is stopped (server/storage/estop_checks.py)."""
+    row = await (await conn.execute(_HOST_OF, (task_id,))).fetchone()
+    if row is not None and row[0] is not None:
+        await lock_host_for_start(conn, row[0], "tasks starting")
+
+
+async def stop_tasks(
+    conn: AsyncConnection[TupleRow],
+    stopped: Sequence[tuple[UUID, UUID, TaskState, str]],
+    actor: UUID | None,
+) -> None:
+    """An e-stop's engage, in its transaction: each (task, host, state, reason), RUNNING or
+    QUEUED and sent, locked by the caller, becomes SAFETY_STOPPED with the reason, and its robot
+    is sent a cancellation."""
+    for task_id, _host_id, current, reason in stopped:
+        check_transition(current, TaskState.SAFETY_STOPPED)
+        moved = await _one(
+            conn,
+            _MOVE,
+            {
+                "id": task_id,
+                "from": current.value,
+                "to": TaskState.SAFETY_STOPPED.value,
+                "reason": reason,
+                "actor": actor,
+                "starts": False,
+                "ends": True,
+                "output": None,
+            },
+        )
+        assert moved is not None, "the caller holds the row"
+        await _tell_robot(conn, moved)
 
 
 async def _tell_robot(conn: AsyncConnection[TupleRow], task: Task) -> None:

@@ -140,3 +140,25 @@ def test_device_login_by_hand_runs_as_written(
     assert token["token_type"] == "Bearer"
     assert token["scope"] == "tasks:read"
     assert token["access_token"].startswith("roz_sk_")
+
+
+def test_the_estop_walkthrough_runs_as_written(
+    roz_dir: Path, roz_factory_per_test: RozFactory
+) -> None:
+    home = roz_dir / "home"
+    roz = roz_factory_per_test(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    (block,) = shell_blocks("E-stop")
+    script = (
+        "set -euo pipefail\nexport ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n" + block
+    ).replace("localhost:8080", roz.listener.target)
+    result = run_as_user(script, home)
+    assert result.returncode == 0, result.stderr + result.stdout
+    engaged, shown, refused, cleared = (
+        json.loads(line) for line in result.stdout.strip().splitlines()
+    )
+    assert (engaged["stopped"], engaged["host"]["epoch"]) == (True, "1")
+    assert shown["acknowledgement"]["acknowledged"] is True
+    assert refused["code"] == 9  # FAILED_PRECONDITION
+    assert "person in the cell" in refused["message"]
+    assert (cleared["stopped"], cleared["host"]["epoch"]) == (False, "2")
+    assert "e-stop engaged: person in the cell" in result.stderr  # the robot's log

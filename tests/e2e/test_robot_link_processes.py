@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from roz.v1 import robot_link_pb2 as pb
 
 from roz_robot import Outcome, Progress, RobotClient
 from server.domain.api_keys import mint_secret
@@ -239,3 +240,21 @@ def test_sigterm_drains_robots_to_the_other_process_without_going_offline(
         return [change["to_status"] for change in changes["status_changes"]]
 
     eventually(lambda: statuses() == ["STATUS_OFFLINE", "STATUS_ONLINE", "STATUS_OFFLINE"])
+
+
+def test_an_estop_engaged_through_one_process_reaches_a_robot_on_the_other(pair: Pair) -> None:
+    host_id, secret = pair.robot(pair.a)
+    with Robot(pair.b.target, secret) as robot:
+        robot.welcome()
+        pair.rest(pair.a, "POST", f"/api/v1/hosts/{host_id}/estop", json={"reason": "drill"})
+        estop = robot.receive("estop", timeout=5).estop
+        assert (estop.stopped, estop.host.epoch, estop.host.reason) == (True, 1, "drill")
+        robot.send(estop_ack=pb.EstopAck(host_epoch=1))
+        eventually(
+            lambda: pair.rest(pair.a, "GET", f"/api/v1/hosts/{host_id}/estop")["acknowledgement"][
+                "acknowledged"
+            ]
+        )
+        pair.rest(pair.a, "POST", f"/api/v1/hosts/{host_id}/estop/clear", json={"reason": "ok"})
+        cleared = robot.receive("estop", timeout=5).estop
+        assert (cleared.stopped, cleared.host.epoch) == (False, 2)

@@ -599,3 +599,69 @@ def test_roz_robot_simulate_with_a_wrong_key_exits_1_with_a_message(
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("roz-robot: the server refused the link (UNAUTHENTICATED): ")
     assert "Traceback" not in result.stderr
+
+
+# -- e-stops --------------------------------------------------------------------------------
+
+
+def test_an_estop_halts_the_robot_mid_move_and_nothing_runs_until_a_clear(
+    server: Roz, admin: str, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with operator(server, admin) as op:
+            host_id, secret = await op.robot()
+            client, sim = simulated(server, secret, tmp_path)
+            async with linked(client):
+                assert client.estop is not None
+                assert not client.estop.stopped
+                long_move = await op.command(
+                    host_id, "move_to", target={"x": 50, "y": 0, "z": 0}, velocity=0.5
+                )
+                await op.command_in(long_move, "STATE_RUNNING")
+                await op.call(
+                    "POST", f"/api/v1/hosts/{host_id}/estop", {"reason": "person in the cell"}
+                )
+                state = await asyncio.wait_for(client.wait_estop(stopped=True), WAIT_SECONDS)
+                assert state.reason == "person in the cell"
+                assert any("e-stop: person in the cell" in why for why in sim.stops)
+                failed = await op.command_in(long_move, "STATE_FAILED")
+                assert last_reason(failed) == "E-STOP: person in the cell"
+
+                async def acknowledged() -> bool | None:
+                    shown = await op.call("GET", f"/api/v1/hosts/{host_id}/estop")
+                    return True if shown["acknowledgement"]["acknowledged"] else None
+
+                await eventually(acknowledged)
+                executed = client.stats.executed
+                await op.call(
+                    "POST", f"/api/v1/hosts/{host_id}/estop/clear", {"reason": "cell is clear"}
+                )
+                await asyncio.wait_for(client.wait_estop(stopped=False), WAIT_SECONDS)
+                await asyncio.sleep(0.3)
+                assert client.stats.executed == executed  # clearing starts nothing
+                after = await op.command(host_id, "wave")
+                await op.command_in(after, "STATE_COMPLETED", "STATE_FAILED")
+
+    asyncio.run(scenario())
+
+
+def test_the_robots_own_button_latches_the_hosts_estop(
+    server: Roz, admin: str, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with operator(server, admin) as op:
+            host_id, secret = await op.robot()
+            client, sim = simulated(server, secret, tmp_path)
+            async with linked(client):
+                await client.raise_estop("bumper pressed", source="guard")
+                assert any("bumper pressed" in why for why in sim.stops)
+                await asyncio.wait_for(client.wait_estop(stopped=True), WAIT_SECONDS)
+                shown = await op.call("GET", f"/api/v1/hosts/{host_id}/estop")
+                assert shown["host"]["source"] == "SOURCE_ROBOT_GUARD"
+                assert shown["host"]["reason"] == "bumper pressed"
+                response = await op.http.post(
+                    "/api/v1/commands", json={"host_id": host_id, "type": "wave"}
+                )
+                assert response.status_code == 400
+
+    asyncio.run(scenario())

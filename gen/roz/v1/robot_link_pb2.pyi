@@ -5,6 +5,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from roz.v1 import access_pb2 as _access_pb2
 from roz.v1 import commands_pb2 as _commands_pb2
+from roz.v1 import estop_pb2 as _estop_pb2
 from roz.v1 import tasks_pb2 as _tasks_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -14,20 +15,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "ack", "command_report", "task_report", "heartbeat", "telemetry")
+    __slots__ = ("hello", "ack", "command_report", "task_report", "heartbeat", "telemetry", "estop_ack", "estop_raise")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     COMMAND_REPORT_FIELD_NUMBER: _ClassVar[int]
     TASK_REPORT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
+    ESTOP_ACK_FIELD_NUMBER: _ClassVar[int]
+    ESTOP_RAISE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     ack: Ack
     command_report: CommandReport
     task_report: TaskReport
     heartbeat: Heartbeat
     telemetry: Telemetry
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., command_report: _Optional[_Union[CommandReport, _Mapping]] = ..., task_report: _Optional[_Union[TaskReport, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[Telemetry, _Mapping]] = ...) -> None: ...
+    estop_ack: EstopAck
+    estop_raise: EstopRaise
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., command_report: _Optional[_Union[CommandReport, _Mapping]] = ..., task_report: _Optional[_Union[TaskReport, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[Telemetry, _Mapping]] = ..., estop_ack: _Optional[_Union[EstopAck, _Mapping]] = ..., estop_raise: _Optional[_Union[EstopRaise, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("host_id", "last_received_sequence", "client")
@@ -73,6 +78,22 @@ class TaskReport(_message.Message):
     report_id: str
     def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[_tasks_pb2.Task.State, str]] = ..., reason: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., report_id: _Optional[str] = ...) -> None: ...
 
+class EstopAck(_message.Message):
+    __slots__ = ("host_epoch", "environment_epoch")
+    HOST_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    host_epoch: int
+    environment_epoch: int
+    def __init__(self, host_epoch: _Optional[int] = ..., environment_epoch: _Optional[int] = ...) -> None: ...
+
+class EstopRaise(_message.Message):
+    __slots__ = ("source", "reason")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    source: _estop_pb2.EstopLatch.Source
+    reason: str
+    def __init__(self, source: _Optional[_Union[_estop_pb2.EstopLatch.Source, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class Heartbeat(_message.Message):
     __slots__ = ("robot_time",)
     ROBOT_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -88,32 +109,36 @@ class Telemetry(_message.Message):
     def __init__(self, state: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., sample_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "delivery", "report_result", "keepalive", "drain")
+    __slots__ = ("welcome", "delivery", "report_result", "keepalive", "drain", "estop")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_FIELD_NUMBER: _ClassVar[int]
     REPORT_RESULT_FIELD_NUMBER: _ClassVar[int]
     KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    ESTOP_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     delivery: Delivery
     report_result: ReportResult
     keepalive: Keepalive
     drain: Drain
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., delivery: _Optional[_Union[Delivery, _Mapping]] = ..., report_result: _Optional[_Union[ReportResult, _Mapping]] = ..., keepalive: _Optional[_Union[Keepalive, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+    estop: _estop_pb2.HostEstop
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., delivery: _Optional[_Union[Delivery, _Mapping]] = ..., report_result: _Optional[_Union[ReportResult, _Mapping]] = ..., keepalive: _Optional[_Union[Keepalive, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., estop: _Optional[_Union[_estop_pb2.HostEstop, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("host_id", "heartbeat_interval", "presence_window", "resume_after_sequence", "link_id")
+    __slots__ = ("host_id", "heartbeat_interval", "presence_window", "resume_after_sequence", "link_id", "estop")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     PRESENCE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     RESUME_AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    ESTOP_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     heartbeat_interval: _duration_pb2.Duration
     presence_window: _duration_pb2.Duration
     resume_after_sequence: int
     link_id: str
-    def __init__(self, host_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., presence_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_after_sequence: _Optional[int] = ..., link_id: _Optional[str] = ...) -> None: ...
+    estop: _estop_pb2.HostEstop
+    def __init__(self, host_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., presence_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_after_sequence: _Optional[int] = ..., link_id: _Optional[str] = ..., estop: _Optional[_Union[_estop_pb2.HostEstop, _Mapping]] = ...) -> None: ...
 
 class Delivery(_message.Message):
     __slots__ = ("sequence", "command", "task", "cancellation")

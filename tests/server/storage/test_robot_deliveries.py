@@ -323,8 +323,13 @@ async def test_mark_delivered_records_the_first_send_on_the_log_and_the_items(
     resend = NOW + timedelta(seconds=5)
     assert await deliveries.mark_delivered(tenant_a.id, host, 0, 2, now=resend) == 0
 
-    log = await after(links, tenant_a.id, host, 0)
-    assert [d.deliver_time for d in log] == [NOW, NOW, None]
+    log = await sql(
+        database,
+        tenant_a,
+        "SELECT deliver_time FROM roz.robot_deliveries WHERE host_id = %s ORDER BY sequence",
+        (host,),
+    )
+    assert [row[0] for row in log] == [NOW, NOW, None]
     times = await sql(
         database,
         tenant_a,

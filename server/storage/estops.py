@@ -1,0 +1,272 @@
+"""E-stop latches of hosts and environments: engage, clear, read, acknowledge, and the check that
+new work makes in its own transaction.
+
+An engage or a clear is one tenant transaction: it locks the latch's host or environment (FOR NO
+KEY UPDATE), then every host the latch covers in id order, writes the latch's next epoch and
+its history row, and, for an engage, ends the work running on those hosts: RUNNING commands
+FAILED and RUNNING tasks SAFETY_STOPPED, each with "E-STOP: <reason>" and a cancellation in its
+robot's delivery log. It then sends `NOTIFY roz_estops, '<tenant>/<host|environment>/<id>'`,
+delivered at commit, so that the process holding each covered robot's stream sends it the new
+state at once.
+
+The check that new work makes against the latches is in server/storage/estop_checks.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow, dict_row
+
+from server.domain.commands import CommandState
+from server.domain.errors import NotFound
+from server.domain.estop import (
+    EnvironmentStop,
+    HostStop,
+    Source,
+    Target,
+    TargetKind,
+    check_reason,
+    stopped_reason,
+)
+from server.domain.tasks import TaskState
+from server.storage.commands import stop_commands
+from server.storage.database import Pool
+from server.storage.errors import database_errors
+from server.storage.estop_checks import (
+    LATCH_COLUMNS,
+    STOPS,
+    host_stop_of,
+    host_stops,
+    latch_of,
+)
+from server.storage.tasks import stop_tasks
+from server.storage.tenancy import tenant_transaction
+
+CHANNEL = "roz_estops"
+
+_LOCK_HOST = "SELECT environment_id FROM roz.hosts WHERE id = %s FOR NO KEY UPDATE"
+_LOCK_ENVIRONMENT = "SELECT 1 FROM roz.environments WHERE id = %s FOR NO KEY UPDATE"
+_LOCK_HOSTS_OF = "SELECT id FROM roz.hosts WHERE environment_id = %s ORDER BY id FOR NO KEY UPDATE"
+_ENGAGE = (
+    "INSERT INTO roz.estops AS e"
+    " (tenant_id, {column}, epoch, engaged, reason, source, actor_key_id, change_time)"
+    " VALUES (current_setting('roz.tenant_id')::uuid, %(target)s, 1, true, %(reason)s,"
+    " %(source)s, %(actor)s, statement_timestamp())"
+    " ON CONFLICT ({column}) DO UPDATE SET epoch = e.epoch + 1, engaged = true,"
+    " reason = excluded.reason, source = excluded.source, actor_key_id = excluded.actor_key_id,"
+    " change_time = greatest(excluded.change_time, e.change_time)"
+    " RETURNING id"
+)
+_CLEAR = (
+    "UPDATE roz.estops SET epoch = epoch + 1, engaged = false, reason = %(reason)s,"
+    " source = %(source)s, actor_key_id = %(actor)s,"
+    " change_time = greatest(statement_timestamp(), change_time)"
+    " WHERE {column} = %(target)s AND engaged RETURNING id"
+)
+_RECORD = (
+    "INSERT INTO roz.estop_changes"
+    " (estop_id, epoch, tenant_id, engaged, reason, source, actor_key_id, change_time)"
+    " SELECT id, epoch, tenant_id, engaged, reason, source, actor_key_id, change_time"
+    " FROM roz.estops WHERE id = %s"
+)
+_NOTIFY = "SELECT pg_notify('" + CHANNEL + "', %s)"
+_STOPS_IN_ENVIRONMENT = STOPS + " WHERE h.environment_id = %s ORDER BY h.id"
+_ENVIRONMENT_LATCH = (
+    "SELECT x.id IS NOT NULL AS found," + LATCH_COLUMNS.format(p="el") + " FROM (SELECT 1) AS one"
+    " LEFT JOIN roz.environments AS x ON x.id = %(id)s"
+    " LEFT JOIN roz.estops AS el ON el.environment_id = x.id"
+)
+_ACKNOWLEDGE = (
+    "UPDATE roz.robot_links SET estop_host_epoch = %(host_epoch)s,"
+    " estop_environment_id = %(environment)s, estop_environment_epoch = %(environment_epoch)s,"
+    " estop_acknowledge_time = %(now)s WHERE host_id = %(host)s"
+)
+_EPOCHS = "SELECT host_id, host_epoch, environment_epoch FROM roz.estop_epochs(%s)"
+# What an engage ends on the hosts it covers: what runs, and what the robot already has (sent,
+# not started). What was never sent stays, held. A stream marks what it sends in the read that
+# takes it, under the host's lock, so nothing is sent unseen by an engage.
+_IN_HAND_COMMANDS = (
+    "SELECT id, host_id, state FROM roz.commands WHERE host_id = ANY(%s)"
+    " AND (state = 'running' OR (state = 'pending' AND deliver_time IS NOT NULL))"
+    " ORDER BY id FOR UPDATE"
+)
+_IN_HAND_TASKS = (
+    "SELECT id, host_id, state FROM roz.tasks WHERE host_id = ANY(%s)"
+    " AND (state = 'running' OR (state = 'queued' AND deliver_time IS NOT NULL))"
+    " ORDER BY id FOR UPDATE"
+)
+
+_COLUMN = {TargetKind.HOST: "host_id", TargetKind.ENVIRONMENT: "environment_id"}
+
+
+class EstopRepository:
+    """The e-stops of each tenant, as the request role sees them."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    async def engage(
+        self, tenant_id: UUID, target: Target, *, reason: str, source: Source, actor: UUID | None
+    ) -> HostStop | EnvironmentStop:
+        """Engages the latch (a new epoch, even if it was engaged: each press is recorded) and
+        ends the work running on the hosts it covers; returns the e-stop as it is now."""
+        check_reason(reason)
+        with database_errors(target.kind.value):
+            async with tenant_transaction(self._pool, tenant_id) as conn:
+                hosts = await _lock(conn, target, for_engage=True)
+                row = await (
+                    await conn.execute(
+                        _ENGAGE.format(column=_COLUMN[target.kind]),
+                        {
+                            "target": target.id,
+                            "reason": reason,
+                            "source": source.value,
+                            "actor": actor,
+                        },
+                    )
+                ).fetchone()
+                assert row is not None
+                await conn.execute(_RECORD, (row[0],))
+                stops = await host_stops(conn, hosts)
+                await _end_running_work(conn, list(stops.values()), actor)
+                await conn.execute(_NOTIFY, (_payload(tenant_id, target),))
+                return await _read(conn, target, stops)
+
+    async def clear(
+        self, tenant_id: UUID, target: Target, *, reason: str, actor: UUID | None
+    ) -> HostStop | EnvironmentStop:
+        """Clears the latch (a new epoch) if it is engaged; clearing a clear latch changes
+        nothing. Nothing that the e-stop ended resumes."""
+        check_reason(reason)
+        with database_errors(target.kind.value):
+            async with tenant_transaction(self._pool, tenant_id) as conn:
+                await _lock(conn, target, for_engage=False)
+                row = await (
+                    await conn.execute(
+                        _CLEAR.format(column=_COLUMN[target.kind]),
+                        {
+                            "target": target.id,
+                            "reason": reason,
+                            "source": Source.OPERATOR.value,
+                            "actor": actor,
+                        },
+                    )
+                ).fetchone()
+                if row is not None:
+                    await conn.execute(_RECORD, (row[0],))
+                    await conn.execute(_NOTIFY, (_payload(tenant_id, target),))
+                return await _read(conn, target, None)
+
+    async def get(self, tenant_id: UUID, target: Target) -> HostStop | EnvironmentStop:
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            return await _read(conn, target, None)
+
+    async def of_hosts(self, tenant_id: UUID, host_ids: Sequence[UUID]) -> dict[UUID, HostStop]:
+        """The e-stops of these hosts of one tenant (for the links that hold them)."""
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            return await host_stops(conn, host_ids)
+
+    async def acknowledge(
+        self,
+        tenant_id: UUID,
+        host_id: UUID,
+        *,
+        host_epoch: int,
+        environment_id: UUID | None,
+        environment_epoch: int,
+        now: datetime,
+    ) -> None:
+        """The robot of `host_id` has the latches at these epochs (what it was last sent)."""
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            await conn.execute(
+                _ACKNOWLEDGE,
+                {
+                    "host": host_id,
+                    "host_epoch": host_epoch,
+                    "environment": environment_id,
+                    "environment_epoch": environment_epoch,
+                    "now": now,
+                },
+            )
+
+
+async def estop_epochs(pool: Pool, host_ids: Sequence[UUID]) -> dict[UUID, tuple[int, int]]:
+    """Across tenants (the pulse's safety net): the epochs of the latches over each host."""
+    if not host_ids:
+        return {}
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(_EPOCHS, (list(host_ids),))).fetchall()
+    return {row[0]: (int(row[1]), int(row[2])) for row in rows}
+
+
+def parse_payload(payload: str) -> tuple[UUID, Target] | None:
+    """A roz_estops notification's tenant and latch; None for one that is not ours."""
+    try:
+        tenant, kind, target = payload.split("/")
+        return UUID(tenant), Target(TargetKind(kind), UUID(target))
+    except ValueError:
+        return None
+
+
+def _payload(tenant_id: UUID, target: Target) -> str:
+    return f"{tenant_id}/{target.kind.value}/{target.id}"
+
+
+async def _lock(conn: AsyncConnection[TupleRow], target: Target, *, for_engage: bool) -> list[UUID]:
+    """Locks the latch's host or environment; for an engage, which ends their running work,
+    also the hosts it covers (returned)."""
+    if target.kind is TargetKind.HOST:
+        row = await (await conn.execute(_LOCK_HOST, (target.id,))).fetchone()
+        if row is None:
+            raise NotFound("host", str(target.id))
+        return [target.id]
+    row = await (await conn.execute(_LOCK_ENVIRONMENT, (target.id,))).fetchone()
+    if row is None:
+        raise NotFound("environment", str(target.id))
+    if not for_engage:
+        return []
+    rows = await (await conn.execute(_LOCK_HOSTS_OF, (target.id,))).fetchall()
+    return [row[0] for row in rows]
+
+
+async def _read(
+    conn: AsyncConnection[TupleRow], target: Target, stops: dict[UUID, HostStop] | None
+) -> HostStop | EnvironmentStop:
+    if target.kind is TargetKind.HOST:
+        found = (await host_stops(conn, [target.id])).get(target.id)
+        if found is None:
+            raise NotFound("host", str(target.id))
+        return found
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(_ENVIRONMENT_LATCH, {"id": target.id})
+        row = await cursor.fetchone()
+        assert row is not None
+        if not row["found"]:
+            raise NotFound("environment", str(target.id))
+        latch = latch_of(row, "el")
+        await cursor.execute(_STOPS_IN_ENVIRONMENT, (target.id,))
+        hosts = tuple(map(host_stop_of, await cursor.fetchall()))
+    return EnvironmentStop(target.id, latch, hosts)
+
+
+async def _end_running_work(
+    conn: AsyncConnection[TupleRow], stops: list[HostStop], actor: UUID | None
+) -> None:
+    """An engage ends what the robots of the hosts it stops have in hand: commands FAILED, tasks
+    SAFETY_STOPPED, each with "E-STOP: <reason>" and a cancellation for its robot."""
+    reasons = {stop.host_id: stopped_reason(stop) for stop in stops if stop.stopped}
+    if not reasons:
+        return
+    hosts = list(reasons)
+    commands = await (await conn.execute(_IN_HAND_COMMANDS, (hosts,))).fetchall()
+    await stop_commands(
+        conn, [(row[0], row[1], CommandState(row[2]), reasons[row[1]]) for row in commands], actor
+    )
+    tasks = await (await conn.execute(_IN_HAND_TASKS, (hosts,))).fetchall()
+    await stop_tasks(
+        conn, [(row[0], row[1], TaskState(row[2]), reasons[row[1]]) for row in tasks], actor
+    )
