@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -41,6 +41,21 @@ class LinkTerms:
         if self.presence_window <= self.keepalive_interval:
             # The robot's own deadman listens for the server within the same window.
             raise ValueError("the presence window must be longer than the keepalive interval")
+
+
+def held_to(terms: LinkTerms, window: timedelta | None) -> LinkTerms:
+    """The terms of a host whose safety policies set a heartbeat window: silence longer than
+    `window` either way ends the link (the robot's deadman stops its motion; the server takes
+    the robot for gone), and both sides speak at least three times per window."""
+    if window is None:
+        return terms
+    third = window / 3
+    return replace(
+        terms,
+        presence_window=window,
+        heartbeat_interval=min(terms.heartbeat_interval, third),
+        keepalive_interval=min(terms.keepalive_interval, third),
+    )
 
 
 def check_own_host(named: str, bound: str) -> str:

@@ -67,6 +67,7 @@ from server.domain.robot_link import (
     Verdict,
     check_estop_ack,
     check_own_host,
+    held_to,
     raised_reason,
 )
 from server.domain.tasks import Task
@@ -161,6 +162,8 @@ class LiveLink:
     sent_through: int
     last_heard: float
     last_sent: float
+    # The process's terms, or shorter ones a safety policy's heartbeat window sets.
+    terms: LinkTerms
     behind: bool = True
     stirred: asyncio.Event = field(default_factory=asyncio.Event)
     outbox: asyncio.Queue[ReportOutcome] = field(
@@ -342,6 +345,7 @@ class RobotLinks:
             )
         host_id = UUID(check_own_host(hello.host_id, str(bound_host)))
         link_id = uuid.uuid4()
+        window = await self._repos.links().heartbeat_window(tenant_id, host_id)
         claim = await self._repos.links().claim(
             tenant_id,
             host_id,
@@ -361,6 +365,7 @@ class RobotLinks:
             sent_through=claim.resume_after,
             last_heard=now,
             last_sent=now,
+            terms=held_to(self.terms, window),
         )
         previous = self._live.get(host_id)
         if previous is not None and previous.epoch > claim.epoch:
@@ -393,7 +398,7 @@ class RobotLinks:
             hello.client or "unnamed client",
             claim.resume_after,
         )
-        return link, Welcome(host_id, self.terms, claim.resume_after, link_id, stop)
+        return link, Welcome(host_id, link.terms, claim.resume_after, link_id, stop)
 
     async def serve(
         self, link: LiveLink, messages: AsyncIterator[RobotMessage]
@@ -444,7 +449,7 @@ class RobotLinks:
                     yield sent
                 continue
             idle = self._monotonic() - link.last_sent
-            wait = self.terms.keepalive_interval.total_seconds() - idle
+            wait = link.terms.keepalive_interval.total_seconds() - idle
             if wait <= 0:
                 yield Keepalive()
                 continue
@@ -571,11 +576,10 @@ class RobotLinks:
         over, and wakes those behind."""
         now = self._clock()
         mono = self._monotonic()
-        window = self.terms.presence_window.total_seconds()
         links = list(self._live.values())
         for link in links:
             silence = mono - link.last_heard
-            if silence > window:
+            if silence > link.terms.presence_window.total_seconds():
                 link.end(
                     Unavailable(f"no word from the robot for {silence:.0f} s; reconnect"), SILENT
                 )

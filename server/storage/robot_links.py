@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from psycopg import AsyncConnection
@@ -32,6 +32,7 @@ from server.storage.dispatch_checks import check_at_dispatch
 from server.storage.estop_checks import held_and_stopped
 from server.storage.hosts import record_presence
 from server.storage.robot_deliveries import mark_sent, read_deliveries
+from server.storage.safety_policies import heartbeat_window_of_host
 from server.storage.tasks import tasks_by_id
 from server.storage.tenancy import tenant_transaction
 
@@ -126,6 +127,11 @@ class RobotLinkRepository:
             last_sequence=last,
             acknowledged=acked,
         )
+
+    async def heartbeat_window(self, tenant_id: UUID, host_id: UUID) -> timedelta | None:
+        """The heartbeat window the host's safety policies set for its link (None: none)."""
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            return await heartbeat_window_of_host(conn, host_id)
 
     async def holder(self, tenant_id: UUID, host_id: UUID) -> UUID | None:
         """The link holding the host now; None when none does (or the host is gone)."""

@@ -642,3 +642,42 @@ def test_a_robot_that_floods_without_reading_is_cut_alone(roz_factory: RozFactor
         robot.resume()
         assert robot.ended(timeout=30) == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert fleet.command(other_host)["id"] == other.delivery().command.id
+
+
+def test_a_policys_heartbeat_window_sets_the_links_terms_and_cuts_a_silent_robot(
+    roz_factory: RozFactory,
+) -> None:
+    ticks = Ticks()
+    roz = roz_factory(monotonic=ticks, robot_pulse_seconds=3600)
+    fleet = Fleet(roz)
+    policy = rest(
+        roz,
+        fleet.key,
+        "POST",
+        "/api/v1/safety-policies",
+        json={"name": f"teleop-{uuid.uuid4().hex[:8]}", "heartbeat_window": "3s"},
+    )
+    environment_id = fleet.environment()
+    rest(
+        roz,
+        fleet.key,
+        "PUT",
+        f"/api/v1/environments/{environment_id}",
+        params={"update_mask": "safety_policy_ids"},
+        json={"safety_policy_ids": [policy["id"]]},
+    )
+    host_id, secret = fleet.robot(environment_id)
+    _, other_secret = fleet.robot()  # no policy: the server's own terms
+    with fleet.connect(other_secret) as other:
+        assert other.welcome().presence_window.seconds == 30
+    with fleet.connect(secret) as robot:
+        welcome = robot.welcome()
+        assert welcome.presence_window.seconds == 3  # the robot's deadman window too
+        assert welcome.heartbeat_interval.ToTimedelta().total_seconds() == 1
+        ticks.now += 2.5
+        roz.listener.call(roz.app.robot_links.pulse())
+        assert fleet.host(host_id)["status"] == "STATUS_ONLINE"
+        ticks.now += 1  # 3.5 s of silence: past the policy's window, far inside the server's
+        roz.listener.call(roz.app.robot_links.pulse())
+        assert robot.ended() == grpc.StatusCode.UNAVAILABLE
+    eventually(lambda: fleet.host(host_id)["status"] == "STATUS_OFFLINE")
