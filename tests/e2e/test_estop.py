@@ -416,3 +416,26 @@ def test_a_pending_command_cannot_be_started_by_an_operator_while_stopped(fleet:
     assert response.status_code == 400
     assert refused_reason(response) == "ESTOP_ENGAGED"
     assert fleet.get(f"/api/v1/commands/{made['id']}")["state"] == "STATE_PENDING"  # held
+
+
+def test_engages_acknowledgements_and_clears_are_in_the_audit_trail(fleet: Fleet) -> None:
+    host_id, secret = fleet.robot()
+    with fleet.connect(secret) as robot:
+        robot.welcome()
+        engage(fleet, f"/api/v1/hosts/{host_id}", "audit me")
+        robot.receive("estop")
+        robot.send(estop_ack=pb.EstopAck(host_epoch=1))
+        robot.send(estop_ack=pb.EstopAck(host_epoch=1))  # a repeat is not a new event
+        eventually(
+            lambda: fleet.get(f"/api/v1/hosts/{host_id}/estop")["acknowledgement"]["acknowledged"]
+        )
+        clear(fleet, f"/api/v1/hosts/{host_id}", "done")
+    events = fleet.get(f"/api/v1/audit-events?host_id={host_id}&page_size=100")["audit_events"]
+    estops = [e for e in events if e["kind"].startswith("estop.")]
+    kinds = sorted(e["kind"] for e in estops)
+    assert kinds == ["estop.acknowledged", "estop.cleared", "estop.engaged"]
+    engaged = next(e for e in estops if e["kind"] == "estop.engaged")
+    assert engaged["detail"]["reason"] == "audit me"
+    assert engaged["detail"]["epoch"] == 1
+    acknowledged = next(e for e in estops if e["kind"] == "estop.acknowledged")
+    assert acknowledged["actor"]["host_id"] == host_id  # the robot's own key
