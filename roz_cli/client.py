@@ -92,6 +92,19 @@ class Caller:
     api_key: ApiKeyInfo
 
 
+@dataclass(frozen=True)
+class AuditVerdict:
+    """GET /api/v1/audit-events:verify: whether the tenant's audit trail is intact."""
+
+    intact: bool
+    verified_entries: int
+    head_sequence: int
+    head_hash: str
+    broken: str
+    broken_sequence: int
+    description: str
+
+
 def http_client(server: str, transport: httpx.BaseTransport | None = None) -> httpx.Client:
     """An httpx client for `server` (a normalised URL); `transport` is for client-logic tests."""
     return httpx.Client(
@@ -170,6 +183,37 @@ class RozClient:
 
     def deny_device(self, api_key: str, user_code: str) -> None:
         self._send("POST", "/api/v1/device/deny", api_key=api_key, json={"user_code": user_code})
+
+    def verify_audit_events(self, api_key: str) -> AuditVerdict:
+        document = _json_object(self._send("GET", "/api/v1/audit-events:verify", api_key=api_key))
+        try:
+            return AuditVerdict(
+                intact=document["intact"] is True,
+                verified_entries=int(document.get("verified_entries", 0)),
+                head_sequence=int(document.get("head_sequence", 0)),
+                head_hash=str(document.get("head_hash", "")),
+                broken=str(document.get("broken", "")),
+                broken_sequence=int(document.get("broken_sequence", 0)),
+                description=str(document.get("description", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UnexpectedAnswer(f"{self.server} sent an unusable verdict: {exc}") from None
+
+    def audit_event_hash(self, api_key: str, sequence: int) -> str | None:
+        """The hash of the trail's entry `sequence`, or None when there is no such entry."""
+        params = {"after_sequence": str(sequence - 1), "order_by": "sequence", "page_size": "1"}
+        document = _json_object(
+            self._send("GET", "/api/v1/audit-events", api_key=api_key, params=params)
+        )
+        events = document.get("audit_events")
+        if not isinstance(events, list):
+            raise UnexpectedAnswer(f"{self.server} listed audit events oddly")
+        if not events or not isinstance(events[0], dict):
+            return None
+        first = events[0]
+        if str(first.get("sequence")) != str(sequence):
+            return None
+        return str(first.get("hash", ""))
 
     def _send(
         self, method: str, path: str, *, api_key: str | None = None, **kwargs: Any

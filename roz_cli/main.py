@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 from roz_cli import __version__
 from roz_cli.browser import open_in_browser, should_open_browser
-from roz_cli.client import ApiError, Caller, RozClient, http_client
+from roz_cli.client import ApiError, AuditVerdict, Caller, RozClient, http_client
 from roz_cli.config import (
     API_KEY_ENV,
     CONFIG_DIR_ENV,
@@ -34,12 +35,14 @@ from roz_cli.config import (
     resolve_server,
     save_credentials,
 )
-from roz_cli.errors import EXIT_INTERRUPTED, CliError
+from roz_cli.errors import EXIT_INTERRUPTED, CliError, UsageError
 from roz_cli.login import device_login
 
 Command = Callable[[argparse.Namespace, Mapping[str, str]], int]
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# `roz audit verify --expect 42:<sha256 hex>`: an entry a previous verification saw.
+_EXPECTED_ENTRY = re.compile(r"([1-9][0-9]*):([0-9a-f]{64})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="roz",
-        description="The roz command-line client: log in to a roz server and see who you are.",
+        description=(
+            "The roz command-line client: log in to a roz server, see who you are, verify the "
+            "audit trail."
+        ),
         epilog=(
             f"The server is --server, else ${SERVER_ENV}, else the server of the last login, "
             f"else {DEFAULT_SERVER}. The API key is ${API_KEY_ENV}, else the one stored by "
@@ -150,6 +156,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deny.add_argument("code", metavar="CODE", help="the code the other device shows")
     deny.set_defaults(command=run_device_deny)
+
+    audit = commands.add_parser(
+        "audit",
+        help="check the tenant's audit trail",
+        description="The audit trail records every event that can move or stop a robot.",
+    ).add_subparsers(title="commands", metavar="COMMAND", required=True)
+    verify = audit.add_parser(
+        "verify",
+        parents=[server],
+        help="prove the audit trail intact, or name its first broken entry",
+        description=(
+            "Asks the server to recompute every entry's hash and link, in order. Exits 0 when "
+            "the trail is intact, 1 when it is not. Prints the head as SEQUENCE:HASH; pass it "
+            "to --expect next time to also catch a trail rewritten and rehashed since."
+        ),
+    )
+    verify.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="SEQUENCE:HASH",
+        help="an entry an earlier verification printed, which must still be there unchanged "
+        "(repeat for several)",
+    )
+    verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    verify.set_defaults(command=run_audit_verify)
     return parser
 
 
@@ -288,6 +320,66 @@ def run_device_deny(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             raise CliError(f"could not deny {code}: {exc.message}") from None
     print(f"Denied {code} on {server}")
     return 0
+
+
+def run_audit_verify(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    expected = [_expected_entry(value) for value in args.expect]
+    credentials = load_credentials(config_dir(env))
+    server = resolve_server(args.server, env, credentials)
+    api_key, _ = _api_key(server, env, credentials)
+    with _connect(server) as client:
+        try:
+            verdict = client.verify_audit_events(api_key)
+            problems: list[str] = []
+            if verdict.intact:  # a broken trail has failed already
+                for sequence, hash_ in expected:
+                    problem = _changed_entry(client, api_key, sequence, hash_, verdict)
+                    if problem:
+                        problems.append(problem)
+        except ApiError as exc:
+            raise CliError(f"could not verify the audit trail on {server}: {exc.message}") from None
+    intact = verdict.intact and not problems
+    if args.json:
+        print(json.dumps({"server": server, **asdict(verdict), "rewritten": problems}, indent=2))
+    elif not verdict.intact:
+        print(
+            f"The audit trail on {server} is BROKEN at entry {verdict.broken_sequence} "
+            f"({verdict.broken.removeprefix('BREAK_').lower()}): {verdict.description}. "
+            f"Verified good before it: {_entries(verdict.verified_entries)}."
+        )
+    elif problems:
+        print(f"The audit trail on {server} was REWRITTEN: " + "; ".join(problems))
+    else:
+        print(
+            f"The audit trail on {server} is intact: {_entries(verdict.verified_entries)}."
+            f"\nHead: {verdict.head_sequence}:{verdict.head_hash or '(none)'}"
+        )
+    return 0 if intact else 1
+
+
+def _entries(count: int) -> str:
+    return "1 entry" if count == 1 else f"{count} entries"
+
+
+def _expected_entry(value: str) -> tuple[int, str]:
+    match = _EXPECTED_ENTRY.fullmatch(value.strip().lower())
+    if match is None:
+        raise UsageError(
+            f"--expect takes SEQUENCE:HASH (a head roz audit verify printed), not {value!r}"
+        )
+    return int(match.group(1)), match.group(2)
+
+
+def _changed_entry(
+    client: RozClient, api_key: str, sequence: int, hash_: str, verdict: AuditVerdict
+) -> str:
+    """Why entry `sequence` is no longer the one seen with `hash_`; "" when it still is."""
+    if sequence > verdict.head_sequence:
+        return f"entry {sequence} is gone (the trail now ends at {verdict.head_sequence})"
+    found = client.audit_event_hash(api_key, sequence)
+    if found != hash_:
+        return f"entry {sequence} had hash {hash_} and now has {found or 'none'}"
+    return ""
 
 
 def say(message: str) -> None:

@@ -162,3 +162,25 @@ def test_the_estop_walkthrough_runs_as_written(
     assert "person in the cell" in refused["message"]
     assert (cleared["stopped"], cleared["host"]["epoch"]) == (False, "2")
     assert "e-stop engaged: person in the cell" in result.stderr  # the robot's log
+
+
+def test_the_audit_walkthrough_runs_as_written(
+    roz_dir: Path, roz_factory_per_test: RozFactory
+) -> None:
+    home = roz_dir / "home"
+    roz = roz_factory_per_test(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    (block,) = shell_blocks("Audit trail")
+    script = (
+        "set -euo pipefail\nexport ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n" + block
+    ).replace("localhost:8080", roz.listener.target)
+    result = run_as_user(script, home)
+    assert result.returncode == 0, result.stderr + result.stdout
+    lines = result.stdout.strip().splitlines()
+    command, listed, verdict = (json.loads(line) for line in lines[:3])
+    (created,) = listed["audit_events"]
+    assert (created["kind"], created["subject_id"]) == ("command.created", command["id"])
+    assert created["actor"]["protocol"] == "PROTOCOL_REST"
+    assert created["actor"]["request_id"] == "audit-demo-1"
+    assert (verdict["intact"], verdict["head_sequence"]) == (True, created["sequence"])
+    assert lines[3].endswith("is intact: 1 entry.")
+    assert lines[4] == f"Head: {created['sequence']}:{created['hash']}"
