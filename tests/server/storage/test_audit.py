@@ -419,6 +419,21 @@ async def _until_waiting_for_a_lock(database: Database) -> None:
     raise AssertionError("the second appender never waited for the first")
 
 
+async def test_watchers_are_woken_once_per_commit_with_the_tenant_only(
+    database: Database, tenant_a: TenantWithKey
+) -> None:
+    async with await AsyncConnection.connect(database.pool.conninfo, autocommit=True) as listener:
+        await listener.execute("LISTEN roz_audit")
+        async with tenant_transaction(database.pool, tenant_a.id) as conn:
+            for kind in ("estop.engaged", "estop.cleared"):
+                await conn.execute(
+                    "SELECT roz.append_audit_event(%s, NULL, NULL, NULL, '{}')", (kind,)
+                )
+        await append(database, tenant_a, "estop.engaged")
+        woken = [n async for n in listener.notifies(timeout=1, stop_after=3)]
+    assert [(n.channel, n.payload) for n in woken] == [("roz_audit", str(tenant_a.id))] * 2
+
+
 # -- append-only, isolated ----------------------------------------------------------------------
 
 
