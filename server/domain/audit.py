@@ -21,8 +21,6 @@ from uuid import UUID
 from server.domain.errors import FieldViolation, InvalidArgument
 
 CANONICAL_VERSION = "roz.audit.v1"
-HASH_BYTES = 32
-MAX_REQUEST_ID_LENGTH = 128
 _KIND = re.compile(r"[a-z][a-z_]*(\.[a-z][a-z_]*)+")
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -38,7 +36,7 @@ class Protocol(enum.Enum):
     REST = "rest"
 
 
-# What the triggers record; the e-stop's kinds are appended through roz.append_audit_event.
+# What migration 0012's triggers record; e-stops add estop.* (migration 0014).
 KINDS: tuple[str, ...] = (
     "command.created",
     "command.approved",
