@@ -514,3 +514,15 @@ CREATE CONSTRAINT TRIGGER robot_links_delete_audit
     AFTER DELETE ON roz.robot_links DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW WHEN (OLD.link_id IS NOT NULL)
     EXECUTE FUNCTION roz.audit_robot_link();
+
+-- Definer functions run only as the request role is granted them (server/storage/roles.py),
+-- never as PUBLIC.
+REVOKE ALL ON FUNCTION roz.keep_audit_trail() FROM PUBLIC;
+REVOKE ALL ON FUNCTION roz.audit_chain_pending() FROM PUBLIC;
+REVOKE ALL ON FUNCTION roz.append_audit_event(text, uuid, uuid, uuid, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION roz.audit_command_transition() FROM PUBLIC;
+REVOKE ALL ON FUNCTION roz.audit_task_transition() FROM PUBLIC;
+REVOKE ALL ON FUNCTION roz.audit_delivery() FROM PUBLIC;
+REVOKE ALL ON FUNCTION roz.audit_safety_policy() FROM PUBLIC;
+REVOKE ALL ON FUNCTION roz.audit_policy_attachment() FROM PUBLIC;
+REVOKE ALL ON FUNCTION roz.audit_robot_link() FROM PUBLIC;

@@ -53,3 +53,6 @@ CREATE CONSTRAINT TRIGGER robot_links_estop_audit
           OR NEW.estop_environment_epoch IS DISTINCT FROM OLD.estop_environment_epoch
           OR NEW.estop_environment_id IS DISTINCT FROM OLD.estop_environment_id)
     EXECUTE FUNCTION roz.audit_estop_acknowledgement();
+
+REVOKE ALL ON FUNCTION roz.audit_estop_change() FROM PUBLIC;
+REVOKE ALL ON FUNCTION roz.audit_estop_acknowledgement() FROM PUBLIC;

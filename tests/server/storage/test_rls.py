@@ -221,6 +221,8 @@ async def test_definer_functions_are_not_executable_by_public(database: Database
         "audit_chain_pending",
         "audit_command_transition",
         "audit_delivery",
+        "audit_estop_acknowledgement",
+        "audit_estop_change",
         "audit_policy_attachment",
         "audit_robot_link",
         "audit_safety_policy",
@@ -228,6 +230,7 @@ async def test_definer_functions_are_not_executable_by_public(database: Database
         "authenticate_api_key",
         "decide_device_authorization",
         "end_device_session",
+        "estop_epochs",
         "find_device_authorization",
         "find_device_session",
         "keep_audit_trail",
@@ -243,8 +246,8 @@ async def test_definer_functions_are_not_executable_by_public(database: Database
         "time_out_tasks",
         "touch_api_keys",
     ]
-    for _, public, app, config in rows:
-        assert public is False
+    for name, public, app, config in rows:
+        assert public is False, name
         assert app is True
         assert config == ["search_path=pg_catalog, pg_temp"]
 
