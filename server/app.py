@@ -27,6 +27,7 @@ from roz.v1 import (
     robot_link_pb2_grpc,
     safety_policies_pb2_grpc,
     tasks_pb2_grpc,
+    watch_pb2_grpc,
 )
 
 from gateway.chain import InterceptorChain
@@ -62,13 +63,16 @@ from server.api.metrics import MetricsServicer
 from server.api.robot_link import RobotLinkServicer
 from server.api.safety_policies import SafetyPolicyServicer
 from server.api.tasks import TaskServicer
+from server.api.watches import WatchServicer
 from server.domain.api_keys import Principal
 from server.domain.device_auth import GuessLimiter
 from server.domain.rate_limits import TokenBuckets
 from server.domain.robot_link import SILENT, LinkTerms
 from server.services.robot_link import Repositories, RobotLinks
+from server.services.watches import AuditTail, Watches, WatchRepositories, read_trail
 from server.settings import Settings
 from server.storage.api_keys import ApiKeyRepository, LastUsedRecorder
+from server.storage.audit import CHANNEL as AUDIT_CHANNEL
 from server.storage.audit import AuditRepository
 from server.storage.bootstrap import bootstrap
 from server.storage.commands import CommandRepository, time_out_commands
@@ -145,14 +149,33 @@ class RozServer:
             clock=self.clock,
             monotonic=monotonic or time.monotonic,
         )
+        self.audit_tail = AuditTail(
+            lambda tenant, after, limit: read_trail(
+                AuditRepository(self.database.pool), tenant, after, limit
+            ),
+            lambda tenant: AuditRepository(self.database.pool).head(tenant),
+        )
+        self.robot_links.on_telemetry = self.audit_tail.stir
+        self.watches = Watches(
+            WatchRepositories(
+                audit=lambda: AuditRepository(self.database.pool),
+                hosts=lambda: HostRepository(self.database.pool),
+                estops=lambda: EstopRepository(self.database.pool),
+                commands=lambda: CommandRepository(self.database.pool),
+                tasks=lambda: TaskRepository(self.database.pool),
+            ),
+            self.audit_tail,
+            self.robot_links.telemetry.get,
+        )
         self.listener = NotificationListener(
             lambda: self.database.request_dsn,
             {
                 DELIVERIES_CHANNEL: self.robot_links.on_delivery,
                 LINKS_CHANNEL: self.robot_links.on_link,
                 ESTOPS_CHANNEL: self.robot_links.on_estop,
+                AUDIT_CHANNEL: self.audit_tail.on_audit,
             },
-            on_reconnect=self.robot_links.on_reconnect,
+            on_reconnect=self._reconnected,
         )
         # Every process sweeps; each sweep is safe alongside the same sweep elsewhere.
         self.sweeper = (
@@ -227,6 +250,7 @@ class RozServer:
             EstopServicer(lambda: EstopRepository(self.database.pool), self.robot_links.announce),
             registry,
         )
+        watch_pb2_grpc.add_WatchServiceServicer_to_server(WatchServicer(self.watches), registry)
         robot_link_pb2_grpc.add_RobotLinkServiceServicer_to_server(
             RobotLinkServicer(self.robot_links), registry
         )
@@ -274,6 +298,12 @@ class RozServer:
 
     def _api_keys(self) -> ApiKeyRepository:
         return ApiKeyRepository(self.database.pool, self._recorder)
+
+    def _reconnected(self) -> None:
+        """The notification listener was away: robot links and watches look for what they
+        missed."""
+        self.robot_links.on_reconnect()
+        self.audit_tail.on_reconnect()
 
     async def _authenticate(self, secret: str) -> Principal | None:
         return await self._api_keys().authenticate(secret)

@@ -337,7 +337,7 @@ class RestApp:
         failure: status_pb2.Status | None = None
         try:
             async for response in responses:
-                frame = frames.message(_payload(binding, response))
+                frame = frames.message(_payload(binding, response), _event_id(binding, response))
                 if not started:
                     await _start_stream(send, frames, binding, context, trailers)
                     started = True
@@ -469,6 +469,12 @@ def _call_headers(context: GatewayContext) -> Headers:
     headers = metadata_headers(METADATA_PREFIX, context.initial_metadata)
     headers += metadata_headers(TRAILER_PREFIX, context.trailing_metadata)
     return headers
+
+
+def _event_id(binding: Binding, response: Message) -> str | None:
+    if binding.event_id_field is None:
+        return None
+    return str(getattr(response, binding.event_id_field))
 
 
 def _payload(binding: Binding, response: Message) -> Any:

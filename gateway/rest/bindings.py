@@ -34,6 +34,8 @@ class Binding:
     response_field: str | None
     success_status: int
     options: RestMethodOptions
+    # The response field whose value names each server-sent event (`id:`); None: no ids.
+    event_id_field: str | None = None
 
     @property
     def origin(self) -> str:
@@ -113,7 +115,34 @@ def _binding(
                 f"response_body {rule.response_body!r} is not a field of {output.full_name}"
             )
         response_field = rule.response_body
-    return Binding(method, http_method, template, plan, response_field, status, options)
+    return Binding(
+        method,
+        http_method,
+        template,
+        plan,
+        response_field,
+        status,
+        options,
+        _event_id_field(method),
+    )
+
+
+def _event_id_field(method: Method) -> str | None:
+    options: Any = method.descriptor.GetOptions()
+    if not options.HasExtension(transcoding_pb2.http_response):
+        return None
+    name: str = options.Extensions[transcoding_pb2.http_response].event_id_field
+    if not name:
+        return None
+    if not method.kind.response_streaming:
+        raise BindingError(f"{method.descriptor.full_name}: event_id_field needs a server stream")
+    field = method.response_class.DESCRIPTOR.fields_by_name.get(name)
+    if field is None or field.message_type is not None or field.is_repeated:
+        raise BindingError(
+            f"{method.descriptor.full_name}: event_id_field {name!r} is not a scalar field of "
+            f"{method.response_class.DESCRIPTOR.full_name}"
+        )
+    return name
 
 
 def _success_status(method: Method) -> int:

@@ -34,6 +34,8 @@ FORWARDED_HEADERS: frozenset[bytes] = frozenset(
         b"tracestate",
         # draft-ietf-httpapi-idempotency-key-header: lets a servicer deduplicate retried creates.
         b"idempotency-key",
+        # Server-sent events: where a reconnecting EventSource left off.
+        b"last-event-id",
     }
 )
 METADATA_PREFIX = b"grpc-metadata-"

@@ -241,6 +241,8 @@ class RobotLinks:
         self._draining: Drain | None = None
         # The latest telemetry of each connected robot, for watchers; never stored.
         self.telemetry: dict[UUID, TelemetrySnapshot] = {}
+        # Told the tenant whenever one of its robots sends telemetry (the watches' wake-up).
+        self.on_telemetry: Callable[[UUID], None] | None = None
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -486,6 +488,8 @@ class RobotLinks:
                 self.telemetry[link.host_id] = TelemetrySnapshot(
                     dict(message.state), message.sample_time, self._clock()
                 )
+                if self.on_telemetry is not None:
+                    self.on_telemetry(link.tenant_id)
             elif isinstance(message, EstopAck):
                 await self._acknowledge_stop(link, message)
             elif isinstance(message, EstopRaise):

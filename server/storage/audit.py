@@ -110,6 +110,12 @@ class AuditRepository:
             next_page_token=pagination.encode_sequence_token(items[-1].sequence, fingerprint),
         )
 
+    async def head(self, tenant_id: UUID) -> int:
+        """The sequence of the tenant's latest entry (0: none yet)."""
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            row = await (await conn.execute(_HEAD)).fetchone()
+        return 0 if row is None else int(row[0])
+
     async def verify(self, tenant_id: UUID) -> Verdict:
         """Walks the trail from entry 1 to the head read first, a batch per transaction.
 

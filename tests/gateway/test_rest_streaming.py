@@ -292,3 +292,12 @@ async def test_stream_trailing_metadata_goes_into_http2_trailers() -> None:
     plain = await asgi_call(app, "/v1/tally", http_version="2")
     assert plain[0]["trailers"] is False
     assert plain[-1]["type"] == "http.response.body"
+
+
+def test_a_server_sent_event_carries_its_id_and_an_id_cannot_break_the_frame() -> None:
+    from gateway.rest.streaming import NDJSON, SSE
+
+    assert SSE.message({"n": 1}, "42") == b'id: 42\ndata: {"n":1}\n\n'
+    assert SSE.message({"n": 1}) == b'data: {"n":1}\n\n'
+    assert SSE.message({}, "4\n\ndata: forged\r\x00") == b"id: 4data: forged\ndata: {}\n\n"
+    assert NDJSON.message({"n": 1}, "42") == b'{"result":{"n":1}}\n'

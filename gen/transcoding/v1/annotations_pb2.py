@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n transcoding/v1/annotations.proto\x12\x0etranscoding.v1\x1a google/protobuf/descriptor.proto\"&\n\x0cHttpResponse\x12\x16\n\x06status\x18\x01 \x01(\x05R\x06status:c\n\rhttp_response\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1c.transcoding.v1.HttpResponseR\x0chttpResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n transcoding/v1/annotations.proto\x12\x0etranscoding.v1\x1a google/protobuf/descriptor.proto\"L\n\x0cHttpResponse\x12\x16\n\x06status\x18\x01 \x01(\x05R\x06status\x12$\n\x0e\x65vent_id_field\x18\x02 \x01(\tR\x0c\x65ventIdField:c\n\rhttp_response\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1c.transcoding.v1.HttpResponseR\x0chttpResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'transcoding.v1.annotations_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HTTPRESPONSE']._serialized_start=86
-  _globals['_HTTPRESPONSE']._serialized_end=124
+  _globals['_HTTPRESPONSE']._serialized_end=162
 # @@protoc_insertion_point(module_scope)

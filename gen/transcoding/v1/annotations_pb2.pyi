@@ -8,7 +8,9 @@ HTTP_RESPONSE_FIELD_NUMBER: _ClassVar[int]
 http_response: _descriptor.FieldDescriptor
 
 class HttpResponse(_message.Message):
-    __slots__ = ("status",)
+    __slots__ = ("status", "event_id_field")
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_FIELD_NUMBER: _ClassVar[int]
     status: int
-    def __init__(self, status: _Optional[int] = ...) -> None: ...
+    event_id_field: str
+    def __init__(self, status: _Optional[int] = ..., event_id_field: _Optional[str] = ...) -> None: ...
