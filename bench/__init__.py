@@ -11,5 +11,6 @@ Settings come from the environment: BENCH_SECONDS (8), BENCH_WARMUP_SECONDS (2),
 BENCH_GRPC_CONNECTIONS (8), BENCH_GRPC_STREAMS (16), BENCH_HTTP1_CONNECTIONS (32), BENCH_LOAD
 (tools|python), BENCH_TASKS (100000, the tasks walked), BENCH_WALKS (1 timed walk per protocol).
 Last, the robot link (bench/robots.py): BENCH_ROBOTS (10000 idle streams), BENCH_DISPATCH_SECONDS
-(10), BENCH_STORM_ROBOTS (2000), BENCH_ROBOT_PHASES (0 skips it).
+(10), BENCH_STORM_ROBOTS (2000), BENCH_ESTOP_ROBOTS (1000, in one environment), BENCH_ROBOT_PHASES
+(0 skips it; "estop,notify" say runs only those of idle, dispatch, storm, estop, notify).
 """

@@ -1,6 +1,7 @@
 """The robot link under load: idle streams on one process, dispatch latency, a reconnect storm,
-and what NOTIFY costs a commit. `python -m bench.robots` runs it alone and prints its report;
-`make bench` runs it last and prints the same section at the end of its report.
+an environment's e-stop reaching its robots, and what NOTIFY costs a commit. `python -m
+bench.robots` runs it alone and prints its report; `make bench` runs it last and prints the same
+section at the end of its report.
 
 Everything runs on an embedded PostgreSQL of its own (pgserver in a temporary directory, as
 bench/servers.py does), in a fresh database that every server process shares through
@@ -12,7 +13,8 @@ code; 20,000 API calls would take minutes on two cores). Robots are grpcio async
 load processes of their own (`python -m bench.robots load`, driven over stdin and stdout), at
 most 100 streams on each channel (what the server allows per HTTP/2 connection), each channel
 its own connection; a robot whose stream ends says hello again after a random pause of up to
-0.5 s, naming the last sequence it received, and it acks every delivery.
+0.5 s, naming the last sequence it received, and it acks every delivery and every e-stop state it
+is sent (a welcome's only when a latch over it has changed: one never engaged is not news).
 
 1. Idle: BENCH_ROBOTS robots (10,000), each its own host and key, connect to one process (32
    hellos in flight per load process), heartbeat at the interval the welcome names (10 s),
@@ -29,16 +31,25 @@ its own connection; a robot whose stream ends says hello again after a random pa
    is down one command per robot is created through the second process; then it starts again on
    the same port. Time from its readiness (/ready answers 200) until every robot has said hello,
    been welcomed and received its command.
-4. NOTIFY: 64 writers each committing the delivery enqueue's shape (the counter upsert and the
+4. E-stop: BENCH_ESTOP_ROBOTS robots (1,000), every host in one environment, connect to one
+   process (from 4 load processes). The environment's e-stop is engaged (EngageEnvironmentEstop,
+   gRPC) and, once every robot has it and the database holds every robot's acknowledgement,
+   cleared the same way; 5 rounds through the process holding the streams, then 5 through the
+   other (which reaches the first through NOTIFY roz_estops). Latency from just before the engage
+   is sent to each robot's receipt of the `estop` that stops it, on one clock (time.time()): p50,
+   p99 and max over every robot of every round, and each round's first and last robot.
+5. NOTIFY: 64 writers each committing the delivery enqueue's shape (the counter upsert and the
    insert of server/storage/robot_deliveries.py) on a host of its own, in a scratch database,
    with and without pg_notify, while one connection listens as each server does. Transactions/s
    and commit p99 of both, alternated over rounds.
 
 What dominated a missed goal comes from py-spy when it is installed (.venv/bin/py-spy or on
-PATH): it samples the servers while dispatch and the storm run, without stopping them, and the
-idle server for 10 s after its window, reading C frames too (the garbage collector's). Only the
-profiles of missed goals are printed. BENCH_ROBOT_PHASES=0 skips all of it. Exits 1 only when
-something broke: a server did not start, a command never reached its robot, a load process died.
+PATH): it samples the servers while dispatch, the storm and the e-stop rounds run, without
+stopping them, and the idle server for 10 s after its window, reading C frames too (the garbage
+collector's). Only the profiles of missed goals are printed. BENCH_ROBOT_PHASES=0 skips all of
+it; a list of phases (idle, dispatch, storm, estop, notify; "estop" say) runs only those. Exits 1
+only when something broke: a server did not start, a command or an e-stop never reached its
+robot, an acknowledgement never showed, a load process died.
 """
 
 from __future__ import annotations
@@ -75,7 +86,13 @@ from google.protobuf import timestamp_pb2
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
-from roz.v1 import commands_pb2, commands_pb2_grpc, robot_link_pb2_grpc
+from roz.v1 import (
+    commands_pb2,
+    commands_pb2_grpc,
+    estop_pb2,
+    estop_pb2_grpc,
+    robot_link_pb2_grpc,
+)
 from roz.v1 import robot_link_pb2 as pb
 
 from bench import machine
@@ -83,8 +100,10 @@ from bench.load import percentile_ms
 from bench.servers import HOST, free_port
 from bench.soak import rss_of
 from server.domain.api_keys import mint_secret, validate_new_key
+from server.domain.environments import EnvironmentDraft
 from server.domain.hosts import HostDraft
 from server.storage.api_keys import ApiKeyRepository
+from server.storage.environments import EnvironmentRepository
 from server.storage.hosts import HostRepository
 from server.storage.roles import app_role_name
 
@@ -101,6 +120,8 @@ IDLE_CPU_GOAL = 0.25  # of one core
 DISPATCH_SAME_P99_GOAL_MS = 20.0
 DISPATCH_CROSS_P99_GOAL_MS = 50.0
 STORM_GOAL_SECONDS = 10.0
+ESTOP_SAME_P99_GOAL_MS = 100.0
+ESTOP_CROSS_P99_GOAL_MS = 200.0
 
 # The robots' side.
 STREAMS_PER_CHANNEL = 100  # the server's SETTINGS_MAX_CONCURRENT_STREAMS
@@ -133,6 +154,8 @@ DELIVERY_TIMEOUT_SECONDS = 30.0
 STORM_TIMEOUT_SECONDS = 120.0
 START_TIMEOUT_SECONDS = 120.0
 RELEASE_TIMEOUT_SECONDS = 120.0
+ESTOP_ROUNDS = 5
+ESTOP_TIMEOUT_SECONDS = 30.0
 NOTIFY_WRITERS = 64
 NOTIFY_SECONDS = 5.0
 NOTIFY_WARMUP_SECONDS = 1.0
@@ -149,12 +172,20 @@ SERVER_SETTINGS = {
 }
 
 
+PHASES = ("idle", "dispatch", "storm", "estop", "notify")
+
+
 @dataclass(frozen=True)
 class RobotBenchSettings:
-    enabled: bool
+    phases: frozenset[str]  # of PHASES
     robots: int  # idle streams on one process
     dispatch_seconds: int
     storm_robots: int
+    estop_robots: int
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.phases)
 
     @classmethod
     def from_env(cls) -> RobotBenchSettings:
@@ -165,11 +196,25 @@ class RobotBenchSettings:
             return value
 
         return cls(
-            enabled=number("BENCH_ROBOT_PHASES", 1, minimum=0) > 0,
+            phases=_phases(os.environ.get("BENCH_ROBOT_PHASES") or "1"),
             robots=number("BENCH_ROBOTS", 10_000),
             dispatch_seconds=number("BENCH_DISPATCH_SECONDS", 10),
             storm_robots=number("BENCH_STORM_ROBOTS", 2_000),
+            estop_robots=number("BENCH_ESTOP_ROBOTS", 1_000),
         )
+
+
+def _phases(text: str) -> frozenset[str]:
+    """BENCH_ROBOT_PHASES: a number (0: none, else all), or the phases to run ("estop,notify")."""
+    with contextlib.suppress(ValueError):
+        return frozenset(PHASES) if float(text) > 0 else frozenset()
+    chosen = frozenset(name.strip() for name in text.split(",") if name.strip())
+    if unknown := chosen - set(PHASES):
+        raise SystemExit(
+            f"bench: BENCH_ROBOT_PHASES names no phase {', '.join(sorted(unknown))} "
+            f"(a number, or some of {', '.join(PHASES)})"
+        )
+    return chosen
 
 
 def _progress(message: str) -> None:
@@ -258,6 +303,28 @@ class StormResult:
 
 
 @dataclass(frozen=True)
+class EstopResult:
+    label: str
+    goal_ms: float
+    robots: int
+    rounds: int
+    latency_us: list[int]  # each robot's receipt of each engage, from just before it was sent
+    first_us: list[int]  # each round's first robot
+    last_us: list[int]  # each round's last robot
+    engage_us: list[int]  # each engage call, sent to answered
+    missing: int  # receipts that never came
+    unacknowledged: int  # robots whose acknowledgement the server did not show, over the rounds
+
+    @property
+    def p99_ms(self) -> float | None:
+        return percentile_ms(self.latency_us, 0.99)
+
+    @property
+    def missed(self) -> bool:
+        return self.p99_ms is None or self.p99_ms > self.goal_ms
+
+
+@dataclass(frozen=True)
 class NotifyRun:
     notify: bool
     transactions: int
@@ -298,6 +365,7 @@ class RobotResult:
     idle: IdleResult | None = None
     dispatch: list[DispatchResult] = field(default_factory=list)
     storm: StormResult | None = None
+    estop: list[EstopResult] = field(default_factory=list)
     notify: NotifyResult | None = None
     profiles: dict[str, list[Profile]] = field(default_factory=dict)  # by missed goal
     profiler: str = ""  # py-spy's path, or why there are no profiles
@@ -453,8 +521,11 @@ def _auth(key: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {key}"),)
 
 
-async def _make_fleet(dsn: str, admin_key: str, count: int) -> list[tuple[str, str]]:
-    """`count` hosts, each with its robot key: (host id, secret), in the admin key's tenant.
+async def _make_fleet(
+    dsn: str, admin_key: str, count: int, environment: str = ""
+) -> tuple[uuid.UUID | None, list[tuple[str, str]]]:
+    """`count` hosts, each with its robot key: (host id, secret), in the admin key's tenant; in
+    a new environment of their own when `environment` names one (its id comes first).
 
     Through the repositories over the owner connection, as bench/servers.py seeds its fixtures:
     the rows and keys are the API's own (minted and hashed by the server's code), made in a
@@ -470,17 +541,23 @@ async def _make_fleet(dsn: str, admin_key: str, count: int) -> list[tuple[str, s
         if admin is None:
             raise RuntimeError("the bench's admin key does not authenticate")
         hosts, keys = HostRepository(pool), ApiKeyRepository(pool)
+        environment_id: uuid.UUID | None = None
+        if environment:
+            draft = EnvironmentDraft(name=f"bench-{environment}")
+            environment_id = (await EnvironmentRepository(pool).create(admin.tenant_id, draft)).id
+        prefix = f"bench-{environment or 'robot'}"
 
         async def worker() -> None:
             for number in numbers:
-                name = f"bench-robot-{number:05d}"
-                host = await hosts.create(admin.tenant_id, HostDraft(name=name), admin.key_id)
+                name = f"{prefix}-{number:05d}"
+                draft = HostDraft(name=name, environment_id=environment_id)
+                host = await hosts.create(admin.tenant_id, draft, admin.key_id)
                 new = validate_new_key(name, (), None, now=datetime.now(UTC), host_id=host.id)
                 _, secret = await keys.create(admin.tenant_id, new, created_by_key_id=admin.key_id)
                 fleet[number] = (str(host.id), secret)
 
         await asyncio.gather(*(worker() for _ in range(FLEET_IN_FLIGHT)))
-    return fleet
+    return environment_id, fleet
 
 
 def _create_request(host_id: str) -> commands_pb2.CreateCommandRequest:
@@ -552,6 +629,8 @@ class _Robot:
     offset: float  # the share of a heartbeat interval before its first heartbeat
     last_received: int = 0
     live: bool = False
+    estop_epoch: int = 0  # its environment latch's, in the last e-stop state it was sent
+    stopped_epoch: int = 0  # the latest engage it has
 
 
 class _LoadProcess:
@@ -563,6 +642,7 @@ class _LoadProcess:
         self.tasks: list[asyncio.Task[None]] = []
         self.calls: dict[int, Any] = {}
         self.receipts: list[tuple[str, float]] = []
+        self.stops: dict[int, list[float]] = {}  # receipts of each engage, by its epoch
         self.welcomes = 0
         self.failures = 0
         self.why: Counter[str] = Counter()  # what ended streams or refused hellos
@@ -616,10 +696,17 @@ class _LoadProcess:
         self.last_welcome = time.time()
         interval = response.welcome.heartbeat_interval.ToTimedelta().total_seconds()
         writing = asyncio.Lock()
+        estop = response.welcome.estop
+        if estop.host.epoch or estop.environment.epoch:  # a latch has changed: it is news
+            await self._on_estop(robot, call, writing, estop)
         beats = asyncio.create_task(self._heartbeats(call, writing, interval, robot.offset))
         try:
             while (response := await call.read()) is not EOF:
-                if response.WhichOneof("message") != "delivery":
+                which = response.WhichOneof("message")
+                if which == "estop":
+                    await self._on_estop(robot, call, writing, response.estop)
+                    continue
+                if which != "delivery":
                     continue
                 delivery = response.delivery
                 self.receipts.append((delivery.command.id, time.time()))
@@ -629,6 +716,21 @@ class _LoadProcess:
         finally:
             robot.live = False
             beats.cancel()
+
+    async def _on_estop(
+        self, robot: _Robot, call: Any, writing: asyncio.Lock, estop: pb.HostEstop
+    ) -> None:
+        """Notes when it first had each engage, and acknowledges what it was sent, as a robot
+        does once it has halted."""
+        received = time.time()
+        epoch = estop.environment.epoch
+        if estop.stopped and epoch > robot.stopped_epoch:
+            robot.stopped_epoch = epoch
+            self.stops.setdefault(epoch, []).append(received)
+        robot.estop_epoch = epoch
+        ack = pb.EstopAck(host_epoch=estop.host.epoch, environment_epoch=epoch)
+        async with writing:
+            await call.write(pb.ConnectRequest(estop_ack=ack))
 
     async def _heartbeats(
         self, call: Any, writing: asyncio.Lock, interval: float, offset: float
@@ -652,6 +754,7 @@ class _LoadProcess:
             "why": dict(self.why),
             "receipts": len(self.receipts),
             "last_welcome": self.last_welcome,
+            "estop_epoch": min((robot.estop_epoch for robot in self.robots), default=0),
         }
 
     def take_receipts(self) -> list[tuple[str, float]]:
@@ -685,6 +788,8 @@ async def _serve_load() -> None:
                 answer = load.status()
             elif op == "receipts":
                 answer = {"receipts": load.take_receipts()}
+            elif op == "stops":
+                answer = {"stops": load.stops.get(request["epoch"], [])}
             elif op == "stop":
                 await load.stop()
             sys.stdout.write(json.dumps(answer) + "\n")
@@ -772,14 +877,15 @@ class Robots:
     def status(self) -> dict[str, float]:
         totals: Counter[str] = Counter()
         why: Counter[str] = Counter()
-        last_welcome = 0.0
+        last_welcome, estop_epoch = 0.0, math.inf
         for client in self.clients:
             answer = client.ask("status")
             last_welcome = max(last_welcome, answer.pop("last_welcome"))
+            estop_epoch = min(estop_epoch, answer.pop("estop_epoch"))
             why.update(answer.pop("why"))
             totals.update(answer)
         self.why = why
-        return {**totals, "last_welcome": last_welcome}
+        return {**totals, "last_welcome": last_welcome, "estop_epoch": estop_epoch}
 
     def wait_live(self, server: ServerProcess) -> dict[str, float]:
         """Until every robot holds a welcomed stream, or none more has for STALL_SECONDS."""
@@ -807,6 +913,10 @@ class Robots:
             for client in self.clients
             for command_id, at in client.ask("receipts")["receipts"]
         ]
+
+    def stops(self, epoch: int) -> list[float]:
+        """When each robot first had the engage numbered `epoch` (time.time())."""
+        return [at for client in self.clients for at in client.ask("stops", epoch=epoch)["stops"]]
 
     def close(self) -> None:
         for client in self.clients:
@@ -1157,6 +1267,151 @@ def storm_phase(
     return storm
 
 
+@dataclass(frozen=True)
+class EstopSetup:
+    label: str
+    goal_ms: float
+    through: ServerProcess  # where the engages and clears are sent
+    holder: ServerProcess  # the process holding the robots' streams
+    admin_key: str
+    environment_id: str
+    dsn: str
+
+
+def estop_phase(
+    result: RobotResult,
+    a: ServerProcess,
+    b: ServerProcess,
+    admin_key: str,
+    environment_id: str,
+    fleet: Sequence[tuple[str, str]],
+    dsn: str,
+    root: Path,
+) -> None:
+    """The robots of one environment on A, its e-stop engaged and cleared ESTOP_ROUNDS times
+    through A, then as many times through B; py-spy on the servers meanwhile."""
+    _progress(f"e-stop: connecting {len(fleet):,} robots of one environment to A")
+    # Spread over every load process: fewer take tens of milliseconds longer to read 1,000
+    # e-stops at once, which the figure would count against the server.
+    with Robots(a.target, fleet, processes=LOAD_PROCESSES) as robots:
+        robots.wait_live(a)
+        for label, goal_ms, through, targets in (
+            (
+                "engaged through the process holding the streams",
+                ESTOP_SAME_P99_GOAL_MS,
+                a,
+                [("A (streams, engages)", a.pid)],
+            ),
+            (
+                "engaged through another process",
+                ESTOP_CROSS_P99_GOAL_MS,
+                b,
+                [("A (streams)", a.pid), ("B (engages)", b.pid)],
+            ),
+        ):
+            setup = EstopSetup(label, goal_ms, through, a, admin_key, environment_id, dsn)
+            with profiling(targets, root) as profiles:
+                estop = _estop_rounds(setup, robots)
+            result.estop.append(estop)
+            if estop.missing or estop.unacknowledged:
+                result.broken.append(
+                    f"e-stop ({label}): {estop.missing} of {estop.robots * estop.rounds} engages "
+                    f"never reached their robot, {estop.unacknowledged} acknowledgements never "
+                    f"showed"
+                )
+            elif estop.missed and profiles:
+                result.profiles[f"e-stop, {label}"] = profiles
+
+
+def _estop_rounds(setup: EstopSetup, robots: Robots) -> EstopResult:
+    """Each round: engage, until every robot has it and the database holds every robot's
+    acknowledgement; then the same for a clear."""
+    latency: list[int] = []
+    firsts: list[int] = []
+    lasts: list[int] = []
+    engages: list[int] = []
+    missing = unacknowledged = 0
+    metadata = _auth(setup.admin_key)
+    environment_id = setup.environment_id
+    with grpc.insecure_channel(setup.through.target) as channel:
+        stub = estop_pb2_grpc.EstopServiceStub(channel)
+        stub.GetEnvironmentEstop(  # the connection is up before the clock starts
+            estop_pb2.GetEnvironmentEstopRequest(environment_id=environment_id),
+            metadata=metadata,
+            timeout=30,
+        )
+        for number in range(1, ESTOP_ROUNDS + 1):
+            reason = f"bench round {number}"
+            sent = time.time()
+            engaged = stub.EngageEnvironmentEstop(
+                estop_pb2.EngageEnvironmentEstopRequest(
+                    environment_id=environment_id, reason=reason
+                ),
+                metadata=metadata,
+                timeout=30,
+            )
+            engages.append(round((time.time() - sent) * 1e6))
+            epoch = engaged.latch.epoch
+            _wait_estop(robots, epoch, setup.holder)
+            receipts = robots.stops(epoch)
+            latency += [round((at - sent) * 1e6) for at in receipts]
+            firsts.append(round((min(receipts, default=sent) - sent) * 1e6))
+            lasts.append(round((max(receipts, default=sent) - sent) * 1e6))
+            missing += robots.count - len(receipts)
+            unacknowledged += _wait_acknowledged(setup, robots.count, epoch)
+            cleared = stub.ClearEnvironmentEstop(
+                estop_pb2.ClearEnvironmentEstopRequest(
+                    environment_id=environment_id, reason=f"{reason} over"
+                ),
+                metadata=metadata,
+                timeout=30,
+            )
+            _wait_estop(robots, cleared.latch.epoch, setup.holder)
+            unacknowledged += _wait_acknowledged(setup, robots.count, cleared.latch.epoch)
+            _progress(
+                f"e-stop, {setup.label}: round {number}/{ESTOP_ROUNDS}: {len(receipts):,} "
+                f"robots, the first after {firsts[-1] / 1000:.1f} ms, the last after "
+                f"{lasts[-1] / 1000:.1f} ms"
+            )
+    return EstopResult(
+        label=setup.label,
+        goal_ms=setup.goal_ms,
+        robots=robots.count,
+        rounds=ESTOP_ROUNDS,
+        latency_us=latency,
+        first_us=firsts,
+        last_us=lasts,
+        engage_us=engages,
+        missing=missing,
+        unacknowledged=unacknowledged,
+    )
+
+
+def _wait_estop(robots: Robots, epoch: int, holder: ServerProcess) -> None:
+    """Until every robot has the latch's change `epoch` (or ESTOP_TIMEOUT_SECONDS)."""
+    deadline = time.monotonic() + ESTOP_TIMEOUT_SECONDS
+    while robots.status()["estop_epoch"] < epoch and time.monotonic() < deadline:
+        holder.check()
+        time.sleep(0.05)
+
+
+def _wait_acknowledged(setup: EstopSetup, robots: int, epoch: int) -> int:
+    """Until the database holds every robot's acknowledgement of `epoch` (read there, not
+    through a server being profiled); how many it lacks after ESTOP_TIMEOUT_SECONDS."""
+    deadline = time.monotonic() + ESTOP_TIMEOUT_SECONDS
+    with psycopg.connect(setup.dsn, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM roz.robot_links WHERE estop_environment_id = %s"
+                " AND estop_environment_epoch >= %s",
+                (setup.environment_id, epoch),
+            ).fetchone()
+            acknowledged = int(row[0]) if row else 0
+            if acknowledged >= robots or time.monotonic() >= deadline:
+                return robots - acknowledged
+            time.sleep(0.05)
+
+
 # -- what NOTIFY costs ----------------------------------------------------------------------------
 
 _NOTIFY_CHANNEL = "bench_robot_deliveries"
@@ -1247,64 +1502,92 @@ async def _notify_bench(dsn: str) -> NotifyResult:
 
 def run(settings: RobotBenchSettings) -> RobotResult:
     result = RobotResult(settings)
+    phases = settings.phases
     executable = py_spy()
     result.profiler = executable or "py-spy is not installed: missed goals go unprofiled"
     started = time.monotonic()
     result.load_before = os.getloadavg()[0]  # another busy process on the machine skews it all
     dispatch_fleet = 2 * DISPATCH_ROBOTS
-    fleet_size = max(settings.robots, dispatch_fleet + settings.storm_robots)
+    fleet_size = max(
+        settings.robots if "idle" in phases else 0,
+        dispatch_fleet if "dispatch" in phases else 0,
+        dispatch_fleet + settings.storm_robots if "storm" in phases else 0,
+    )
     root = Path(tempfile.mkdtemp(prefix="roz-bench-robots-"))
     try:
         with _cluster(root) as cluster:
             with psycopg.connect(cluster, autocommit=True) as conn:
                 row = conn.execute("SHOW server_version").fetchone()
                 result.postgres_version = str(row[0]) if row else "unknown"
-            with (
-                _scratch_database(cluster, "roz_bench_robots") as dsn,
-                contextlib.ExitStack() as servers,
-            ):
-                admin_key = mint_secret()
-                a = ServerProcess("A", dsn, admin_key, root)
-                servers.callback(a.stop)
-                a.start()
-                _progress(f"server A ready; making {fleet_size:,} hosts and robot keys")
-                made = time.monotonic()
-                fleet = asyncio.run(_make_fleet(dsn, admin_key, fleet_size))
-                result.fleet, result.fleet_seconds = fleet_size, time.monotonic() - made
-                result.idle = idle_phase(result, a, fleet[: settings.robots], dsn, root)
-                b = ServerProcess("B", dsn, admin_key, root)
-                servers.callback(b.stop)
-                b.start()
-                same = DispatchSetup(
-                    "robots on the creating process",
-                    DISPATCH_SAME_P99_GOAL_MS,
-                    a,
-                    a,
-                    admin_key,
-                    fleet[:DISPATCH_ROBOTS],
-                    root,
-                )
-                dispatch_phase(result, same)
-                dispatch_phase(
-                    result,
-                    dataclasses.replace(
-                        same,
-                        label="robots on another process",
-                        goal_ms=DISPATCH_CROSS_P99_GOAL_MS,
-                        robots_server=b,
-                        fleet=fleet[DISPATCH_ROBOTS:dispatch_fleet],
-                    ),
-                )
-                storm_fleet = fleet[dispatch_fleet : dispatch_fleet + settings.storm_robots]
-                result.storm = storm_phase(result, a, b, admin_key, storm_fleet, root)
-            _progress(f"notify: {NOTIFY_WRITERS} writers, scratch database")
-            with _scratch_database(cluster, "roz_bench_notify") as scratch:
-                result.notify = asyncio.run(_notify_bench(scratch))
+            if phases - {"notify"}:
+                _serving_phases(result, cluster, fleet_size, root)
+            if "notify" in phases:
+                _progress(f"notify: {NOTIFY_WRITERS} writers, scratch database")
+                with _scratch_database(cluster, "roz_bench_notify") as scratch:
+                    result.notify = asyncio.run(_notify_bench(scratch))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result.seconds = time.monotonic() - started
     result.load_after = os.getloadavg()[0]
     return result
+
+
+def _serving_phases(result: RobotResult, cluster: str, fleet_size: int, root: Path) -> None:
+    """The phases on roz servers: idle, dispatch, storm and e-stop, those of them asked for."""
+    settings, phases = result.settings, result.settings.phases
+    dispatch_fleet = 2 * DISPATCH_ROBOTS
+    with (
+        _scratch_database(cluster, "roz_bench_robots") as dsn,
+        contextlib.ExitStack() as servers,
+    ):
+        admin_key = mint_secret()
+        a = ServerProcess("A", dsn, admin_key, root)
+        servers.callback(a.stop)
+        a.start()
+        fleet: list[tuple[str, str]] = []
+        if fleet_size:
+            _progress(f"server A ready; making {fleet_size:,} hosts and robot keys")
+            made = time.monotonic()
+            _, fleet = asyncio.run(_make_fleet(dsn, admin_key, fleet_size))
+            result.fleet, result.fleet_seconds = fleet_size, time.monotonic() - made
+        if "idle" in phases:
+            result.idle = idle_phase(result, a, fleet[: settings.robots], dsn, root)
+        b = ServerProcess("B", dsn, admin_key, root)
+        servers.callback(b.stop)
+        b.start()
+        if "dispatch" in phases:
+            same = DispatchSetup(
+                "robots on the creating process",
+                DISPATCH_SAME_P99_GOAL_MS,
+                a,
+                a,
+                admin_key,
+                fleet[:DISPATCH_ROBOTS],
+                root,
+            )
+            dispatch_phase(result, same)
+            dispatch_phase(
+                result,
+                dataclasses.replace(
+                    same,
+                    label="robots on another process",
+                    goal_ms=DISPATCH_CROSS_P99_GOAL_MS,
+                    robots_server=b,
+                    fleet=fleet[DISPATCH_ROBOTS:dispatch_fleet],
+                ),
+            )
+        if "storm" in phases:
+            storm_fleet = fleet[dispatch_fleet : dispatch_fleet + settings.storm_robots]
+            result.storm = storm_phase(result, a, b, admin_key, storm_fleet, root)
+        if "estop" in phases:
+            _progress(f"e-stop: making {settings.estop_robots:,} hosts in one environment")
+            made = time.monotonic()
+            environment_id, estop_fleet = asyncio.run(
+                _make_fleet(dsn, admin_key, settings.estop_robots, "estop")
+            )
+            result.fleet += settings.estop_robots
+            result.fleet_seconds += time.monotonic() - made
+            estop_phase(result, a, b, admin_key, str(environment_id), estop_fleet, dsn, root)
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -1337,7 +1620,7 @@ def render(result: RobotResult) -> str:
     settings = result.settings
     lines = [
         "",
-        "## Robot link: idle streams, dispatch latency, reconnect storm, NOTIFY",
+        "## Robot link: idle streams, dispatch latency, reconnect storm, e-stop, NOTIFY",
         "",
         "| figure | value | goal | result |",
         "|---|---|---|---|",
@@ -1387,6 +1670,21 @@ def render(result: RobotResult) -> str:
             f"<= {STORM_GOAL_SECONDS:.0f} s | "
             f"{_verdict(storm.complete and storm.from_ready <= STORM_GOAL_SECONDS)} |"
         )
+    for estop in result.estop:
+        rounds = " / ".join(
+            f"{first / 1000:.0f}→{last / 1000:.0f}"
+            for first, last in zip(estop.first_us, estop.last_us, strict=True)
+        )
+        lines.append(
+            f"| e-stop of an environment of {estop.robots:,} robots, {estop.label}: engage sent "
+            "→ robot, p50 / p99 / max | "
+            f"{_ms(percentile_ms(estop.latency_us, 0.5))} / {_ms(estop.p99_ms)} / "
+            f"{_ms(max(estop.latency_us, default=0) / 1000)} ms (the first→last robot of each "
+            f"round: {rounds} ms; engage answered after "
+            f"{_ms(percentile_ms(estop.engage_us, 0.5))} ms, p50; "
+            f"{len(estop.latency_us):,} of {estop.robots * estop.rounds:,} received) | "
+            f"p99 <= {estop.goal_ms:.0f} ms | {_verdict(not estop.missed)} |"
+        )
     notify = result.notify
     if notify is not None:
         with_rate, without_rate = notify.rate(True), notify.rate(False)
@@ -1413,7 +1711,12 @@ def render(result: RobotResult) -> str:
             f"after {DISPATCH_WARMUP_SECONDS} s of warm-up, every delivery acked; times from "
             f"time.time() in both processes; a reference row, at {DISPATCH_REFERENCE_RATE}/s "
             f"for up to {DISPATCH_REFERENCE_SECONDS} s, when the servers did not answer "
-            f"{DISPATCH_RATE}/s. NOTIFY: {NOTIFY_WRITERS} writers (psycopg async, "
+            f"{DISPATCH_RATE}/s. E-stop: {settings.estop_robots:,} robots, every host in one "
+            f"environment, in {LOAD_PROCESSES} load processes on one server process; "
+            f"{ESTOP_ROUNDS} rounds each way of EngageEnvironmentEstop (gRPC), until every robot "
+            "has it and the database holds every robot's acknowledgement, then the same for a "
+            "clear; p50, p99 and max over every robot of every round, from time.time() just "
+            f"before the call to the robot's. NOTIFY: {NOTIFY_WRITERS} writers (psycopg async, "
             f"one process), each on a host of its own, {NOTIFY_ROUNDS} round(s) of "
             f"{NOTIFY_SECONDS:.0f} s per variant after {NOTIFY_WARMUP_SECONDS:.0f} s of warm-up, "
             f"alternated, one listener draining "
@@ -1428,7 +1731,8 @@ def render(result: RobotResult) -> str:
             "",
             f"What dominated each missed goal: py-spy ({result.profiler}) at 100 Hz, on the "
             "server while the phase ran, without stopping it (idle: for "
-            f"{PROFILE_SECONDS} s after the window, pausing it to read C frames too). Own "
+            f"{PROFILE_SECONDS} s after the window, pausing it to read C frames too; e-stop: "
+            "over its rounds, clears and acknowledgements included). Own "
             "time is a Python frame's and the C code's below it:",
         ]
         for goal, profiles in result.profiles.items():
@@ -1469,6 +1773,7 @@ def _missed(result: RobotResult) -> bool:
         (idle and (idle.cpu_fraction > IDLE_CPU_GOAL or idle.per_stream > RSS_PER_STREAM_GOAL))
         or any(dispatch.missed for dispatch in result.dispatch)
         or (storm and storm.from_ready > STORM_GOAL_SECONDS)
+        or any(estop.missed for estop in result.estop)
     )
 
 
