@@ -44,12 +44,13 @@ is sent (a welcome's only when a latch over it has changed: one never engaged is
    and commit p99 of both, alternated over rounds.
 
 What dominated a missed goal comes from py-spy when it is installed (.venv/bin/py-spy or on
-PATH): it samples the servers while dispatch, the storm and the e-stop rounds run, without
-stopping them, and the idle server for 10 s after its window, reading C frames too (the garbage
-collector's). Only the profiles of missed goals are printed. BENCH_ROBOT_PHASES=0 skips all of
-it; a list of phases (idle, dispatch, storm, estop, notify; "estop" say) runs only those. Exits 1
-only when something broke: a server did not start, a command or an e-stop never reached its
-robot, an acknowledgement never showed, a load process died.
+PATH): it samples the servers while dispatch and the storm run and from each e-stop engage
+until its last robot has it, without stopping them, and the idle server for 10 s after its
+window, reading C frames too (the garbage collector's). Only the profiles of missed goals are
+printed. BENCH_ROBOT_PHASES=0 skips all of it; a list of phases (idle, dispatch, storm, estop,
+notify; "estop" say) runs only those. Exits 1 only when something broke: a server did not
+start, a command or an e-stop never reached its robot, an acknowledgement never showed, a load
+process died.
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ NOTIFY_SECONDS = 5.0
 NOTIFY_WARMUP_SECONDS = 1.0
 NOTIFY_ROUNDS = 2
 PROFILE_SECONDS = 10
+PROFILER_ATTACH_SECONDS = 0.5  # py-spy samples from within some 50 ms of its start
 PROFILE_TOP = 8
 
 # Every server of this bench: production settings but these.
@@ -966,7 +968,12 @@ class Profiler:
         )
 
     def stop(self) -> Profile | None:
-        """Ends the recording (py-spy writes it on SIGINT) and summarises it."""
+        """Ends the recording and summarises it."""
+        lines = self.finish()
+        return None if lines is None else summarize(self.label, lines, native=self._native)
+
+    def finish(self) -> list[str] | None:
+        """Ends the recording (py-spy writes it on SIGINT); its collapsed stacks."""
         if self._process.poll() is None:
             self._process.send_signal(signal.SIGINT)
         try:
@@ -975,10 +982,9 @@ class Profiler:
             self._process.kill()
             self._process.wait()
         try:
-            lines = self._out.read_text().splitlines()
+            return self._out.read_text().splitlines()
         except OSError:
             return None
-        return summarize(self.label, lines, native=self._native)
 
 
 @contextlib.contextmanager
@@ -1001,6 +1007,29 @@ def profiling(
         yield profiles
     finally:
         profiles += [profile for p in profilers if (profile := p.stop()) is not None]
+
+
+@contextlib.contextmanager
+def sampling(
+    targets: Sequence[tuple[str, int]], root: Path, stacks: dict[str, list[str]]
+) -> Iterator[None]:
+    """py-spy on each (label, pid) while the block runs, when it is installed, without stopping
+    them; their collapsed stacks added to `stacks` by label, so that several short windows make
+    one profile."""
+    executable = py_spy()
+    if executable is None:
+        yield
+        return
+    profilers = [
+        Profiler(executable, label, pid, root / f"profile-{uuid.uuid4().hex[:8]}.txt", False)
+        for label, pid in targets
+    ]
+    time.sleep(PROFILER_ATTACH_SECONDS)
+    try:
+        yield
+    finally:
+        for profiler in profilers:
+            stacks.setdefault(profiler.label, []).extend(profiler.finish() or [])
 
 
 def summarize(label: str, lines: Sequence[str], *, native: bool = False) -> Profile:
@@ -1276,6 +1305,8 @@ class EstopSetup:
     admin_key: str
     environment_id: str
     dsn: str
+    profiled: Sequence[tuple[str, int]]  # (label, pid) of the servers py-spy samples
+    root: Path
 
 
 def estop_phase(
@@ -1289,7 +1320,8 @@ def estop_phase(
     root: Path,
 ) -> None:
     """The robots of one environment on A, its e-stop engaged and cleared ESTOP_ROUNDS times
-    through A, then as many times through B; py-spy on the servers meanwhile."""
+    through A, then as many times through B; py-spy on the servers from each engage until the
+    last robot has it."""
     _progress(f"e-stop: connecting {len(fleet):,} robots of one environment to A")
     # Spread over every load process: fewer take tens of milliseconds longer to read 1,000
     # e-stops at once, which the figure would count against the server.
@@ -1309,9 +1341,10 @@ def estop_phase(
                 [("A (streams)", a.pid), ("B (engages)", b.pid)],
             ),
         ):
-            setup = EstopSetup(label, goal_ms, through, a, admin_key, environment_id, dsn)
-            with profiling(targets, root) as profiles:
-                estop = _estop_rounds(setup, robots)
+            setup = EstopSetup(
+                label, goal_ms, through, a, admin_key, environment_id, dsn, targets, root
+            )
+            estop, profiles = _estop_rounds(setup, robots)
             result.estop.append(estop)
             if estop.missing or estop.unacknowledged:
                 result.broken.append(
@@ -1323,9 +1356,10 @@ def estop_phase(
                 result.profiles[f"e-stop, {label}"] = profiles
 
 
-def _estop_rounds(setup: EstopSetup, robots: Robots) -> EstopResult:
-    """Each round: engage, until every robot has it and the database holds every robot's
-    acknowledgement; then the same for a clear."""
+def _estop_rounds(setup: EstopSetup, robots: Robots) -> tuple[EstopResult, list[Profile]]:
+    """Each round: engage, until every robot has it (under py-spy) and the database holds every
+    robot's acknowledgement; then the same for a clear."""
+    stacks: dict[str, list[str]] = {}
     latency: list[int] = []
     firsts: list[int] = []
     lasts: list[int] = []
@@ -1342,17 +1376,18 @@ def _estop_rounds(setup: EstopSetup, robots: Robots) -> EstopResult:
         )
         for number in range(1, ESTOP_ROUNDS + 1):
             reason = f"bench round {number}"
-            sent = time.time()
-            engaged = stub.EngageEnvironmentEstop(
-                estop_pb2.EngageEnvironmentEstopRequest(
-                    environment_id=environment_id, reason=reason
-                ),
-                metadata=metadata,
-                timeout=30,
-            )
-            engages.append(round((time.time() - sent) * 1e6))
-            epoch = engaged.latch.epoch
-            _wait_estop(robots, epoch, setup.holder)
+            with sampling(setup.profiled, setup.root, stacks):
+                sent = time.time()
+                engaged = stub.EngageEnvironmentEstop(
+                    estop_pb2.EngageEnvironmentEstopRequest(
+                        environment_id=environment_id, reason=reason
+                    ),
+                    metadata=metadata,
+                    timeout=30,
+                )
+                engages.append(round((time.time() - sent) * 1e6))
+                epoch = engaged.latch.epoch
+                _wait_estop(robots, epoch, setup.holder)
             receipts = robots.stops(epoch)
             latency += [round((at - sent) * 1e6) for at in receipts]
             firsts.append(round((min(receipts, default=sent) - sent) * 1e6))
@@ -1373,7 +1408,7 @@ def _estop_rounds(setup: EstopSetup, robots: Robots) -> EstopResult:
                 f"robots, the first after {firsts[-1] / 1000:.1f} ms, the last after "
                 f"{lasts[-1] / 1000:.1f} ms"
             )
-    return EstopResult(
+    estop = EstopResult(
         label=setup.label,
         goal_ms=setup.goal_ms,
         robots=robots.count,
@@ -1385,6 +1420,7 @@ def _estop_rounds(setup: EstopSetup, robots: Robots) -> EstopResult:
         missing=missing,
         unacknowledged=unacknowledged,
     )
+    return estop, [summarize(label, lines) for label, lines in stacks.items()]
 
 
 def _wait_estop(robots: Robots, epoch: int, holder: ServerProcess) -> None:
@@ -1732,7 +1768,7 @@ def render(result: RobotResult) -> str:
             f"What dominated each missed goal: py-spy ({result.profiler}) at 100 Hz, on the "
             "server while the phase ran, without stopping it (idle: for "
             f"{PROFILE_SECONDS} s after the window, pausing it to read C frames too; e-stop: "
-            "over its rounds, clears and acknowledgements included). Own "
+            "from each engage until the last robot had it). Own "
             "time is a Python frame's and the C code's below it:",
         ]
         for goal, profiles in result.profiles.items():
