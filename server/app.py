@@ -69,11 +69,12 @@ from server.domain.device_auth import GuessLimiter
 from server.domain.rate_limits import TokenBuckets
 from server.domain.robot_link import SILENT, LinkTerms
 from server.services.robot_link import Repositories, RobotLinks
+from server.services.sealing import AuditSealer
 from server.services.watches import AuditTail, Watches, WatchRepositories, read_trail
 from server.settings import Settings
 from server.storage.api_keys import ApiKeyRepository, LastUsedRecorder
 from server.storage.audit import CHANNEL as AUDIT_CHANNEL
-from server.storage.audit import AuditRepository
+from server.storage.audit import UNSEALED_CHANNEL, AuditRepository, seal, seal_all
 from server.storage.bootstrap import bootstrap
 from server.storage.commands import CommandRepository, time_out_commands
 from server.storage.database import Database
@@ -167,6 +168,7 @@ class RozServer:
             self.audit_tail,
             self.robot_links.telemetry.get,
         )
+        self.sealer = AuditSealer(lambda tenant: seal(self.database.pool, tenant))
         self.listener = NotificationListener(
             lambda: self.database.request_dsn,
             {
@@ -174,6 +176,7 @@ class RozServer:
                 LINKS_CHANNEL: self.robot_links.on_link,
                 ESTOPS_CHANNEL: self.robot_links.on_estop,
                 AUDIT_CHANNEL: self.audit_tail.on_audit,
+                UNSEALED_CHANNEL: self.sealer.on_unsealed,
             },
             on_reconnect=self._reconnected,
         )
@@ -181,6 +184,7 @@ class RozServer:
         self.sweeper = (
             Sweeper(settings.sweep_interval_seconds)
             .add("task timeouts", time_out_tasks)
+            .add("audit seals", seal_all)
             .add("command timeouts", time_out_commands)
             .add(
                 "device logins",
@@ -332,6 +336,7 @@ class RozServer:
         finally:
             await self.robot_links.stop()
             await self.listener.stop()
+            await self.sealer.stop()
             await self.sweeper.stop()
             await self.health_monitor.stop()
             if self._recorder is not None:

@@ -1,6 +1,9 @@
 """The audit trail as the request role reads it: keyset pages by sequence, and the chain walked
-in order for verification. Nothing here writes an entry: the database does, in the transaction
-of each change (migration 0012), and roz.append_audit_event for events no table change stands for.
+in order for verification; and the sealing of what changes wrote. Nothing here writes an event:
+the database does, in the transaction of each change (migration 0012), and
+roz.append_audit_event for events no table change stands for. Events become entries when they
+are sealed after their commit (`seal`): on NOTIFY roz_audit_unsealed in every process, in the
+sweep, and before every read here, so that a reader sees its own changes.
 """
 
 from __future__ import annotations
@@ -27,14 +30,20 @@ from server.storage.tenancy import tenant_transaction
 # Entries read per query while verifying: large enough that round trips do not dominate, small
 # enough that one transaction never holds many rows in memory.
 VERIFY_BATCH = 2000
-# Where live watchers of the trail are woken (payload: the tenant id, once per commit).
+# Where live watchers of the trail are woken (payload: the tenant id, once per seal).
 CHANNEL = "roz_audit"
+# Where sealers are woken (payload: the tenant id, once per commit that wrote events).
+UNSEALED_CHANNEL = "roz_audit_unsealed"
+# Events sealed per transaction.
+SEAL_BATCH = 1000
 
 _COLUMNS = (
     "tenant_id, sequence, kind, event_time, actor_key_id, actor_host_id, protocol, request_id,"
     " host_id, environment_id, subject_id, detail::text AS detail_json, previous_hash, hash"
 )
 _HEAD = "SELECT last_sequence, last_hash FROM roz.audit_chains"
+_SEAL = "SELECT roz.seal_audit(%s, %s)"
+_UNSEALED = "SELECT roz.unsealed_audit_tenants()"
 _IN_ORDER = "SELECT " + _COLUMNS + " FROM roz.audit_events WHERE sequence > %s"
 # Equality filters a caller may combine, with the query's fingerprint name of each.
 _FILTERS = ("host_id", "environment_id", "subject_id", "kind")
@@ -62,6 +71,7 @@ class AuditRepository:
         self, tenant_id: UUID, query: AuditQuery, *, page_size: int = 0, page_token: str = ""
     ) -> Page[AuditEvent]:
         check_query(query)
+        await seal(self._pool, tenant_id)
         size = pagination.page_size(page_size)
         fingerprint = pagination.fingerprint(
             "roz.audit_events",
@@ -112,6 +122,7 @@ class AuditRepository:
 
     async def head(self, tenant_id: UUID) -> int:
         """The sequence of the tenant's latest entry (0: none yet)."""
+        await seal(self._pool, tenant_id)
         async with tenant_transaction(self._pool, tenant_id) as conn:
             row = await (await conn.execute(_HEAD)).fetchone()
         return 0 if row is None else int(row[0])
@@ -119,9 +130,10 @@ class AuditRepository:
     async def verify(self, tenant_id: UUID) -> Verdict:
         """Walks the trail from entry 1 to the head read first, a batch per transaction.
 
-        Entries up to the head are all committed (appends hold the head until they commit), so
-        appends made meanwhile neither show up half-way nor look like a break.
+        Entries up to the head are all committed (a seal moves the head in its transaction), so
+        entries sealed meanwhile neither show up half-way nor look like a break.
         """
+        await seal(self._pool, tenant_id)
         async with tenant_transaction(self._pool, tenant_id) as conn:
             row = await (await conn.execute(_HEAD)).fetchone()
         if row is None:
@@ -145,3 +157,25 @@ class AuditRepository:
                 break
             check.feed(events)
         return check.verdict()
+
+
+async def seal(pool: Pool, tenant_id: UUID) -> int:
+    """Seals every event of the tenant committed so far (in batches); returns how many."""
+    sealed = 0
+    while True:
+        async with pool.connection() as conn:
+            row = await (await conn.execute(_SEAL, (tenant_id, SEAL_BATCH))).fetchone()
+        count = 0 if row is None else int(row[0])
+        sealed += count
+        if count < SEAL_BATCH:
+            return sealed
+
+
+async def seal_all(pool: Pool) -> int:
+    """The sweep: seals what every tenant has waiting (a lost notification's events)."""
+    async with pool.connection() as conn:
+        tenants = [row[0] for row in await (await conn.execute(_UNSEALED)).fetchall()]
+    sealed = 0
+    for tenant_id in tenants:
+        sealed += await seal(pool, tenant_id)
+    return sealed

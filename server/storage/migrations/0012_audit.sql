@@ -2,21 +2,26 @@
 -- tenant, append-only and hash-chained.
 --
 -- roz.audit_events holds the entries. Each tenant's entries are numbered 1, 2, 3 … with no gap,
--- in commit order, and each carries sha256 over its canonical content and the previous entry's
--- hash (roz.audit_hash). roz.audit_chains holds one row per tenant, the chain's head: appending
--- locks it, writes last_sequence + 1, and keeps it locked until commit, so a second appender of
--- the same tenant waits and numbers after the first has committed. A reader that has seen
--- sequence n has therefore seen everything before n, which is what a watch resumed by sequence
--- needs. Appends NOTIFY roz_audit with the tenant id (one notification per transaction).
+-- and each carries sha256 over its canonical content and the previous entry's hash
+-- (roz.audit_hash). roz.audit_chains holds one row per tenant, the chain's head.
+--
+-- Entries are numbered after their change commits, not in its transaction. A change writes its
+-- events, with who and how, to roz.audit_unsealed (no lock: writers of one tenant never wait for
+-- each other) and sends NOTIFY roz_audit_unsealed with the tenant id. roz.seal_audit then takes
+-- the head's lock, numbers and hashes the committed unsealed events in the order they were
+-- written, moves them into roz.audit_events and the head past them, and sends NOTIFY roz_audit.
+-- Every server process seals on the notification (one at a time per tenant, by the head's
+-- lock), the sweep seals what a lost notification left, and every read of the trail seals its
+-- tenant first, so a reader sees its own changes. Sealed entries are a gap-free prefix: a reader
+-- that has seen sequence n has seen everything before n, which is what a watch resumed by
+-- sequence needs.
 --
 -- Events come from triggers on the tables whose changes they are, so no code path can forget
 -- one: command and task transitions, the commands' and tasks' deliver and acknowledge times,
 -- safety policy versions and deletions, environment_safety_policies, and robot_links' link_id.
--- The triggers are DEFERRABLE INITIALLY DEFERRED constraint triggers: they run at COMMIT, so the
--- head is locked for the commit alone, not from the first audited statement on; a transaction
--- that locks rows after an audited change can then never deadlock with another one waiting for
--- the head. Other events (e-stops) are appended with roz.append_audit_event, which is deferred
--- the same way.
+-- The triggers are DEFERRABLE INITIALLY DEFERRED constraint triggers: they run at COMMIT, so
+-- unsealed events are written in about the order their transactions commit. Other events
+-- (e-stops) are appended with roz.append_audit_event.
 --
 -- Who and how come from transaction-local settings that server/storage/tenancy.py writes with
 -- roz.tenant_id: roz.actor_key_id, roz.actor_host_id (a robot key's host), roz.protocol and
@@ -84,6 +89,30 @@ CREATE POLICY tenant_isolation ON roz.audit_events
     USING (tenant_id = current_setting('roz.tenant_id')::uuid)
     WITH CHECK (tenant_id = current_setting('roz.tenant_id')::uuid);
 
+-- Events written by changes, waiting for roz.seal_audit to number them (see the top). Only the
+-- owner's functions touch it: row-level security without FORCE gives the request role nothing.
+CREATE TABLE roz.audit_unsealed (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id      uuid        NOT NULL REFERENCES roz.tenants (id) ON DELETE CASCADE,
+    kind           text        NOT NULL,
+    event_time     timestamptz NOT NULL,
+    actor_key_id   uuid,
+    actor_host_id  uuid,
+    protocol       text        NOT NULL,
+    request_id     text        NOT NULL,
+    host_id        uuid,
+    environment_id uuid,
+    subject_id     uuid,
+    detail         jsonb       NOT NULL
+);
+
+CREATE INDEX audit_unsealed_by_tenant ON roz.audit_unsealed (tenant_id, id);
+
+ALTER TABLE roz.audit_unsealed ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON roz.audit_unsealed
+    USING (tenant_id = current_setting('roz.tenant_id')::uuid)
+    WITH CHECK (tenant_id = current_setting('roz.tenant_id')::uuid);
+
 -- Append-only for every role: UPDATE and TRUNCATE are refused, DELETE only happens with the
 -- tenant (its cascade). Definer, because the request role cannot read roz.tenants.
 CREATE FUNCTION roz.keep_audit_trail() RETURNS trigger
@@ -146,23 +175,19 @@ AS $$
         'UTF8'))
 $$;
 
--- Appends one entry to a tenant's chain, now: locks the head (creating it on the tenant's first
--- entry), numbers, hashes, inserts, moves the head, notifies. Who and how come from the
--- transaction's settings; a value that is not what the server writes there is recorded empty
--- rather than failing the change it records. Returns the sequence, or NULL when the tenant is
--- gone (its deletion cascades to its trail; there is no one left to audit for).
+-- Records one event of a tenant, to be sealed once its transaction commits, with who and how
+-- from the transaction's settings; a value that is not what the server writes there is recorded
+-- empty rather than failing the change it records. Nothing when the tenant is gone (its
+-- deletion cascades to its trail; there is no one left to audit for).
 -- Internal: callable by the owner only, through the functions below.
 CREATE FUNCTION roz.audit_append(
     p_tenant_id uuid, p_kind text, p_event_time timestamptz, p_host_id uuid,
     p_environment_id uuid, p_subject_id uuid, p_detail jsonb)
-    RETURNS bigint
+    RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_sequence   bigint;
-    v_previous   bytea;
-    v_hash       bytea;
     v_key        text := current_setting('roz.actor_key_id', true);
     v_robot      text := current_setting('roz.actor_host_id', true);
     v_protocol   text := coalesce(current_setting('roz.protocol', true), '');
@@ -170,17 +195,6 @@ DECLARE
     v_key_id     uuid;
     v_host_id    uuid;
 BEGIN
-    SELECT c.last_sequence, c.last_hash INTO v_sequence, v_previous
-      FROM roz.audit_chains AS c WHERE c.tenant_id = p_tenant_id FOR UPDATE;
-    IF NOT FOUND THEN
-        BEGIN
-            INSERT INTO roz.audit_chains (tenant_id) VALUES (p_tenant_id) ON CONFLICT DO NOTHING;
-        EXCEPTION WHEN foreign_key_violation THEN
-            RETURN NULL;
-        END;
-        SELECT c.last_sequence, c.last_hash INTO v_sequence, v_previous
-          FROM roz.audit_chains AS c WHERE c.tenant_id = p_tenant_id FOR UPDATE;
-    END IF;
     IF v_key ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
         v_key_id := v_key::uuid;
     END IF;
@@ -193,20 +207,17 @@ BEGIN
     IF v_request_id !~ '^[\x21-\x7e]{0,128}$' THEN
         v_request_id := '';
     END IF;
-    v_sequence := v_sequence + 1;
-    v_hash := roz.audit_hash(p_tenant_id, v_sequence, p_kind, p_event_time, v_key_id, v_host_id,
-                             v_protocol, v_request_id, p_host_id, p_environment_id, p_subject_id,
-                             p_detail, v_previous);
-    INSERT INTO roz.audit_events
-           (tenant_id, sequence, kind, event_time, actor_key_id, actor_host_id, protocol,
-            request_id, host_id, environment_id, subject_id, detail, previous_hash, hash)
-    VALUES (p_tenant_id, v_sequence, p_kind, p_event_time, v_key_id, v_host_id, v_protocol,
-            v_request_id, p_host_id, p_environment_id, p_subject_id, p_detail, v_previous, v_hash);
-    UPDATE roz.audit_chains SET last_sequence = v_sequence, last_hash = v_hash
-     WHERE tenant_id = p_tenant_id;
+    BEGIN
+        INSERT INTO roz.audit_unsealed
+               (tenant_id, kind, event_time, actor_key_id, actor_host_id, protocol, request_id,
+                host_id, environment_id, subject_id, detail)
+        VALUES (p_tenant_id, p_kind, p_event_time, v_key_id, v_host_id, v_protocol,
+                v_request_id, p_host_id, p_environment_id, p_subject_id, p_detail);
+    EXCEPTION WHEN foreign_key_violation THEN
+        RETURN;
+    END;
     -- Identical payloads in one transaction are delivered once: one wake-up per commit.
-    PERFORM pg_notify('roz_audit', p_tenant_id::text);
-    RETURN v_sequence;
+    PERFORM pg_notify('roz_audit_unsealed', p_tenant_id::text);
 END
 $$;
 
@@ -214,41 +225,77 @@ REVOKE ALL ON FUNCTION roz.audit_field(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION roz.audit_hash(uuid, bigint, text, timestamptz, uuid, uuid, text, text, uuid, uuid, uuid, jsonb, bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION roz.audit_append(uuid, text, timestamptz, uuid, uuid, uuid, jsonb) FROM PUBLIC;
 
--- Events recorded by roz.append_audit_event wait here for their transaction's commit, where the
--- deferred trigger below chains them and removes them; outside a transaction in flight the
--- table is empty.
-CREATE TABLE roz.audit_pending (
-    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    tenant_id      uuid        NOT NULL REFERENCES roz.tenants (id) ON DELETE CASCADE,
-    kind           text        NOT NULL,
-    event_time     timestamptz NOT NULL DEFAULT clock_timestamp(),
-    host_id        uuid,
-    environment_id uuid,
-    subject_id     uuid,
-    detail         jsonb       NOT NULL DEFAULT '{}'
-);
-
-ALTER TABLE roz.audit_pending ENABLE ROW LEVEL SECURITY;
-ALTER TABLE roz.audit_pending FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON roz.audit_pending
-    USING (tenant_id = current_setting('roz.tenant_id')::uuid)
-    WITH CHECK (tenant_id = current_setting('roz.tenant_id')::uuid);
-
-CREATE FUNCTION roz.audit_chain_pending() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
+-- Seals a tenant's committed unsealed events (at most p_limit, oldest written first): numbers,
+-- hashes, moves them into the trail, moves the head, notifies roz_audit. Returns how many.
+-- Sealers of one tenant take turns on the head's lock; each sees what committed before it took
+-- it. The tenant is set for the call's transaction, for the row-level security of the trail.
+CREATE FUNCTION roz.seal_audit(p_tenant_id uuid, p_limit integer)
+    RETURNS integer
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_sequence bigint;
+    v_previous bytea;
+    v_hash     bytea;
+    v_count    integer := 0;
+    v_event    roz.audit_unsealed;
 BEGIN
-    PERFORM roz.audit_append(NEW.tenant_id, NEW.kind, NEW.event_time, NEW.host_id,
-                             NEW.environment_id, NEW.subject_id, NEW.detail);
-    DELETE FROM roz.audit_pending WHERE id = NEW.id;
-    RETURN NULL;
+    PERFORM set_config('roz.tenant_id', p_tenant_id::text, true);
+    IF NOT EXISTS (SELECT 1 FROM roz.audit_unsealed WHERE tenant_id = p_tenant_id) THEN
+        RETURN 0;
+    END IF;
+    SELECT c.last_sequence, c.last_hash INTO v_sequence, v_previous
+      FROM roz.audit_chains AS c WHERE c.tenant_id = p_tenant_id FOR UPDATE;
+    IF NOT FOUND THEN
+        BEGIN
+            INSERT INTO roz.audit_chains (tenant_id) VALUES (p_tenant_id) ON CONFLICT DO NOTHING;
+        EXCEPTION WHEN foreign_key_violation THEN
+            RETURN 0;
+        END;
+        SELECT c.last_sequence, c.last_hash INTO v_sequence, v_previous
+          FROM roz.audit_chains AS c WHERE c.tenant_id = p_tenant_id FOR UPDATE;
+    END IF;
+    FOR v_event IN
+        SELECT * FROM roz.audit_unsealed WHERE tenant_id = p_tenant_id ORDER BY id
+         LIMIT p_limit FOR UPDATE
+    LOOP
+        v_sequence := v_sequence + 1;
+        v_hash := roz.audit_hash(p_tenant_id, v_sequence, v_event.kind, v_event.event_time,
+                                 v_event.actor_key_id, v_event.actor_host_id, v_event.protocol,
+                                 v_event.request_id, v_event.host_id, v_event.environment_id,
+                                 v_event.subject_id, v_event.detail, v_previous);
+        INSERT INTO roz.audit_events
+               (tenant_id, sequence, kind, event_time, actor_key_id, actor_host_id, protocol,
+                request_id, host_id, environment_id, subject_id, detail, previous_hash, hash)
+        VALUES (p_tenant_id, v_sequence, v_event.kind, v_event.event_time, v_event.actor_key_id,
+                v_event.actor_host_id, v_event.protocol, v_event.request_id, v_event.host_id,
+                v_event.environment_id, v_event.subject_id, v_event.detail, v_previous, v_hash);
+        DELETE FROM roz.audit_unsealed WHERE id = v_event.id;
+        v_previous := v_hash;
+        v_count := v_count + 1;
+    END LOOP;
+    IF v_count > 0 THEN
+        UPDATE roz.audit_chains SET last_sequence = v_sequence, last_hash = v_hash
+         WHERE tenant_id = p_tenant_id;
+        PERFORM pg_notify('roz_audit', p_tenant_id::text);
+    END IF;
+    RETURN v_count;
 END
 $$;
 
-CREATE CONSTRAINT TRIGGER audit_pending_chain
-    AFTER INSERT ON roz.audit_pending DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION roz.audit_chain_pending();
+REVOKE ALL ON FUNCTION roz.seal_audit(uuid, integer) FROM PUBLIC;
+
+-- The sweep's question, across tenants: whose events wait to be sealed.
+CREATE FUNCTION roz.unsealed_audit_tenants()
+    RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT DISTINCT tenant_id FROM roz.audit_unsealed
+$$;
+
+REVOKE ALL ON FUNCTION roz.unsealed_audit_tenants() FROM PUBLIC;
 
 -- For events no table change stands for (e-stops): appends an entry to the current tenant's
 -- trail when the calling transaction commits, with who and how from its settings. p_kind is
@@ -272,9 +319,8 @@ BEGIN
         SELECT h.environment_id INTO v_environment_id
           FROM roz.hosts AS h WHERE h.tenant_id = v_tenant_id AND h.id = p_host_id;
     END IF;
-    INSERT INTO roz.audit_pending (tenant_id, kind, host_id, environment_id, subject_id, detail)
-    VALUES (v_tenant_id, p_kind, p_host_id, v_environment_id, p_subject_id,
-            coalesce(p_detail, '{}'::jsonb));
+    PERFORM roz.audit_append(v_tenant_id, p_kind, clock_timestamp(), p_host_id,
+                             v_environment_id, p_subject_id, coalesce(p_detail, '{}'::jsonb));
 END
 $$;
 
@@ -444,12 +490,22 @@ BEGIN
         SELECT 1 FROM roz.environment_safety_policies AS esp
          WHERE esp.environment_id = v_row.environment_id
            AND esp.safety_policy_id = v_row.safety_policy_id);
-    SELECT e.kind INTO v_latest
-      FROM roz.audit_events AS e
-     WHERE e.tenant_id = v_row.tenant_id AND e.subject_id = v_row.safety_policy_id
-       AND e.environment_id = v_row.environment_id
-       AND e.kind IN ('safety_policy.attached', 'safety_policy.detached')
-     ORDER BY e.sequence DESC LIMIT 1;
+    -- The latest entry: one not sealed yet (this transaction's, or one just committed) is
+    -- later than every sealed one.
+    SELECT u.kind INTO v_latest
+      FROM roz.audit_unsealed AS u
+     WHERE u.tenant_id = v_row.tenant_id AND u.subject_id = v_row.safety_policy_id
+       AND u.environment_id = v_row.environment_id
+       AND u.kind IN ('safety_policy.attached', 'safety_policy.detached')
+     ORDER BY u.id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        SELECT e.kind INTO v_latest
+          FROM roz.audit_events AS e
+         WHERE e.tenant_id = v_row.tenant_id AND e.subject_id = v_row.safety_policy_id
+           AND e.environment_id = v_row.environment_id
+           AND e.kind IN ('safety_policy.attached', 'safety_policy.detached')
+         ORDER BY e.sequence DESC LIMIT 1;
+    END IF;
     IF v_attached AND v_latest IS DISTINCT FROM 'safety_policy.attached' THEN
         PERFORM roz.audit_append(
             v_row.tenant_id, 'safety_policy.attached', clock_timestamp(), NULL,
@@ -518,7 +574,6 @@ CREATE CONSTRAINT TRIGGER robot_links_delete_audit
 -- Definer functions run only as the request role is granted them (server/storage/roles.py),
 -- never as PUBLIC.
 REVOKE ALL ON FUNCTION roz.keep_audit_trail() FROM PUBLIC;
-REVOKE ALL ON FUNCTION roz.audit_chain_pending() FROM PUBLIC;
 REVOKE ALL ON FUNCTION roz.append_audit_event(text, uuid, uuid, uuid, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION roz.audit_command_transition() FROM PUBLIC;
 REVOKE ALL ON FUNCTION roz.audit_task_transition() FROM PUBLIC;

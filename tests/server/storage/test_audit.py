@@ -1,6 +1,7 @@
-"""The audit trail in the database: entries written by triggers at commit with who and how,
-numbered without gaps in commit order, append-only, isolated per tenant, listed in keyset pages,
-and a hash chain whose verification names the first entry an owner altered, deleted or moved.
+"""The audit trail in the database: events written by triggers at commit with who and how,
+sealed after it without gaps and without making writers wait, append-only, isolated per tenant,
+listed in keyset pages, and a hash chain whose verification names the first entry an owner
+altered, deleted or moved.
 
 Changes are made with plain SQL on the request role (under RLS), the way the repositories make
 them, so these tests depend on the tables and their triggers, not on the repositories.
@@ -22,7 +23,7 @@ from psycopg.types.json import Jsonb
 from server.domain.audit import Actor, AuditEvent, AuditQuery, Break, Protocol, entry_hash
 from server.domain.environments import EnvironmentDraft
 from server.domain.errors import InvalidArgument
-from server.storage.audit import AuditRepository
+from server.storage.audit import AuditRepository, seal, seal_all
 from server.storage.database import Database
 from server.storage.environments import EnvironmentRepository
 from server.storage.tasks import time_out_tasks
@@ -57,12 +58,22 @@ def kinds(events: list[AuditEvent]) -> list[str]:
 async def append(
     database: Database, tenant: TenantWithKey, kind: str, detail: dict[str, Any] | None = None
 ) -> None:
+    """One event, committed and sealed (as a server process does on the notification)."""
     await sql(
         database,
         tenant,
         "SELECT roz.append_audit_event(%s, NULL, NULL, NULL, %s)",
         (kind, Jsonb(detail or {})),
     )
+    await seal(database.pool, tenant.id)
+
+
+async def unsealed(database: Database) -> int:
+    """Events waiting to be sealed, every tenant's (the table is the owner's alone)."""
+    async with await AsyncConnection.connect(database.owner_dsn) as conn:
+        row = await (await conn.execute("SELECT count(*) FROM roz.audit_unsealed")).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 # -- what is recorded -------------------------------------------------------------------------
@@ -322,7 +333,7 @@ async def test_the_sql_function_appends_at_commit_with_the_hosts_environment(
             (host_id, host_id, Jsonb({"reason": "arrêt d'urgence ✋"})),
         )
         inside = await (await conn.execute("SELECT count(*) FROM roz.audit_events")).fetchone()
-        assert inside == (0,)  # chained when the transaction commits, not before
+        assert inside == (0,)  # sealed once the transaction has committed, not before
     (event,) = await trail(audit, tenant_a)
     assert (event.kind, event.host_id, event.environment_id) == (
         "estop.engaged",
@@ -335,7 +346,7 @@ async def test_the_sql_function_appends_at_commit_with_the_hosts_environment(
         "req-operator-1",
     )
     assert (await audit.verify(tenant_a.id)).intact  # non-ASCII hashed alike on both sides
-    assert await sql(database, tenant_a, "SELECT count(*) FROM roz.audit_pending") == [(0,)]
+    assert await unsealed(database) == 0
 
 
 @pytest.mark.parametrize("kind", ["EStop.engaged", "estop", "estop.", "estop.engaged; drop", ""])
@@ -386,52 +397,69 @@ async def test_concurrent_appends_are_numbered_without_gap_or_repeat(
     assert (await audit.verify(tenant_a.id)).intact
 
 
-async def test_sequence_order_is_commit_order(
+async def test_writers_never_wait_for_each_other_and_entries_follow_their_commits(
     database: Database, audit: AuditRepository, tenant_a: TenantWithKey
 ) -> None:
-    """An appender that numbers second waits for the first to commit, so a reader that has seen
-    entry n has seen every entry before it."""
+    """A transaction holding events uncommitted keeps no other writer of its tenant waiting;
+    the entries are numbered in the order their transactions committed, without a gap, so a
+    reader that has seen entry n has seen every entry before it."""
     async with tenant_transaction(database.pool, tenant_a.id) as first:
         await first.execute(
             "SELECT roz.append_audit_event('estop.engaged', NULL, NULL, NULL, '{}')"
         )
-        await first.execute("SET CONSTRAINTS ALL IMMEDIATE")  # chain now, hold the head
-        second = asyncio.create_task(append(database, tenant_a, "estop.cleared"))
-        await _until_waiting_for_a_lock(database)
-        assert not second.done()
-    await second
+        await first.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        # Another writer of the same tenant commits and is sealed while `first` is open.
+        await asyncio.wait_for(append(database, tenant_a, "estop.cleared"), timeout=5)
+        assert [(e.sequence, e.kind) for e in await trail(audit, tenant_a)] == [
+            (1, "estop.cleared")
+        ]
+    assert await seal(database.pool, tenant_a.id) == 1
     events = await trail(audit, tenant_a)
-    assert [(e.sequence, e.kind) for e in events] == [(1, "estop.engaged"), (2, "estop.cleared")]
+    assert [(e.sequence, e.kind) for e in events] == [(1, "estop.cleared"), (2, "estop.engaged")]
+    assert (await audit.verify(tenant_a.id)).intact
 
 
-async def _until_waiting_for_a_lock(database: Database) -> None:
-    async with await AsyncConnection.connect(database.owner_dsn, autocommit=True) as conn:
-        for _ in range(500):
-            row = await (
-                await conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).fetchone()
-            if row and row[0]:
-                return
-            await asyncio.sleep(0.01)
-    raise AssertionError("the second appender never waited for the first")
-
-
-async def test_watchers_are_woken_once_per_commit_with_the_tenant_only(
+async def test_a_sealer_is_woken_once_per_commit_and_watchers_once_per_seal(
     database: Database, tenant_a: TenantWithKey
 ) -> None:
     async with await AsyncConnection.connect(database.pool.conninfo, autocommit=True) as listener:
+        await listener.execute("LISTEN roz_audit_unsealed")
         await listener.execute("LISTEN roz_audit")
         async with tenant_transaction(database.pool, tenant_a.id) as conn:
             for kind in ("estop.engaged", "estop.cleared"):
                 await conn.execute(
                     "SELECT roz.append_audit_event(%s, NULL, NULL, NULL, '{}')", (kind,)
                 )
-        await append(database, tenant_a, "estop.engaged")
-        woken = [n async for n in listener.notifies(timeout=1, stop_after=3)]
-    assert [(n.channel, n.payload) for n in woken] == [("roz_audit", str(tenant_a.id))] * 2
+        await sql(
+            database,
+            tenant_a,
+            "SELECT roz.append_audit_event('estop.engaged', NULL, NULL, NULL, '{}')",
+        )
+        assert await seal(database.pool, tenant_a.id) == 3
+        assert await seal(database.pool, tenant_a.id) == 0  # nothing left: no wake-up either
+        woken = [n async for n in listener.notifies(timeout=1, stop_after=4)]
+    tenant = str(tenant_a.id)
+    assert [(n.channel, n.payload) for n in woken] == [
+        ("roz_audit_unsealed", tenant),
+        ("roz_audit_unsealed", tenant),
+        ("roz_audit", tenant),
+    ]
+
+
+async def test_the_sweep_seals_what_every_tenant_left_waiting(
+    database: Database, audit: AuditRepository, tenant_a: TenantWithKey, tenant_b: TenantWithKey
+) -> None:
+    for tenant in (tenant_a, tenant_b):
+        await sql(
+            database,
+            tenant,
+            "SELECT roz.append_audit_event('estop.engaged', NULL, NULL, NULL, '{}')",
+        )
+    assert await unsealed(database) >= 2
+    assert await seal_all(database.pool) >= 2
+    assert await unsealed(database) == 0
+    for tenant in (tenant_a, tenant_b):
+        assert kinds(await trail(audit, tenant)) == ["estop.engaged"]
 
 
 # -- append-only, isolated ----------------------------------------------------------------------

@@ -218,7 +218,6 @@ async def test_definer_functions_are_not_executable_by_public(database: Database
         ).fetchall()
     assert [row[0] for row in rows] == [
         "append_audit_event",
-        "audit_chain_pending",
         "audit_command_transition",
         "audit_delivery",
         "audit_estop_acknowledgement",
@@ -239,12 +238,14 @@ async def test_definer_functions_are_not_executable_by_public(database: Database
         "pulse_robot_links",
         "purge_device_authorizations",
         "record_device_poll",
+        "seal_audit",
         "silent_robot_links",
         "start_device_authorization",
         "start_device_session",
         "tenant_name",
         "time_out_tasks",
         "touch_api_keys",
+        "unsealed_audit_tenants",
     ]
     for name, public, app, config in rows:
         assert public is False, name
