@@ -43,6 +43,8 @@ RING = 1024
 PAGE = 500
 # How often a waiting watcher looks for itself, in case a notification was lost.
 RECHECK_SECONDS = 5.0
+# A watch quiet this long sends a checkpoint, so that proxies keep it open.
+CHECKPOINT_SECONDS = 15.0
 # The kinds a fleet watch reports.
 FLEET_KINDS = ("robot.", "estop.")
 
@@ -70,7 +72,13 @@ class Telemetry:
     snapshot: TelemetrySnapshot
 
 
-Item = Change | HostState | Command | Task | Telemetry
+@dataclass(frozen=True)
+class Checkpoint:
+    """Nothing new: the watcher is up to date through the sequence. The first message of a
+    resumed watch, and sent after CHECKPOINT_SECONDS of quiet."""
+
+
+Item = Change | HostState | Command | Task | Telemetry | Checkpoint
 
 
 @dataclass(frozen=True)
@@ -196,11 +204,13 @@ class Watches:
         telemetry: Callable[[UUID], TelemetrySnapshot | None],
         *,
         recheck_seconds: float = RECHECK_SECONDS,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
     ) -> None:
         self._repos = repositories
         self.tail = tail
         self._telemetry = telemetry
         self._recheck = recheck_seconds
+        self.checkpoint_seconds = checkpoint_seconds
 
     async def host(self, tenant_id: UUID, host_id: UUID, after: int | None) -> AsyncIterator[Sent]:
         host = await self._repos.hosts().get(tenant_id, host_id)  # NotFound for another's
@@ -209,6 +219,8 @@ class Watches:
                 after = tenant.last
                 stops = await self._repos.estops().of_hosts(tenant_id, [host_id])
                 yield Sent(after, HostState(host, stops[host_id]))
+            else:
+                yield Sent(after, Checkpoint())
             told: TelemetrySnapshot | None = None
             async for sent in self._changes(
                 tenant, tenant_id, after, lambda event: event.host_id == host_id
@@ -256,6 +268,8 @@ class Watches:
                 after = tenant.last
                 async for state in self._fleet_states(tenant_id):
                     yield Sent(after, state)
+            else:
+                yield Sent(after, Checkpoint())
             async for sent in self._changes(
                 tenant, tenant_id, after, lambda event: event.kind.startswith(FLEET_KINDS)
             ):
@@ -283,20 +297,23 @@ class Watches:
                 after = tenant.last
             elif final:
                 # Resumed after its end: what is left of its changes, from the trail.
+                yield Sent(after, Checkpoint())
                 async for event in self._read_matching(tenant_id, after, item_id):
                     yield Sent(event.sequence, Change(event))
                     yield None
                 return
+            else:
+                yield Sent(after, Checkpoint())
             async for sent in self._changes(
                 tenant, tenant_id, after, lambda event: event.subject_id == item_id
             ):
                 if sent is None:
                     continue
                 yield sent
-                yield None
-                assert isinstance(sent.item, Change)
-                if sent.item.event.kind == ending:
-                    return
+                if isinstance(sent.item, Change):
+                    yield None
+                    if sent.item.event.kind == ending:
+                        return
 
     async def _changes(
         self,
@@ -306,7 +323,10 @@ class Watches:
         matches: Callable[[AuditEvent], bool],
     ) -> AsyncIterator[Sent | None]:
         """The tenant's entries after `after` that match, in order, forever; a None after each
-        wake-up with nothing new (the caller may look at what is not in the trail)."""
+        wake-up with nothing new (the caller may look at what is not in the trail), and a
+        checkpoint after CHECKPOINT_SECONDS without anything sent."""
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
         while True:
             waiter = tenant.changed
             recent = tenant.since(after)
@@ -318,12 +338,16 @@ class Watches:
             for event in recent:
                 after = event.sequence
                 if matches(event):
+                    last_sent = loop.time()
                     yield Sent(event.sequence, Change(event))
             if behind or recent:
                 continue
             yield None
+            if loop.time() - last_sent >= self.checkpoint_seconds:
+                last_sent = loop.time()
+                yield Sent(after, Checkpoint())
             try:
-                async with asyncio.timeout(self._recheck):
+                async with asyncio.timeout(min(self._recheck, self.checkpoint_seconds)):
                     await waiter.wait()
             except TimeoutError:
                 self.tail.recheck(tenant, tenant_id)

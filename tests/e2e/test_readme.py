@@ -184,3 +184,29 @@ def test_the_audit_walkthrough_runs_as_written(
     assert (verdict["intact"], verdict["head_sequence"]) == (True, created["sequence"])
     assert lines[3].endswith("is intact: 1 entry.")
     assert lines[4] == f"Head: {created['sequence']}:{created['hash']}"
+
+
+def test_the_live_views_walkthrough_runs_as_written(
+    roz_dir: Path, roz_factory_per_test: RozFactory
+) -> None:
+    home = roz_dir / "home"
+    roz = roz_factory_per_test(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    (block,) = shell_blocks("Live views")
+    script = (
+        "set -euo pipefail\nexport ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n"
+        f"cd {roz_dir}\n" + block
+    ).replace("localhost:8080", roz.listener.target)
+    script = script.replace(".venv/bin/grpcurl", str(ROOT / ".venv/bin/grpcurl"))
+    result = run_as_user(script, home)
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = result.stdout
+    data = [json.loads(line[6:]) for line in out.splitlines() if line.startswith("data: ")]
+    ids = [int(line[4:]) for line in out.splitlines() if line.startswith("id: ")]
+    assert len(ids) == len(data)
+    assert ids == sorted(ids)
+    assert data[0]["host"]["estop"]["stopped"] is False
+    kinds = [d["change"]["kind"] for d in data[1:]]
+    assert kinds == ["command.created", "estop.engaged"]
+    grpc_out = out[out.index("}", out.rindex("data: ")) :]
+    assert '"kind": "command.ended"' in grpc_out
+    assert '"state": "STATE_CANCELLED"' in grpc_out

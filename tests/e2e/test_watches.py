@@ -117,9 +117,10 @@ def test_a_host_watch_over_sse_starts_with_a_snapshot_and_resumes_from_last_even
     assert ids == sorted(ids)
     assert ids[0] == int(snapshot_id)
 
-    # Resumed where it left off: everything after, nothing again, no snapshot.
+    # Resumed where it left off: a checkpoint, then everything after, nothing again.
     last_id = read[-1][0]
-    resumed = changes_until(sse(fleet, path, last_id), "estop.cleared")
+    checkpoint, *resumed = changes_until(sse(fleet, path, last_id), "estop.cleared")
+    assert checkpoint == (last_id, {"sequence": last_id})
     assert all("change" in event for _, event in resumed)
     resumed_kinds = [event["change"]["kind"] for _, event in resumed]
     assert "estop.acknowledged" in resumed_kinds
@@ -322,6 +323,9 @@ def test_a_watcher_that_stops_reading_holds_nothing_and_resumes_without_loss(
         watch_pb2.WatchHostRequest(host_id=host_id, after_sequence=snapshot.sequence),
     )
     with channel:
+        checkpoint = next(resumed)
+        assert checkpoint.sequence == snapshot.sequence
+        assert checkpoint.WhichOneof("event") is None
         created: list[str] = []
         sequences: list[int] = []
         for event in resumed:
@@ -332,3 +336,20 @@ def test_a_watcher_that_stops_reading_holds_nothing_and_resumes_without_loss(
                 break
     assert created == made
     assert sequences == sorted(set(sequences))
+
+
+def test_a_quiet_watch_sends_checkpoints(fleet: Fleet) -> None:
+    host_id, _ = fleet.robot()
+    fleet.roz.app.watches.checkpoint_seconds = 0.3
+    try:
+        stream, channel = grpc_watch(
+            fleet, "WatchHost", watch_pb2.WatchHostRequest(host_id=host_id)
+        )
+        with channel:
+            snapshot = next(stream)
+            quiet = [next(stream), next(stream)]
+            stream.cancel()
+    finally:
+        fleet.roz.app.watches.checkpoint_seconds = 15.0
+    assert [e.WhichOneof("event") for e in quiet] == [None, None]
+    assert [e.sequence for e in quiet] == [snapshot.sequence] * 2
