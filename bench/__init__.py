@@ -13,4 +13,7 @@ BENCH_GRPC_CONNECTIONS (8), BENCH_GRPC_STREAMS (16), BENCH_HTTP1_CONNECTIONS (32
 Last, the robot link (bench/robots.py): BENCH_ROBOTS (10000 idle streams), BENCH_DISPATCH_SECONDS
 (10), BENCH_STORM_ROBOTS (2000), BENCH_ESTOP_ROBOTS (1000, in one environment), BENCH_ROBOT_PHASES
 (0 skips it; "estop,notify" say runs only those of idle, dispatch, storm, estop, notify).
+After it, the watch fan-out (bench/watches.py): BENCH_WATCHERS (200) WatchHost streams of one
+host while BENCH_WATCH_RATE (50) commands a second are created for it for BENCH_WATCH_SECONDS
+(10), the watchers on the writing process and then on another; BENCH_WATCH=0 skips it.
 """
