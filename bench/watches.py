@@ -126,6 +126,9 @@ class FanOutResult:
     measured: int  # creates after the warm-up
     latency_us: list[int]  # each watcher's receipt of each measured create, from its return
     from_sent_us: list[int]  # the same, from when the create was sent
+    first_us: list[int]  # each measured create's first watcher's receipt, from its return
+    last_us: list[int]  # and its last watcher's
+    slowest: tuple[int, int]  # the create whose last watcher waited longest: its place, that wait
     create_us: list[int]  # each measured create, sent to returned
     completed_rate: float  # creates answered a second, over the measured window
     delivered_per_second: float  # (watcher, measured create) receipts a second
@@ -505,6 +508,7 @@ def _fan_out_result(
     every = {made.command_id for made in created}
     latency: list[int] = []
     from_sent: list[int] = []
+    spread: dict[str, tuple[float, float]] = {}  # a measured create's first and last receipt
     last_receipt = 0.0
     missing = short = duplicated = disordered = 0
     for watcher in changes:
@@ -527,7 +531,13 @@ def _fan_out_result(
                 latency.append(round((received - made.returned) * 1e6))
                 from_sent.append(round((received - made.sent) * 1e6))
                 last_receipt = max(last_receipt, received)
+                first, last = spread.get(made.command_id, (received, received))
+                spread[made.command_id] = (min(first, received), max(last, received))
     window = (last_receipt - measured[0].returned) if measured and latency else 0.0
+    order = sorted(created, key=lambda made: made.sent)
+    firsts = [(spread[m.command_id][0] - m.returned, m) for m in measured if m.command_id in spread]
+    lasts = [(spread[m.command_id][1] - m.returned, m) for m in measured if m.command_id in spread]
+    slowest = max(lasts, key=lambda pair: pair[0], default=None)
     return FanOutResult(
         label=label,
         watchers=len(changes),
@@ -536,6 +546,9 @@ def _fan_out_result(
         measured=len(measured),
         latency_us=latency,
         from_sent_us=from_sent,
+        first_us=[round(seconds * 1e6) for seconds, _ in firsts],
+        last_us=[round(seconds * 1e6) for seconds, _ in lasts],
+        slowest=(order.index(slowest[1]) + 1, round(slowest[0] * 1e6)) if slowest else (0, 0),
         create_us=[round((made.returned - made.sent) * 1e6) for made in measured],
         completed_rate=len(measured)
         / max(1e-9, max((made.returned for made in measured), default=0) - measured[0].sent)
@@ -641,7 +654,12 @@ def render(result: WatchResult) -> str:
             f"watcher, p50 / p99 / max | {_ms(percentile_ms(run.latency_us, 0.5))} / "
             f"{_ms(run.p99_ms)} / {_ms(max(run.latency_us, default=0) / 1000)} ms (from send: "
             f"{_ms(percentile_ms(run.from_sent_us, 0.5))} / "
-            f"{_ms(percentile_ms(run.from_sent_us, 0.99))} ms; create p99 "
+            f"{_ms(percentile_ms(run.from_sent_us, 0.99))} ms; each command's first watcher "
+            f"p50 / p99 {_ms(percentile_ms(run.first_us, 0.5))} / "
+            f"{_ms(percentile_ms(run.first_us, 0.99))} ms, its last "
+            f"{_ms(percentile_ms(run.last_us, 0.5))} / {_ms(percentile_ms(run.last_us, 0.99))} "
+            f"ms; the slowest, command {run.slowest[0]:,} of {run.written:,}: "
+            f"{_ms(run.slowest[1] / 1000)} ms; create p99 "
             f"{_ms(percentile_ms(run.create_us, 0.99))} ms; creates answered at "
             f"{run.completed_rate:,.0f}/s; {len(run.latency_us):,} of "
             f"{run.measured * run.watchers:,} (watcher, command) pairs delivered, "
