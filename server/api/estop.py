@@ -29,9 +29,9 @@ SOURCE_TO_PROTO = {
 }
 SOURCE_FROM_PROTO = {value: source for source, value in SOURCE_TO_PROTO.items()}
 
-# Told after each change commits, so this process's robots hear it without waiting for the
-# notification to come back from the database.
-Announce = Callable[[UUID, Target], None]
+# Told the latch after each change commits, so this process's robots hear it without waiting
+# for the notification to come back from the database.
+Announce = Callable[[UUID, Target, Latch], None]
 
 
 def latch_to_proto(latch: Latch) -> pb.EstopLatch:
@@ -115,24 +115,29 @@ class EstopServicer(estop_pb2_grpc.EstopServiceServicer):  # type: ignore[misc]
         return environment_estop_to_proto(_environment(found))
 
     async def _engage(self, target: Target, reason: str) -> HostStop | EnvironmentStop:
+        """Engages, tells this process's robots, then reads the e-stop for the answer (after
+        the commit: the robots hear of it first)."""
         principal = current_principal()
-        changed = await self._repository().engage(
+        repository = self._repository()
+        latch = await repository.engage(
             principal.tenant_id,
             target,
             reason=reason,
             source=Source.OPERATOR,
             actor=principal.key_id,
         )
-        self._announce(principal.tenant_id, target)
-        return changed
+        self._announce(principal.tenant_id, target, latch)
+        return await repository.get(principal.tenant_id, target)
 
     async def _clear(self, target: Target, reason: str) -> HostStop | EnvironmentStop:
         principal = current_principal()
-        changed = await self._repository().clear(
+        repository = self._repository()
+        latch = await repository.clear(
             principal.tenant_id, target, reason=reason, actor=principal.key_id
         )
-        self._announce(principal.tenant_id, target)
-        return changed
+        if latch is not None:
+            self._announce(principal.tenant_id, target, latch)
+        return await repository.get(principal.tenant_id, target)
 
 
 def _host(stop: HostStop | EnvironmentStop) -> HostStop:

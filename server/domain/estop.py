@@ -156,6 +156,6 @@ def refusal(stop: HostStop, what: str) -> FailedPrecondition:
     )
 
 
-def stopped_reason(stop: HostStop) -> str:
-    """The reason recorded on what an e-stop ended: "E-STOP: <the latch's reason>"."""
-    return f"{ESTOP_REASON}: {stop.why()}"
+def stopped_reason(latch: Latch) -> str:
+    """The reason recorded on what an engage ended: "E-STOP: <the latch's reason>"."""
+    return f"{ESTOP_REASON}: {latch.reason}"

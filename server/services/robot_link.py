@@ -32,7 +32,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -47,7 +47,7 @@ from server.domain.errors import (
     NotFound,
     Unavailable,
 )
-from server.domain.estop import ROBOT_SOURCES, HostStop, Target, TargetKind
+from server.domain.estop import ROBOT_SOURCES, HostStop, Latch, Target, TargetKind
 from server.domain.robot_deliveries import Delivery, DeliveryKind
 from server.domain.robot_link import (
     CONNECTED,
@@ -294,26 +294,40 @@ class RobotLinks:
         self._spawn(self._refresh_stops(list(self._live.values())))
 
     def on_estop(self, payload: str) -> None:
-        """NOTIFY roz_estops: a latch changed; the links it covers learn their host's e-stop."""
+        """NOTIFY roz_estops: a latch changed; the links it covers learn it from the payload."""
         parsed = parse_payload(payload)
         if parsed is not None:
             self.announce(*parsed)
 
-    def announce(self, tenant_id: UUID, target: Target) -> None:
-        """A latch of `tenant_id` changed (here, or as a notification said)."""
+    def announce(self, tenant_id: UUID, target: Target, latch: Latch) -> None:
+        """A latch of `tenant_id` changed to `latch` (here, or as a notification said): each
+        link it covers takes it into its host's e-stop, in memory. A link still opening (its
+        stop not read yet) reads it again; a link whose host moved environment since its stop
+        was read is found by the pulse's epochs."""
+        opening: list[LiveLink] = []
+        for link in self._covered(tenant_id, target):
+            stop = link.stop
+            if stop is None:
+                opening.append(link)
+            elif target.kind is TargetKind.HOST and latch.epoch > stop.host.epoch:
+                link.learn(replace(stop, host=latch))
+            elif target.kind is TargetKind.ENVIRONMENT and latch.epoch > stop.environment.epoch:
+                link.learn(replace(stop, environment=latch))
+        if opening:
+            self._spawn(self._refresh_stops(opening))
+
+    def _covered(self, tenant_id: UUID, target: Target) -> list[LiveLink]:
+        """The tenant's links a latch may cover: its host's, or those in its environment (and
+        any whose stop is not read yet)."""
         if target.kind is TargetKind.HOST:
             link = self._live.get(target.id)
-            covered = [link] if link is not None and link.tenant_id == tenant_id else []
-        else:
-            covered = [
-                link
-                for link in self._live.values()
-                if link.tenant_id == tenant_id
-                and link.stop is not None
-                and link.stop.environment_id == target.id
-            ]
-        if covered:
-            self._spawn(self._refresh_stops(covered))
+            return [link] if link is not None and link.tenant_id == tenant_id else []
+        return [
+            link
+            for link in self._live.values()
+            if link.tenant_id == tenant_id
+            and (link.stop is None or link.stop.environment_id == target.id)
+        ]
 
     async def _refresh_stops(self, links: list[LiveLink]) -> None:
         """Reads the e-stops of these links' hosts, one query per tenant."""
@@ -520,7 +534,7 @@ class RobotLinks:
                 [FieldViolation("estop_raise.source", "must be a robot source")],
             )
         target = Target(TargetKind.HOST, link.host_id)
-        await self._repos.estops().engage(
+        latch = await self._repos.estops().engage(
             link.tenant_id,
             target,
             reason=raised_reason(raised.source, raised.reason),
@@ -528,7 +542,7 @@ class RobotLinks:
             actor=link.actor,
         )
         log.warning("robot of host %s raised its e-stop (%s)", link.host_id, raised.source.value)
-        self.announce(link.tenant_id, target)
+        self.announce(link.tenant_id, target, latch)
 
     async def _report(self, link: LiveLink, report: Report) -> ReportOutcome:
         """Applies a report through its item's transition table; a refusal is an answer to

@@ -14,8 +14,10 @@ The check that new work makes against the latches is in server/storage/estop_che
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from psycopg import AsyncConnection
@@ -26,6 +28,7 @@ from server.domain.errors import NotFound
 from server.domain.estop import (
     EnvironmentStop,
     HostStop,
+    Latch,
     Source,
     Target,
     TargetKind,
@@ -51,6 +54,7 @@ CHANNEL = "roz_estops"
 _LOCK_HOST = "SELECT environment_id FROM roz.hosts WHERE id = %s FOR NO KEY UPDATE"
 _LOCK_ENVIRONMENT = "SELECT 1 FROM roz.environments WHERE id = %s FOR NO KEY UPDATE"
 _LOCK_HOSTS_OF = "SELECT id FROM roz.hosts WHERE environment_id = %s ORDER BY id FOR NO KEY UPDATE"
+_RETURNING = "id, epoch, engaged, reason, source, actor_key_id, change_time"
 _ENGAGE = (
     "INSERT INTO roz.estops AS e"
     " (tenant_id, {column}, epoch, engaged, reason, source, actor_key_id, change_time)"
@@ -59,13 +63,13 @@ _ENGAGE = (
     " ON CONFLICT ({column}) DO UPDATE SET epoch = e.epoch + 1, engaged = true,"
     " reason = excluded.reason, source = excluded.source, actor_key_id = excluded.actor_key_id,"
     " change_time = greatest(excluded.change_time, e.change_time)"
-    " RETURNING id"
+    " RETURNING " + _RETURNING
 )
 _CLEAR = (
     "UPDATE roz.estops SET epoch = epoch + 1, engaged = false, reason = %(reason)s,"
     " source = %(source)s, actor_key_id = %(actor)s,"
     " change_time = greatest(statement_timestamp(), change_time)"
-    " WHERE {column} = %(target)s AND engaged RETURNING id"
+    " WHERE {column} = %(target)s AND engaged RETURNING " + _RETURNING
 )
 _RECORD = (
     "INSERT INTO roz.estop_changes"
@@ -111,9 +115,10 @@ class EstopRepository:
 
     async def engage(
         self, tenant_id: UUID, target: Target, *, reason: str, source: Source, actor: UUID | None
-    ) -> HostStop | EnvironmentStop:
+    ) -> Latch:
         """Engages the latch (a new epoch, even if it was engaged: each press is recorded) and
-        ends the work running on the hosts it covers; returns the e-stop as it is now."""
+        ends the work robots of the hosts it covers have in hand; returns the latch as the
+        change left it, once committed (and notified)."""
         check_reason(reason)
         with database_errors(target.kind.value):
             async with tenant_transaction(self._pool, tenant_id) as conn:
@@ -130,17 +135,17 @@ class EstopRepository:
                     )
                 ).fetchone()
                 assert row is not None
+                latch = _changed(row)
                 await conn.execute(_RECORD, (row[0],))
-                stops = await host_stops(conn, hosts)
-                await _end_running_work(conn, list(stops.values()), actor)
-                await conn.execute(_NOTIFY, (_payload(tenant_id, target),))
-                return await _read(conn, target, stops)
+                await _end_work_in_hand(conn, hosts, stopped_reason(latch), actor)
+                await conn.execute(_NOTIFY, (payload(tenant_id, target, latch),))
+        return latch
 
     async def clear(
         self, tenant_id: UUID, target: Target, *, reason: str, actor: UUID | None
-    ) -> HostStop | EnvironmentStop:
-        """Clears the latch (a new epoch) if it is engaged; clearing a clear latch changes
-        nothing. Nothing that the e-stop ended resumes."""
+    ) -> Latch | None:
+        """Clears the latch (a new epoch) if it is engaged and returns it as the change left it;
+        clearing a clear latch changes nothing (None). Nothing that the e-stop ended resumes."""
         check_reason(reason)
         with database_errors(target.kind.value):
             async with tenant_transaction(self._pool, tenant_id) as conn:
@@ -156,14 +161,16 @@ class EstopRepository:
                         },
                     )
                 ).fetchone()
-                if row is not None:
-                    await conn.execute(_RECORD, (row[0],))
-                    await conn.execute(_NOTIFY, (_payload(tenant_id, target),))
-                return await _read(conn, target, None)
+                if row is None:
+                    return None
+                latch = _changed(row)
+                await conn.execute(_RECORD, (row[0],))
+                await conn.execute(_NOTIFY, (payload(tenant_id, target, latch),))
+        return latch
 
     async def get(self, tenant_id: UUID, target: Target) -> HostStop | EnvironmentStop:
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            return await _read(conn, target, None)
+            return await _read(conn, target)
 
     async def of_hosts(self, tenant_id: UUID, host_ids: Sequence[UUID]) -> dict[UUID, HostStop]:
         """The e-stops of these hosts of one tenant (for the links that hold them)."""
@@ -203,17 +210,58 @@ async def estop_epochs(pool: Pool, host_ids: Sequence[UUID]) -> dict[UUID, tuple
     return {row[0]: (int(row[1]), int(row[2])) for row in rows}
 
 
-def parse_payload(payload: str) -> tuple[UUID, Target] | None:
-    """A roz_estops notification's tenant and latch; None for one that is not ours."""
+def payload(tenant_id: UUID, target: Target, latch: Latch) -> str:
+    """A roz_estops notification: the tenant, the latch's target, and the latch as the change
+    left it, so that every link it covers learns it without reading it back. Within NOTIFY's
+    8,000 bytes: the reason is at most 1,024 characters."""
+    return json.dumps(
+        {
+            "tenant": str(tenant_id),
+            "kind": target.kind.value,
+            "id": str(target.id),
+            "epoch": latch.epoch,
+            "engaged": latch.engaged,
+            "reason": latch.reason,
+            "source": latch.source.value,
+            "actor": None if latch.actor is None else str(latch.actor),
+            "time": None if latch.change_time is None else latch.change_time.isoformat(),
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,  # \u escapes would triple a non-ASCII reason's size
+    )
+
+
+def parse_payload(text: str) -> tuple[UUID, Target, Latch] | None:
+    """A roz_estops notification's tenant, target and latch; None for one that is not ours."""
     try:
-        tenant, kind, target = payload.split("/")
-        return UUID(tenant), Target(TargetKind(kind), UUID(target))
-    except ValueError:
+        fields = json.loads(text)
+        actor, when = fields["actor"], fields["time"]
+        return (
+            UUID(fields["tenant"]),
+            Target(TargetKind(fields["kind"]), UUID(fields["id"])),
+            Latch(
+                engaged=bool(fields["engaged"]),
+                epoch=int(fields["epoch"]),
+                reason=str(fields["reason"]),
+                source=Source(fields["source"]),
+                actor=None if actor is None else UUID(actor),
+                change_time=None if when is None else datetime.fromisoformat(when),
+            ),
+        )
+    except (ValueError, KeyError, TypeError):
         return None
 
 
-def _payload(tenant_id: UUID, target: Target) -> str:
-    return f"{tenant_id}/{target.kind.value}/{target.id}"
+def _changed(row: tuple[Any, ...]) -> Latch:
+    _, epoch, engaged, reason, source, actor, change_time = row
+    return Latch(
+        engaged=engaged,
+        epoch=int(epoch),
+        reason=reason,
+        source=Source(source),
+        actor=actor,
+        change_time=change_time,
+    )
 
 
 async def _lock(conn: AsyncConnection[TupleRow], target: Target, *, for_engage: bool) -> list[UUID]:
@@ -233,9 +281,7 @@ async def _lock(conn: AsyncConnection[TupleRow], target: Target, *, for_engage: 
     return [row[0] for row in rows]
 
 
-async def _read(
-    conn: AsyncConnection[TupleRow], target: Target, stops: dict[UUID, HostStop] | None
-) -> HostStop | EnvironmentStop:
+async def _read(conn: AsyncConnection[TupleRow], target: Target) -> HostStop | EnvironmentStop:
     if target.kind is TargetKind.HOST:
         found = (await host_stops(conn, [target.id])).get(target.id)
         if found is None:
@@ -253,20 +299,16 @@ async def _read(
     return EnvironmentStop(target.id, latch, hosts)
 
 
-async def _end_running_work(
-    conn: AsyncConnection[TupleRow], stops: list[HostStop], actor: UUID | None
+async def _end_work_in_hand(
+    conn: AsyncConnection[TupleRow], hosts: list[UUID], reason: str, actor: UUID | None
 ) -> None:
     """An engage ends what the robots of the hosts it stops have in hand: commands FAILED, tasks
     SAFETY_STOPPED, each with "E-STOP: <reason>" and a cancellation for its robot."""
-    reasons = {stop.host_id: stopped_reason(stop) for stop in stops if stop.stopped}
-    if not reasons:
+    if not hosts:
         return
-    hosts = list(reasons)
     commands = await (await conn.execute(_IN_HAND_COMMANDS, (hosts,))).fetchall()
     await stop_commands(
-        conn, [(row[0], row[1], CommandState(row[2]), reasons[row[1]]) for row in commands], actor
+        conn, [(row[0], row[1], CommandState(row[2]), reason) for row in commands], actor
     )
     tasks = await (await conn.execute(_IN_HAND_TASKS, (hosts,))).fetchall()
-    await stop_tasks(
-        conn, [(row[0], row[1], TaskState(row[2]), reasons[row[1]]) for row in tasks], actor
-    )
+    await stop_tasks(conn, [(row[0], row[1], TaskState(row[2]), reason) for row in tasks], actor)

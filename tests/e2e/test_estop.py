@@ -439,3 +439,26 @@ def test_engages_acknowledgements_and_clears_are_in_the_audit_trail(fleet: Fleet
     assert engaged["detail"]["epoch"] == 1
     acknowledged = next(e for e in estops if e["kind"] == "estop.acknowledged")
     assert acknowledged["actor"]["host_id"] == host_id  # the robot's own key
+
+
+def test_the_notification_carries_the_latch_and_the_longest_reason_fits(fleet: Fleet) -> None:
+    """The notification carries the latch itself: 1,024 four-byte characters fit in it."""
+    from server.domain.estop import MAX_REASON_LENGTH, Latch, Source, Target, TargetKind
+    from server.storage.estops import parse_payload, payload
+
+    reason = "🛑" * MAX_REASON_LENGTH
+    target = Target(TargetKind.ENVIRONMENT, uuid.uuid4())
+    latch = Latch(engaged=True, epoch=3, reason=reason, source=Source.ROBOT_GUARD, actor=None)
+    text = payload(uuid.uuid4(), target, latch)
+    assert len(text.encode()) < 8000  # NOTIFY's limit
+    parsed = parse_payload(text)
+    assert parsed is not None
+    assert (parsed[1], parsed[2]) == (target, latch)
+    assert parse_payload("not json") is None
+    assert parse_payload('{"tenant": "x"}') is None
+
+    host_id, secret = fleet.robot()
+    with fleet.connect(secret) as robot:
+        robot.welcome()
+        engage(fleet, f"/api/v1/hosts/{host_id}", reason)
+        assert robot.receive("estop").estop.host.reason == reason
