@@ -462,3 +462,25 @@ def test_the_notification_carries_the_latch_and_the_longest_reason_fits(fleet: F
         robot.welcome()
         engage(fleet, f"/api/v1/hosts/{host_id}", reason)
         assert robot.receive("estop").estop.host.reason == reason
+
+
+def test_the_estop_service_answers_over_grpc_web_and_native_grpc(fleet: Fleet) -> None:
+    import sonora.client
+    from roz.v1 import estop_pb2, estop_pb2_grpc
+
+    host_id, _ = fleet.robot()
+    metadata = [("authorization", f"Bearer {fleet.key}")]
+    with sonora.client.insecure_web_channel(fleet.roz.url) as web:
+        engaged = web.unary_unary(
+            "/roz.v1.EstopService/EngageHostEstop",
+            estop_pb2.EngageHostEstopRequest.SerializeToString,
+            estop_pb2.HostEstop.FromString,
+        )(estop_pb2.EngageHostEstopRequest(host_id=host_id, reason="web"), metadata=metadata)
+    assert (engaged.stopped, engaged.host.epoch, engaged.host.reason) == (True, 1, "web")
+    with fleet.roz.channel() as channel:
+        stub = estop_pb2_grpc.EstopServiceStub(channel)
+        shown = stub.GetHostEstop(estop_pb2.GetHostEstopRequest(host_id=host_id), metadata=metadata)
+        assert shown.host.epoch == 1
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ClearHostEstop(estop_pb2.ClearHostEstopRequest(host_id=host_id), metadata=metadata)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # no reason given
