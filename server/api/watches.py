@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
@@ -24,9 +25,15 @@ from server.services.watches import Change, HostState, Sent, Telemetry, Watches
 LAST_EVENT_ID = "last-event-id"
 
 
+# Changes converted lately, shared by every watcher that is sent them (a change is the same
+# message for all: its sequence and entry), so that 200 watchers cost one conversion.
+CONVERTED = 4096
+
+
 class WatchServicer(watch_pb2_grpc.WatchServiceServicer):  # type: ignore[misc]
     def __init__(self, watches: Watches) -> None:
         self._watches = watches
+        self._converted: OrderedDict[tuple[UUID, int], pb.WatchEvent] = OrderedDict()
 
     async def WatchHost(
         self, request: pb.WatchHostRequest, context: Any
@@ -35,7 +42,7 @@ class WatchServicer(watch_pb2_grpc.WatchServiceServicer):  # type: ignore[misc]
         host_id = parse_id(request.host_id, "host_id")
         after = _after(request, context)
         async for sent in self._watches.host(tenant, host_id, after):
-            yield _event(sent)
+            yield self._event(sent)
 
     async def WatchCommand(
         self, request: pb.WatchCommandRequest, context: Any
@@ -44,7 +51,7 @@ class WatchServicer(watch_pb2_grpc.WatchServiceServicer):  # type: ignore[misc]
         command_id = parse_id(request.command_id, "command_id")
         after = _after(request, context)
         async for sent in self._watches.command(tenant, command_id, after):
-            yield _event(sent)
+            yield self._event(sent)
 
     async def WatchTask(
         self, request: pb.WatchTaskRequest, context: Any
@@ -53,7 +60,7 @@ class WatchServicer(watch_pb2_grpc.WatchServiceServicer):  # type: ignore[misc]
         task_id = parse_id(request.task_id, "task_id")
         after = _after(request, context)
         async for sent in self._watches.task(tenant, task_id, after):
-            yield _event(sent)
+            yield self._event(sent)
 
     async def WatchFleet(
         self, request: pb.WatchFleetRequest, context: Any
@@ -61,7 +68,20 @@ class WatchServicer(watch_pb2_grpc.WatchServiceServicer):  # type: ignore[misc]
         tenant = current_principal().tenant_id
         after = _after(request, context)
         async for sent in self._watches.fleet(tenant, after):
-            yield _event(sent)
+            yield self._event(sent)
+
+    def _event(self, sent: Sent) -> pb.WatchEvent:
+        """The message for `sent`; a change's is converted once and shared (never mutated)."""
+        if not isinstance(sent.item, Change):
+            return _event(sent)
+        entry = sent.item.event
+        key = (entry.tenant_id, entry.sequence)
+        message = self._converted.get(key)
+        if message is None:
+            message = self._converted[key] = _event(sent)
+            if len(self._converted) > CONVERTED:
+                self._converted.popitem(last=False)
+        return message
 
 
 def _after(request: Any, context: Any) -> int | None:

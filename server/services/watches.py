@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -99,14 +100,17 @@ class _Tenant:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     watchers: int = 0
     reading: asyncio.Task[None] | None = None
+    # A notification came while a read was running: read once more after it.
+    again: bool = False
 
     def since(self, after: int) -> list[AuditEvent] | None:
-        """The entries after `after` from the ring; None when the ring does not reach back."""
+        """The entries after `after` from the ring; None when the ring does not reach back.
+        The ring's sequences are consecutive, so `after`'s place in it is arithmetic."""
         if after >= self.last:
             return []
         if not self.ring or self.ring[0].sequence > after + 1:
             return None
-        return [event for event in self.ring if event.sequence > after]
+        return list(itertools.islice(self.ring, after + 1 - self.ring[0].sequence, None))
 
     def wake(self) -> None:
         """Wakes every watcher waiting now (each waits on the event it took before reading)."""
@@ -167,16 +171,19 @@ class AuditTail:
     def _catch_up(self, tenant: _Tenant, tenant_id: UUID) -> None:
         if tenant.reading is None or tenant.reading.done():
             tenant.reading = asyncio.ensure_future(self._read_new(tenant, tenant_id))
+        else:  # its read may have started before the entries this call is about were sealed
+            tenant.again = True
 
     async def _read_new(self, tenant: _Tenant, tenant_id: UUID) -> None:
         try:
             while True:
+                tenant.again = False
                 events = await self._read(tenant_id, tenant.last, PAGE)
                 if events:
                     tenant.ring.extend(events)
                     tenant.last = events[-1].sequence
                     tenant.wake()
-                if len(events) < PAGE:
+                if len(events) < PAGE and not tenant.again:
                     return
         except asyncio.CancelledError:
             raise
