@@ -73,7 +73,7 @@ from server.domain.robot_link import (
 from server.domain.tasks import Task
 from server.storage.availability import DATABASE_AWAY
 from server.storage.commands import CommandRepository
-from server.storage.estops import EstopRepository, parse_payload
+from server.storage.estops import Acknowledged, EstopRepository, parse_payload
 from server.storage.robot_deliveries import RobotDeliveryRepository
 from server.storage.robot_links import RobotLinkRepository
 from server.storage.tasks import TaskRepository
@@ -82,6 +82,8 @@ log = logging.getLogger(__name__)
 
 # Deliveries read per round trip; a robot far behind is caught up in several.
 BATCH = 100
+# How long e-stop acknowledgements are gathered before they are written together.
+ACK_DELAY = 0.05
 # Report answers waiting for the robot to read them; a robot that reports faster than it reads
 # is held back here (its stream's flow control does the rest).
 OUTBOX = 64
@@ -243,6 +245,9 @@ class RobotLinks:
         self.telemetry: dict[UUID, TelemetrySnapshot] = {}
         # Told the tenant whenever one of its robots sends telemetry (the watches' wake-up).
         self.on_telemetry: Callable[[UUID], None] | None = None
+        # E-stop acknowledgements waiting to be written, by tenant and host, and their writer.
+        self._acks: dict[UUID, dict[UUID, Acknowledged]] = {}
+        self._ack_flush: asyncio.Task[None] | None = None
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -257,6 +262,16 @@ class RobotLinks:
                 await task
         if self._background:
             await asyncio.wait(self._background, timeout=5)
+        flush, self._ack_flush = self._ack_flush, None
+        if flush is not None:
+            flush.cancel()
+            with contextlib.suppress(BaseException):
+                await flush
+        if self._acks:  # the last ones, at once
+            with contextlib.suppress(Exception):
+                await self._write_acks(0)
+            if self._ack_flush is not None:
+                self._ack_flush.cancel()
 
     def drain(self, reason: str, reconnect_after: timedelta) -> int:
         """Tells every live robot to go elsewhere, and every robot that says hello from now
@@ -514,16 +529,38 @@ class RobotLinks:
                 return
 
     async def _acknowledge_stop(self, link: LiveLink, ack: EstopAck) -> None:
+        """Kept to be written with the others that come within ACK_DELAY: an engage brings an
+        acknowledgement from every robot it covers at once, and one statement for them all
+        leaves the event loop to the robots still waiting for it."""
         check_estop_ack(ack, link.stop_sent)
         stop = link.stop
-        await self._repos.estops().acknowledge(
-            link.tenant_id,
+        self._acks.setdefault(link.tenant_id, {})[link.host_id] = Acknowledged(
             link.host_id,
-            host_epoch=ack.host_epoch,
-            environment_id=None if stop is None else stop.environment_id,
-            environment_epoch=ack.environment_epoch,
-            now=self._clock(),
+            ack.host_epoch,
+            None if stop is None else stop.environment_id,
+            ack.environment_epoch,
         )
+        if self._ack_flush is None or self._ack_flush.done():
+            self._ack_flush = asyncio.ensure_future(self._write_acks(ACK_DELAY))
+
+    async def _write_acks(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        pending, self._acks = self._acks, {}
+        failed = False
+        for tenant_id, by_host in pending.items():
+            try:
+                await self._repos.estops().acknowledge(
+                    tenant_id, list(by_host.values()), now=self._clock()
+                )
+            except Exception as exc:  # kept, and tried again shortly; newer ones win
+                if not isinstance(exc, DATABASE_AWAY):
+                    log.warning("could not record e-stop acknowledgements", exc_info=True)
+                kept = self._acks.setdefault(tenant_id, {})
+                for host_id, ack in by_host.items():
+                    kept.setdefault(host_id, ack)
+                failed = True
+        if failed or self._acks:
+            self._ack_flush = asyncio.ensure_future(self._write_acks(1.0 if failed else delay))
 
     async def _raise_stop(self, link: LiveLink, raised: EstopRaise) -> None:
         """The robot stopped itself: its host's latch is engaged like an operator's, and the
@@ -666,8 +703,12 @@ def _newer(read: HostStop, known: HostStop) -> bool:
     another environment (whose latch has its own epochs)."""
     if read.environment_id != known.environment_id:
         return True
-    return read.epochs != known.epochs and all(
-        new >= old for new, old in zip(read.epochs, known.epochs, strict=True)
+    host, environment = read.host.epoch, read.environment.epoch
+    old_host, old_environment = known.host.epoch, known.environment.epoch
+    return (
+        host >= old_host
+        and environment >= old_environment
+        and (host > old_host or environment > old_environment)
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -84,10 +85,18 @@ _ENVIRONMENT_LATCH = (
     " LEFT JOIN roz.environments AS x ON x.id = %(id)s"
     " LEFT JOIN roz.estops AS el ON el.environment_id = x.id"
 )
+# Robots' acknowledgements, many in one statement; their link rows are locked in host order
+# first, so that two batches never wait for each other in a cycle.
+_LOCK_LINKS = (
+    "SELECT 1 FROM roz.robot_links WHERE host_id = ANY(%s) ORDER BY host_id FOR NO KEY UPDATE"
+)
 _ACKNOWLEDGE = (
-    "UPDATE roz.robot_links SET estop_host_epoch = %(host_epoch)s,"
-    " estop_environment_id = %(environment)s, estop_environment_epoch = %(environment_epoch)s,"
-    " estop_acknowledge_time = %(now)s WHERE host_id = %(host)s"
+    "UPDATE roz.robot_links AS l SET estop_host_epoch = a.host_epoch,"
+    " estop_environment_id = a.environment_id, estop_environment_epoch = a.environment_epoch,"
+    " estop_acknowledge_time = %(now)s"
+    " FROM unnest(%(hosts)s::uuid[], %(host_epochs)s::bigint[], %(environments)s::uuid[],"
+    " %(environment_epochs)s::bigint[]) AS a (host_id, host_epoch, environment_id,"
+    " environment_epoch) WHERE l.host_id = a.host_id"
 )
 _EPOCHS = "SELECT host_id, host_epoch, environment_epoch FROM roz.estop_epochs(%s)"
 # What an engage ends on the hosts it covers: what runs, and what the robot already has (sent,
@@ -178,27 +187,34 @@ class EstopRepository:
             return await host_stops(conn, host_ids)
 
     async def acknowledge(
-        self,
-        tenant_id: UUID,
-        host_id: UUID,
-        *,
-        host_epoch: int,
-        environment_id: UUID | None,
-        environment_epoch: int,
-        now: datetime,
+        self, tenant_id: UUID, acknowledgements: Sequence[Acknowledged], *, now: datetime
     ) -> None:
-        """The robot of `host_id` has the latches at these epochs (what it was last sent)."""
+        """Robots of the tenant have the latches at these epochs (what each was last sent)."""
+        if not acknowledgements:
+            return
+        hosts = [ack.host_id for ack in acknowledgements]
         async with tenant_transaction(self._pool, tenant_id) as conn:
+            await conn.execute(_LOCK_LINKS, (hosts,))
             await conn.execute(
                 _ACKNOWLEDGE,
                 {
-                    "host": host_id,
-                    "host_epoch": host_epoch,
-                    "environment": environment_id,
-                    "environment_epoch": environment_epoch,
                     "now": now,
+                    "hosts": hosts,
+                    "host_epochs": [ack.host_epoch for ack in acknowledgements],
+                    "environments": [ack.environment_id for ack in acknowledgements],
+                    "environment_epochs": [ack.environment_epoch for ack in acknowledgements],
                 },
             )
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    """What one robot said it has: the epochs of its host's latch and its environment's."""
+
+    host_id: UUID
+    host_epoch: int
+    environment_id: UUID | None
+    environment_epoch: int
 
 
 async def estop_epochs(pool: Pool, host_ids: Sequence[UUID]) -> dict[UUID, tuple[int, int]]:
