@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -34,7 +35,10 @@ SOURCE_FROM_PROTO = {value: source for source, value in SOURCE_TO_PROTO.items()}
 Announce = Callable[[UUID, Target, Latch], None]
 
 
+@functools.lru_cache(maxsize=1024)
 def latch_to_proto(latch: Latch) -> pb.EstopLatch:
+    """A latch's message, built once per latch state: an environment's engage sends the same
+    latch to every robot in it. Shared: never mutate the result."""
     return pb.EstopLatch(
         engaged=latch.engaged,
         epoch=latch.epoch,

@@ -1,10 +1,12 @@
 """The e-stop check that work makes in its own transaction, and the read of hosts' e-stops.
 
-Work that would start motion checks the latches after taking its host's lock: command creation
-(which holds the host FOR SHARE already) and any move of a command or task to RUNNING
-(`lock_host_for_start`). An engage locks the same host rows (FOR NO KEY UPDATE) before it ends
-the running work on them, so either the engage commits first and the work is refused, or the
-work commits first and the engage sees it and ends it: nothing starts under an engaged e-stop.
+Work that would start motion checks the latches after taking its host's and its environment's
+locks (FOR SHARE): command and task creation (which hold both already), any move of a command
+or task to RUNNING (`lock_host_for_start`), and a stream's read of what to send
+(`held_and_stopped`). An engage locks the latch's host or environment row (FOR NO KEY UPDATE)
+before it ends the work in hand on the hosts it covers, so either the engage commits first and
+the work is refused, or the work commits first and the engage sees it and ends it: nothing
+starts under an engaged e-stop. An environment's engage thus locks one row, not its hosts.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from server.domain.estop import NEVER, Acknowledgement, HostStop, Latch, Source,
 
 # A command's or task's host, locked against an engage until the move commits (FOR SHARE: many
 # moves on one host do not wait for each other).
-_SHARE_HOST = "SELECT environment_id FROM roz.hosts WHERE id = %s FOR SHARE"
+# The host and then its environment (FOR SHARE both: many moves on one host do not wait for
+# each other), so that neither latch can be engaged until the move commits. The host's lock
+# comes first and keeps its environment from changing meanwhile.
+_SHARE_HOST = (
+    "WITH h AS (SELECT environment_id FROM roz.hosts WHERE id = %(host)s FOR SHARE)"
+    " SELECT h.environment_id, (SELECT 1 FROM roz.environments AS e"
+    " WHERE e.id = h.environment_id FOR SHARE) FROM h"
+)
 LATCH_COLUMNS = (
     " {p}.epoch AS {p}_epoch, {p}.engaged AS {p}_engaged, {p}.reason AS {p}_reason,"
     " {p}.source AS {p}_source, {p}.actor_key_id AS {p}_actor, {p}.change_time AS {p}_time"
@@ -90,7 +99,7 @@ async def held_and_stopped(conn: AsyncConnection[TupleRow], host_id: UUID) -> bo
     """Holds the host against an engage until commit (FOR SHARE), and says whether it is
     stopped now: a stream reads what to send under this, so an engage either comes first (and
     nothing is sent) or sees what was taken to be sent."""
-    await conn.execute(_SHARE_HOST, (host_id,))
+    await conn.execute(_SHARE_HOST, {"host": host_id})
     stop = (await host_stops(conn, [host_id])).get(host_id)
     return stop is not None and stop.stopped
 
@@ -99,5 +108,5 @@ async def lock_host_for_start(conn: AsyncConnection[TupleRow], host_id: UUID, wh
     """Before a command or task of `host_id` moves to RUNNING: holds the host against an engage
     until commit, and refuses the move while the host is stopped. Call it before locking the
     item, the order an engage takes (host, then its items)."""
-    await conn.execute(_SHARE_HOST, (host_id,))
+    await conn.execute(_SHARE_HOST, {"host": host_id})
     await check_host(conn, host_id, what)

@@ -2,12 +2,12 @@
 new work makes in its own transaction.
 
 An engage or a clear is one tenant transaction: it locks the latch's host or environment (FOR NO
-KEY UPDATE), then every host the latch covers in id order, writes the latch's next epoch and
-its history row, and, for an engage, ends the work running on those hosts: RUNNING commands
-FAILED and RUNNING tasks SAFETY_STOPPED, each with "E-STOP: <reason>" and a cancellation in its
-robot's delivery log. It then sends `NOTIFY roz_estops, '<tenant>/<host|environment>/<id>'`,
+KEY UPDATE), writes the latch's next epoch and its history row, and, for an engage, ends the
+work robots of the hosts it covers have in hand: RUNNING commands and sent PENDING ones FAILED,
+running or sent tasks SAFETY_STOPPED, each with "E-STOP: <reason>" and a cancellation in its
+robot's delivery log. It then sends `NOTIFY roz_estops` with the latch itself (`payload`),
 delivered at commit, so that the process holding each covered robot's stream sends it the new
-state at once.
+state at once, without reading it back.
 
 The check that new work makes against the latches is in server/storage/estop_checks.py.
 """
@@ -54,7 +54,6 @@ CHANNEL = "roz_estops"
 
 _LOCK_HOST = "SELECT environment_id FROM roz.hosts WHERE id = %s FOR NO KEY UPDATE"
 _LOCK_ENVIRONMENT = "SELECT 1 FROM roz.environments WHERE id = %s FOR NO KEY UPDATE"
-_LOCK_HOSTS_OF = "SELECT id FROM roz.hosts WHERE environment_id = %s ORDER BY id FOR NO KEY UPDATE"
 _RETURNING = "id, epoch, engaged, reason, source, actor_key_id, change_time"
 _ENGAGE = (
     "INSERT INTO roz.estops AS e"
@@ -102,13 +101,22 @@ _EPOCHS = "SELECT host_id, host_epoch, environment_epoch FROM roz.estop_epochs(%
 # What an engage ends on the hosts it covers: what runs, and what the robot already has (sent,
 # not started). What was never sent stays, held. A stream marks what it sends in the read that
 # takes it, under the host's lock, so nothing is sent unseen by an engage.
+# The hosts a latch covers, as a condition on host_id: its host, or its environment's hosts (not
+# locked, since every move that starts work on one holds the environment's row, which the
+# engage has locked).
+_COVERED = {
+    TargetKind.HOST: "host_id = %(target)s",
+    TargetKind.ENVIRONMENT: (
+        "host_id IN (SELECT id FROM roz.hosts WHERE environment_id = %(target)s)"
+    ),
+}
 _IN_HAND_COMMANDS = (
-    "SELECT id, host_id, state FROM roz.commands WHERE host_id = ANY(%s)"
+    "SELECT id, host_id, state FROM roz.commands WHERE {covered}"
     " AND (state = 'running' OR (state = 'pending' AND deliver_time IS NOT NULL))"
     " ORDER BY id FOR UPDATE"
 )
 _IN_HAND_TASKS = (
-    "SELECT id, host_id, state FROM roz.tasks WHERE host_id = ANY(%s)"
+    "SELECT id, host_id, state FROM roz.tasks WHERE {covered}"
     " AND (state = 'running' OR (state = 'queued' AND deliver_time IS NOT NULL))"
     " ORDER BY id FOR UPDATE"
 )
@@ -131,7 +139,7 @@ class EstopRepository:
         check_reason(reason)
         with database_errors(target.kind.value):
             async with tenant_transaction(self._pool, tenant_id) as conn:
-                hosts = await _lock(conn, target, for_engage=True)
+                await _lock(conn, target)
                 row = await (
                     await conn.execute(
                         _ENGAGE.format(column=_COLUMN[target.kind]),
@@ -146,7 +154,7 @@ class EstopRepository:
                 assert row is not None
                 latch = _changed(row)
                 await conn.execute(_RECORD, (row[0],))
-                await _end_work_in_hand(conn, hosts, stopped_reason(latch), actor)
+                await _end_work_in_hand(conn, target, stopped_reason(latch), actor)
                 await conn.execute(_NOTIFY, (payload(tenant_id, target, latch),))
         return latch
 
@@ -158,7 +166,7 @@ class EstopRepository:
         check_reason(reason)
         with database_errors(target.kind.value):
             async with tenant_transaction(self._pool, tenant_id) as conn:
-                await _lock(conn, target, for_engage=False)
+                await _lock(conn, target)
                 row = await (
                     await conn.execute(
                         _CLEAR.format(column=_COLUMN[target.kind]),
@@ -280,21 +288,11 @@ def _changed(row: tuple[Any, ...]) -> Latch:
     )
 
 
-async def _lock(conn: AsyncConnection[TupleRow], target: Target, *, for_engage: bool) -> list[UUID]:
-    """Locks the latch's host or environment; for an engage, which ends their running work,
-    also the hosts it covers (returned)."""
-    if target.kind is TargetKind.HOST:
-        row = await (await conn.execute(_LOCK_HOST, (target.id,))).fetchone()
-        if row is None:
-            raise NotFound("host", str(target.id))
-        return [target.id]
-    row = await (await conn.execute(_LOCK_ENVIRONMENT, (target.id,))).fetchone()
-    if row is None:
-        raise NotFound("environment", str(target.id))
-    if not for_engage:
-        return []
-    rows = await (await conn.execute(_LOCK_HOSTS_OF, (target.id,))).fetchall()
-    return [row[0] for row in rows]
+async def _lock(conn: AsyncConnection[TupleRow], target: Target) -> None:
+    """Locks the latch's host or environment row (NotFound: none in this tenant)."""
+    query = _LOCK_HOST if target.kind is TargetKind.HOST else _LOCK_ENVIRONMENT
+    if await (await conn.execute(query, (target.id,))).fetchone() is None:
+        raise NotFound(target.kind.value, str(target.id))
 
 
 async def _read(conn: AsyncConnection[TupleRow], target: Target) -> HostStop | EnvironmentStop:
@@ -316,15 +314,16 @@ async def _read(conn: AsyncConnection[TupleRow], target: Target) -> HostStop | E
 
 
 async def _end_work_in_hand(
-    conn: AsyncConnection[TupleRow], hosts: list[UUID], reason: str, actor: UUID | None
+    conn: AsyncConnection[TupleRow], target: Target, reason: str, actor: UUID | None
 ) -> None:
     """An engage ends what the robots of the hosts it stops have in hand: commands FAILED, tasks
     SAFETY_STOPPED, each with "E-STOP: <reason>" and a cancellation for its robot."""
-    if not hosts:
-        return
-    commands = await (await conn.execute(_IN_HAND_COMMANDS, (hosts,))).fetchall()
+    covered = {"target": target.id}
+    where = _COVERED[target.kind]
+    query = _IN_HAND_COMMANDS.format(covered=where)
+    commands = await (await conn.execute(query, covered)).fetchall()
     await stop_commands(
         conn, [(row[0], row[1], CommandState(row[2]), reason) for row in commands], actor
     )
-    tasks = await (await conn.execute(_IN_HAND_TASKS, (hosts,))).fetchall()
+    tasks = await (await conn.execute(_IN_HAND_TASKS.format(covered=where), covered)).fetchall()
     await stop_tasks(conn, [(row[0], row[1], TaskState(row[2]), reason) for row in tasks], actor)

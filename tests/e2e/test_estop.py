@@ -313,11 +313,27 @@ def test_an_environment_estop_stops_every_host_in_it(fleet: Fleet) -> None:
         fleet.robot(environment_id),
         fleet.robot(environment_id),
     )
-    outside, _ = fleet.robot()
+    outside, outside_secret = fleet.robot()
+    running = fleet.command(first)
+    elsewhere = fleet.command(outside)
     with fleet.connect(first_secret) as one, fleet.connect(second_secret) as two:
         one.welcome()
         two.welcome()
+        one.delivery()
+        one.send(**report(running["id"], RUNNING, "r1"))
+        assert one.receive("report_result").report_result.applied
+        with fleet.connect(outside_secret) as third:
+            third.welcome()
+            third.delivery()
+            third.send(**report(elsewhere["id"], RUNNING, "r2"))
+            assert third.receive("report_result").report_result.applied
         engaged = engage(fleet, f"/api/v1/environments/{environment_id}", "fire drill")
+        ended = fleet.get(f"/api/v1/commands/{running['id']}")
+        assert (ended["state"], ended["transitions"][-1]["reason"]) == (
+            "STATE_FAILED",
+            "E-STOP: fire drill",
+        )
+        assert fleet.get(f"/api/v1/commands/{elsewhere['id']}")["state"] == "STATE_RUNNING"
         assert engaged["latch"]["epoch"] == "1"
         assert sorted(h["host_id"] for h in engaged["hosts"]) == sorted([first, second])
         assert all(h["stopped"] for h in engaged["hosts"])
@@ -372,10 +388,13 @@ def test_an_acknowledgement_of_an_estop_never_sent_ends_the_stream(fleet: Fleet)
         assert "the last e-stop sent was 0/0" in robot.details()
 
 
-def test_a_start_racing_an_engage_never_leaves_a_command_running(fleet: Fleet) -> None:
-    """Each round, an operator moves a PENDING command to RUNNING while another engages: the
-    command ends FAILED (started first, ended by the engage) or stays PENDING (refused)."""
-    host_id, _ = fleet.robot()
+@pytest.mark.parametrize("latch", ["host", "environment"])
+def test_a_start_racing_an_engage_never_leaves_a_command_running(fleet: Fleet, latch: str) -> None:
+    """Each round, an operator moves a PENDING command to RUNNING while another engages the
+    host's latch, or its environment's: the command ends FAILED (started first, ended by the
+    engage) or stays PENDING (refused)."""
+    environment_id = fleet.environment()
+    host_id, _ = fleet.robot(environment_id)
     roz = fleet.roz
     tenant = tenant_of(fleet, host_id)
 
@@ -386,7 +405,11 @@ def test_a_start_racing_an_engage_never_leaves_a_command_running(fleet: Fleet) -
 
         pool = roz.app.database.pool
         commands, estops = CommandRepository(pool), EstopRepository(pool)
-        target = Target(TargetKind.HOST, uuid.UUID(host_id))
+        target = (
+            Target(TargetKind.HOST, uuid.UUID(host_id))
+            if latch == "host"
+            else Target(TargetKind.ENVIRONMENT, uuid.UUID(environment_id))
+        )
         made = await commands.create(
             tenant, CommandDraft(host_id=host_id, type="wave", params={}), actor=None
         )
