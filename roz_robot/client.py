@@ -226,6 +226,8 @@ class RobotClient:
         # The e-stop as the server last said it, and e-stops raised here not yet sent.
         self._estop: EstopState | None = None
         self._raised: list[Any] = []
+        # Raised here and not yet cleared by the server: nothing starts meanwhile.
+        self._stopped_here = False
 
     # -- public ------------------------------------------------------------------------------
 
@@ -271,6 +273,7 @@ class RobotClient:
         here at once, and the server latches the host's e-stop (now, or on the next link)."""
         message = messages.estop_raise(source, reason)
         log.warning("%s: e-stop raised here (%s): %s", self._label, source, reason)
+        self._stopped_here = True
         await self._halt(f"e-stop ({source}): {reason}")
         async with self._report_lock:
             if self._outbox is not None:
@@ -514,13 +517,15 @@ class RobotClient:
             reason=estop.host.reason if estop.host.engaged else estop.environment.reason,
         )
         was = self._estop
-        self._estop = state
         if state.stopped:
             if was is None or not was.stopped:
                 log.warning("%s: e-stop engaged: %s", self._label, state.reason)
             await self._halt(f"e-stop: {state.reason}")
         elif was is not None and was.stopped:
             log.warning("%s: e-stop cleared; nothing resumes by itself", self._label)
+            self._stopped_here = False
+        # Known only once acted on: whoever waits for it finds everything stopped already.
+        self._estop = state
         if outbox is not None:
             await outbox.put(messages.estop_ack(state.host_epoch, state.environment_epoch))
         async with self._changed:
@@ -658,7 +663,7 @@ class RobotClient:
                 known.state,
             )
             await self._report_from_record(known)
-        elif self._estop is not None and self._estop.stopped:
+        elif self._stopped_here or (self._estop is not None and self._estop.stopped):
             # A server holds deliveries while the host is stopped; one that comes anyway (a
             # server that does not) is recorded, never run.
             log.warning("%s: delivery %d: %s while stopped; not run", self._label, sequence, what)
