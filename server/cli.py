@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -56,6 +57,7 @@ async def serve(settings: Settings) -> None:
         # (up to its graceful_timeout, set beyond our grace); the drain ends the stragglers.
         drained.append(asyncio.create_task(server.drain(settings.shutdown_grace_seconds)))
 
+    _collect_less_often()
     await serve_asgi(
         server.asgi,
         hypercorn_config(settings),
@@ -64,6 +66,22 @@ async def serve(settings: Settings) -> None:
     for task in drained:
         await task
     log.info("stopped")
+
+
+def _collect_less_often() -> None:
+    """The cyclic garbage collector, tuned for a server holding thousands of streams.
+
+    With CPython's default thresholds (700, 10, 10) a process holding 1,000 robot links ran a
+    full collection every second or two under load, each 180-280 ms with the event loop stopped
+    and nothing collected (measured with a gc callback during the e-stop bench): every robot
+    waited behind it. What lives as long as the process (modules, descriptors, the app) is
+    moved out of the collector's sight first; young collections then run every 100,000 net
+    allocations, so that short-lived messages die by reference counting before they are ever
+    promoted. The same bench ran one full collection in its whole e-stop phase instead of
+    dozens. Cyclic garbage waits a little longer to be freed; reference counting is unchanged.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 async def admin_create_tenant(settings: Settings, name: str) -> str:
