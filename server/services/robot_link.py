@@ -376,7 +376,6 @@ class RobotLinks:
             )
         host_id = UUID(check_own_host(hello.host_id, str(bound_host)))
         link_id = uuid.uuid4()
-        window = await self._repos.links().heartbeat_window(tenant_id, host_id)
         claim = await self._repos.links().claim(
             tenant_id,
             host_id,
@@ -396,7 +395,7 @@ class RobotLinks:
             sent_through=claim.resume_after,
             last_heard=now,
             last_sent=now,
-            terms=held_to(self.terms, window),
+            terms=self.terms,  # until the host's safety policies are read, below
         )
         previous = self._live.get(host_id)
         if previous is not None and previous.epoch > claim.epoch:
@@ -408,13 +407,14 @@ class RobotLinks:
         # its notification finds the link, and of two reads the newer wins.
         self._live[host_id] = link
         try:
-            stops = await self._repos.estops().of_hosts(tenant_id, [host_id])
+            read, window = await self._repos.links().hello_terms(tenant_id, host_id)
         except BaseException:
             if self._live.get(host_id) is link:
                 del self._live[host_id]
             raise
-        if host_id in stops:
-            link.learn(stops[host_id])
+        link.terms = held_to(self.terms, window)
+        if read is not None:
+            link.learn(read)
         stop = link.stop
         if stop is None:  # the host was deleted since the claim
             if self._live.get(host_id) is link:

@@ -23,13 +23,14 @@ from psycopg.rows import TupleRow
 
 from server.domain.commands import Command
 from server.domain.errors import NotFound
+from server.domain.estop import HostStop
 from server.domain.robot_deliveries import Delivery, DeliveryKind, check_batch
 from server.domain.robot_link import resume_after
 from server.domain.tasks import Task
 from server.storage.commands import commands_by_id
 from server.storage.database import Pool
 from server.storage.dispatch_checks import check_at_dispatch
-from server.storage.estop_checks import held_and_stopped
+from server.storage.estop_checks import held_and_stopped, host_stops
 from server.storage.hosts import record_presence
 from server.storage.robot_deliveries import mark_sent, read_deliveries
 from server.storage.safety_policies import heartbeat_window_of_host
@@ -128,10 +129,16 @@ class RobotLinkRepository:
             acknowledged=acked,
         )
 
-    async def heartbeat_window(self, tenant_id: UUID, host_id: UUID) -> timedelta | None:
-        """The heartbeat window the host's safety policies set for its link (None: none)."""
+    async def hello_terms(
+        self, tenant_id: UUID, host_id: UUID
+    ) -> tuple[HostStop | None, timedelta | None]:
+        """What a new stream needs besides its claim, in one transaction: the host's e-stop
+        (None: the host is gone) and the heartbeat window its safety policies set (None:
+        none)."""
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            return await heartbeat_window_of_host(conn, host_id)
+            stops = await host_stops(conn, [host_id])
+            window = await heartbeat_window_of_host(conn, host_id)
+        return stops.get(host_id), window
 
     async def holder(self, tenant_id: UUID, host_id: UUID) -> UUID | None:
         """The link holding the host now; None when none does (or the host is gone)."""
