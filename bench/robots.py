@@ -720,7 +720,7 @@ class _LoadProcess:
             beats.cancel()
 
     async def _on_estop(
-        self, robot: _Robot, call: Any, writing: asyncio.Lock, estop: pb.HostEstop
+        self, robot: _Robot, call: Any, writing: asyncio.Lock, estop: estop_pb2.HostEstop
     ) -> None:
         """Notes when it first had each engage, and acknowledges what it was sent, as a robot
         does once it has halted."""
@@ -802,17 +802,19 @@ async def _serve_load() -> None:
         await load.stop()
 
 
-class _LoadClient:
-    """The orchestrator's end of one load process."""
+class LoadClient:
+    """The orchestrator's end of one load process: `python -m <module> load`, driven with one
+    JSON request per line on its stdin and answering one JSON line on its stdout."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: str = "bench.robots", what: str = "a robot load process") -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.robots", "load"],
+            [sys.executable, "-m", module, "load"],
             cwd=PROJECT_ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
         )
+        self._what = what
         self._pending = b""
 
     def ask(self, op: str, timeout: float = 60.0, **fields: Any) -> dict[str, Any]:
@@ -825,15 +827,16 @@ class _LoadClient:
     def _answer(self, stdout: IO[bytes], timeout: float) -> dict[str, Any]:
         """The next line (stdout is unbuffered, so select sees every byte), as JSON."""
         deadline = time.monotonic() + timeout
-        while b"\n" not in self._pending:
+        chunks = [self._pending]
+        while b"\n" not in chunks[-1]:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([stdout], [], [], left)[0]:
-                raise RuntimeError(f"a robot load process did not answer within {timeout:.0f} s")
+                raise RuntimeError(f"{self._what} did not answer within {timeout:.0f} s")
             chunk = os.read(stdout.fileno(), 1 << 20)
             if not chunk:
-                raise RuntimeError("a robot load process died")
-            self._pending += chunk
-        line, self._pending = self._pending.split(b"\n", 1)
+                raise RuntimeError(f"{self._what} died")
+            chunks.append(chunk)
+        line, self._pending = b"".join(chunks).split(b"\n", 1)
         answer: dict[str, Any] = json.loads(line)
         return answer
 
@@ -859,12 +862,12 @@ class Robots:
         processes = processes or min(
             LOAD_PROCESSES, max(1, math.ceil(self.count / ROBOTS_PER_LOAD_PROCESS))
         )
-        self.clients: list[_LoadClient] = []
+        self.clients: list[LoadClient] = []
         self.why: Counter[str] = Counter()  # as of the last status, summed over the processes
         self.started = time.time()
         try:
             for number in range(processes):
-                client = _LoadClient()
+                client = LoadClient()
                 self.clients.append(client)
                 share = [
                     [host_id, key, index / self.count]

@@ -35,9 +35,7 @@ import contextlib
 import itertools
 import json
 import os
-import select
 import shutil
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -47,7 +45,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import grpc
 import psycopg
@@ -57,8 +55,8 @@ from bench import machine
 from bench.load import percentile_ms
 from bench.robots import (
     CHANNEL_OPTIONS,
-    PROJECT_ROOT,
     SERVER_SETTINGS,
+    LoadClient,
     Profile,
     ServerProcess,
     _auth,
@@ -273,67 +271,17 @@ async def _serve_load() -> None:
         await watchers.stop()
 
 
-class _LoadClient:
-    """The orchestrator's end of one load process (bench/robots.py's pattern)."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.watches", "load"],
-            cwd=PROJECT_ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,
-        )
-        self._pending = b""
-
-    def ask(self, op: str, timeout: float = 60.0, **fields: Any) -> dict[str, Any]:
-        stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None
-        assert stdout is not None
-        stdin.write((json.dumps({"op": op, **fields}) + "\n").encode())
-        return self._answer(stdout, timeout)
-
-    def _answer(self, stdout: IO[bytes], timeout: float) -> dict[str, Any]:
-        """The next line (stdout is unbuffered, so select sees every byte), as JSON."""
-        deadline = time.monotonic() + timeout
-        chunks = [self._pending]
-        while b"\n" not in chunks[-1]:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([stdout], [], [], left)[0]:
-                raise RuntimeError(f"a watcher load process did not answer within {timeout:.0f} s")
-            chunk = os.read(stdout.fileno(), 1 << 20)
-            if not chunk:
-                raise RuntimeError("a watcher load process died")
-            chunks.append(chunk)
-        line, self._pending = b"".join(chunks).split(b"\n", 1)
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(OSError, RuntimeError):
-                self.ask("stop", timeout=30)
-        if self.process.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.process.stdin.close()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 class Watchers:
     """`count` watchers of one host on `target`, spread over LOAD_PROCESSES load processes."""
 
     def __init__(self, target: str, key: str, host_id: str, count: int) -> None:
         self.count = count
-        self.clients: list[_LoadClient] = []
+        self.clients: list[LoadClient] = []
         self.why: Counter[str] = Counter()  # as of the last status
         processes = min(LOAD_PROCESSES, count)
         try:
             for number in range(processes):
-                client = _LoadClient()
+                client = LoadClient("bench.watches", "a watcher load process")
                 self.clients.append(client)
                 share = count // processes + (number < count % processes)
                 client.ask("watch", target=target, key=key, host_id=host_id, count=share)
