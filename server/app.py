@@ -70,7 +70,7 @@ from server.domain.rate_limits import TokenBuckets
 from server.domain.robot_link import SILENT, LinkTerms
 from server.services.robot_link import Repositories, RobotLinks
 from server.services.sealing import AuditSealer
-from server.services.watches import AuditTail, Watches, WatchRepositories, read_trail
+from server.services.watches import AuditTail, Watches, WatchRepositories
 from server.settings import Settings
 from server.storage.api_keys import ApiKeyRepository, LastUsedRecorder
 from server.storage.audit import CHANNEL as AUDIT_CHANNEL
@@ -151,8 +151,8 @@ class RozServer:
             monotonic=monotonic or time.monotonic,
         )
         self.audit_tail = AuditTail(
-            lambda tenant, after, limit: read_trail(
-                AuditRepository(self.database.pool), tenant, after, limit
+            lambda tenant, after, limit: AuditRepository(self.database.pool).after(
+                tenant, after, limit
             ),
             lambda tenant: AuditRepository(self.database.pool).head(tenant),
         )

@@ -360,10 +360,7 @@ class Watches:
                 self.tail.recheck(tenant, tenant_id)
 
     async def _read_page(self, tenant_id: UUID, after: int) -> Sequence[AuditEvent]:
-        page = await self._repos.audit().list(
-            tenant_id, AuditQuery(after_sequence=after, ascending=True), page_size=PAGE
-        )
-        return page.items
+        return await self._repos.audit().after(tenant_id, after, PAGE)
 
     async def _read_matching(
         self, tenant_id: UUID, after: int, subject_id: UUID
@@ -394,13 +391,3 @@ class Watches:
             token = page.next_page_token
             if not token:
                 return
-
-
-async def read_trail(
-    audit: AuditRepository, tenant_id: UUID, after: int, limit: int
-) -> Sequence[AuditEvent]:
-    """The tail's read: every entry of the tenant after `after`, oldest first."""
-    page = await audit.list(
-        tenant_id, AuditQuery(after_sequence=after, ascending=True), page_size=limit
-    )
-    return page.items

@@ -8,6 +8,7 @@ sweep, and before every read here, so that a reader sees its own changes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -119,6 +120,16 @@ class AuditRepository:
             items=items,
             next_page_token=pagination.encode_sequence_token(items[-1].sequence, fingerprint),
         )
+
+    async def after(self, tenant_id: UUID, sequence: int, limit: int) -> Sequence[AuditEvent]:
+        """The entries after `sequence`, oldest first, as sealed so far (no seal first: the
+        watches' read, woken by a seal's notification)."""
+        async with (
+            tenant_transaction(self._pool, tenant_id) as conn,
+            conn.cursor(row_factory=kwargs_row(_event)) as cursor,
+        ):
+            await cursor.execute(_IN_ORDER + " ORDER BY sequence LIMIT %s", (sequence, limit))
+            return await cursor.fetchall()
 
     async def head(self, tenant_id: UUID) -> int:
         """The sequence of the tenant's latest entry (0: none yet)."""
