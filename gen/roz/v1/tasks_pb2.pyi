@@ -17,7 +17,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Task(_message.Message):
-    __slots__ = ("id", "prompt", "environment_id", "host_id", "timeout", "allowed_tools", "parent_task_id", "labels", "state", "result", "transitions", "create_time", "update_time", "start_time", "end_time", "deliver_time", "acknowledge_time", "output")
+    __slots__ = ("id", "prompt", "environment_id", "host_id", "timeout", "allowed_tools", "parent_task_id", "labels", "state", "result", "transitions", "create_time", "update_time", "start_time", "end_time", "deliver_time", "acknowledge_time", "output", "trigger_id", "trigger_fire_id")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Task.State]
@@ -63,6 +63,8 @@ class Task(_message.Message):
     DELIVER_TIME_FIELD_NUMBER: _ClassVar[int]
     ACKNOWLEDGE_TIME_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_ID_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIRE_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     prompt: str
     environment_id: str
@@ -81,7 +83,9 @@ class Task(_message.Message):
     deliver_time: _timestamp_pb2.Timestamp
     acknowledge_time: _timestamp_pb2.Timestamp
     output: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., prompt: _Optional[str] = ..., environment_id: _Optional[str] = ..., host_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allowed_tools: _Optional[_Iterable[str]] = ..., parent_task_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[Task.State, str]] = ..., result: _Optional[str] = ..., transitions: _Optional[_Iterable[_Union[TaskTransition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deliver_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acknowledge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    trigger_id: str
+    trigger_fire_id: str
+    def __init__(self, id: _Optional[str] = ..., prompt: _Optional[str] = ..., environment_id: _Optional[str] = ..., host_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allowed_tools: _Optional[_Iterable[str]] = ..., parent_task_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[Task.State, str]] = ..., result: _Optional[str] = ..., transitions: _Optional[_Iterable[_Union[TaskTransition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deliver_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acknowledge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., trigger_id: _Optional[str] = ..., trigger_fire_id: _Optional[str] = ...) -> None: ...
 
 class TaskTransition(_message.Message):
     __slots__ = ("from_state", "to_state", "reason", "actor", "transition_time")

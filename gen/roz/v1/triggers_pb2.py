@@ -24,13 +24,16 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from roz.v1 import access_pb2 as roz_dot_v1_dot_access__pb2
 from transcoding.v1 import annotations_pb2 as transcoding_dot_v1_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15roz/v1/triggers.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\xce\x04\n\x07Trigger\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x18\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x04name\x12+\n\x0e\x65nvironment_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02R\renvironmentId\x12%\n\x0btask_prompt\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02R\ntaskPrompt\x12\x18\n\x07\x65nabled\x18\x05 \x01(\x08R\x07\x65nabled\x12.\n\x08schedule\x18\x06 \x01(\x0b\x32\x10.roz.v1.ScheduleH\x00R\x08schedule\x12+\n\x07webhook\x18\x07 \x01(\x0b\x32\x0f.roz.v1.WebhookH\x00R\x07webhook\x12%\n\x05\x65vent\x18\x08 \x01(\x0b\x32\r.roz.v1.EventH\x00R\x05\x65vent\x12\x46\n\x0enext_fire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0cnextFireTime\x12\x46\n\x0elast_fire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0clastFireTime\x12\x41\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTimeB\x0b\n\tcondition\"\xea\x01\n\x08Schedule\x12\x12\n\x04\x63ron\x18\x01 \x01(\tR\x04\x63ron\x12\x1b\n\ttime_zone\x18\x02 \x01(\tR\x08timeZone\x12\x45\n\x0emisfire_policy\x18\x03 \x01(\x0e\x32\x1e.roz.v1.Schedule.MisfirePolicyR\rmisfirePolicy\"f\n\rMisfirePolicy\x12\x1e\n\x1aMISFIRE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13MISFIRE_POLICY_SKIP\x10\x01\x12\x1c\n\x18MISFIRE_POLICY_FIRE_ONCE\x10\x02\"\'\n\x07Webhook\x12\x1c\n\x06secret\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x06secret\"\x1b\n\x05\x45vent\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\"G\n\x14\x43reateTriggerRequest\x12/\n\x07trigger\x18\x01 \x01(\x0b\x32\x0f.roz.v1.TriggerB\x04\xe2\x41\x01\x02R\x07trigger\"Q\n\x13ListTriggersRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"k\n\x14ListTriggersResponse\x12+\n\x08triggers\x18\x01 \x03(\x0b\x32\x0f.roz.v1.TriggerR\x08triggers\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\")\n\x11GetTriggerRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\",\n\x14\x44\x65leteTriggerRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id2\xf3\x03\n\x0eTriggerService\x12|\n\rCreateTrigger\x12\x1c.roz.v1.CreateTriggerRequest\x1a\x0f.roz.v1.Trigger\"<\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\x10\n\x0etriggers:write\x82\xd3\xe4\x93\x02\x1b\"\x10/api/v1/triggers:\x07trigger\x12v\n\x0cListTriggers\x12\x1b.roz.v1.ListTriggersRequest\x1a\x1c.roz.v1.ListTriggersResponse\"+\xea\xf9\x18\x0f\n\rtriggers:read\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/triggers\x12j\n\nGetTrigger\x12\x19.roz.v1.GetTriggerRequest\x1a\x0f.roz.v1.Trigger\"0\xea\xf9\x18\x0f\n\rtriggers:read\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/triggers/{id}\x12\x7f\n\rDeleteTrigger\x12\x1c.roz.v1.DeleteTriggerRequest\x1a\x16.google.protobuf.Empty\"8\xca\xf3\x18\x03\x08\xcc\x01\xea\xf9\x18\x10\n\x0etriggers:write\x82\xd3\xe4\x93\x02\x17*\x15/api/v1/triggers/{id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15roz/v1/triggers.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\xb6\x05\n\x07Trigger\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x18\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x04name\x12+\n\x0e\x65nvironment_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02R\renvironmentId\x12%\n\x0btask_prompt\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02R\ntaskPrompt\x12\x1d\n\x07\x65nabled\x18\x05 \x01(\x08H\x01R\x07\x65nabled\x88\x01\x01\x12.\n\x08schedule\x18\x06 \x01(\x0b\x32\x10.roz.v1.ScheduleH\x00R\x08schedule\x12+\n\x07webhook\x18\x07 \x01(\x0b\x32\x0f.roz.v1.WebhookH\x00R\x07webhook\x12%\n\x05\x65vent\x18\x08 \x01(\x0b\x32\r.roz.v1.EventH\x00R\x05\x65vent\x12\x46\n\x0enext_fire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0cnextFireTime\x12\x46\n\x0elast_fire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0clastFireTime\x12\x41\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\x12\x17\n\x07host_id\x18\r \x01(\tR\x06hostId\x12<\n\x0ctask_timeout\x18\x0e \x01(\x0b\x32\x19.google.protobuf.DurationR\x0btaskTimeoutB\x0b\n\tconditionB\n\n\x08_enabled\"\xa2\x03\n\x08Schedule\x12\x18\n\x04\x63ron\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x04\x63ron\x12\x1b\n\ttime_zone\x18\x02 \x01(\tR\x08timeZone\x12\x45\n\x0emisfire_policy\x18\x03 \x01(\x0e\x32\x1e.roz.v1.Schedule.MisfirePolicyR\rmisfirePolicy\x12@\n\x0e\x63\x61tchup_window\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\rcatchupWindow\x12(\n\x10max_catchup_runs\x18\x05 \x01(\x05R\x0emaxCatchupRuns\x12&\n\x0b\x64\x65scription\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03R\x0b\x64\x65scription\"\x83\x01\n\rMisfirePolicy\x12\x1e\n\x1aMISFIRE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13MISFIRE_POLICY_SKIP\x10\x01\x12\x1d\n\x19MISFIRE_POLICY_RUN_LATEST\x10\x02\x12\x1a\n\x16MISFIRE_POLICY_RUN_ALL\x10\x03\"\xa0\x01\n\x07Webhook\x12\x1c\n\x06secret\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x06secret\x12\x16\n\x03url\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\x03url\x12_\n\x1bprevious_secret_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x18previousSecretExpireTime\"R\n\x05\x45vent\x12\x18\n\x04type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x04type\x12\x16\n\x06states\x18\x02 \x03(\tR\x06states\x12\x17\n\x07host_id\x18\x03 \x01(\tR\x06hostId\"\xe2\x06\n\x0bTriggerFire\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n\ntrigger_id\x18\x02 \x01(\tR\ttriggerId\x12\x32\n\x06source\x18\x03 \x01(\x0e\x32\x1a.roz.v1.TriggerFire.SourceR\x06source\x12\x35\n\x07outcome\x18\x04 \x01(\x0e\x32\x1b.roz.v1.TriggerFire.OutcomeR\x07outcome\x12\x41\n\x0escheduled_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rscheduledTime\x12\x37\n\tfire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x66ireTime\x12\x17\n\x07task_id\x18\x07 \x01(\tR\x06taskId\x12\x14\n\x05\x65rror\x18\x08 \x01(\tR\x05\x65rror\x12\x1d\n\nwebhook_id\x18\t \x01(\tR\twebhookId\x12\x1d\n\nevent_type\x18\n \x01(\tR\teventType\x12(\n\x10\x65vent_subject_id\x18\x0b \x01(\tR\x0e\x65ventSubjectId\x12\x1f\n\x0b\x65vent_state\x18\x0c \x01(\tR\neventState\x12!\n\x0cmissed_count\x18\r \x01(\x05R\x0bmissedCount\x12\x46\n\x11\x66irst_missed_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0f\x66irstMissedTime\x12\x44\n\x10last_missed_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0elastMissedTime\"[\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSOURCE_SCHEDULE\x10\x01\x12\x12\n\x0eSOURCE_WEBHOOK\x10\x02\x12\x10\n\x0cSOURCE_EVENT\x10\x03\"w\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_CREATED\x10\x01\x12\x12\n\x0eOUTCOME_MISSED\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x12\x16\n\x12OUTCOME_SUPPRESSED\x10\x04\"G\n\x14\x43reateTriggerRequest\x12/\n\x07trigger\x18\x01 \x01(\x0b\x32\x0f.roz.v1.TriggerB\x04\xe2\x41\x01\x02R\x07trigger\"Q\n\x13ListTriggersRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"k\n\x14ListTriggersResponse\x12+\n\x08triggers\x18\x01 \x03(\x0b\x32\x0f.roz.v1.TriggerR\x08triggers\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\")\n\x11GetTriggerRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"\x9a\x01\n\x14UpdateTriggerRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12/\n\x07trigger\x18\x02 \x01(\x0b\x32\x0f.roz.v1.TriggerB\x04\xe2\x41\x01\x02R\x07trigger\x12;\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskR\nupdateMask\",\n\x14\x44\x65leteTriggerRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"u\n\x15PreviewTriggerRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12\x14\n\x05\x63ount\x18\x02 \x01(\x05R\x05\x63ount\x12\x30\n\x05\x61\x66ter\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05\x61\x66ter\"E\n\x16PreviewTriggerResponse\x12+\n\x05\x66ires\x18\x01 \x03(\x0b\x32\x15.roz.v1.ScheduledFireR\x05\x66ires\"g\n\rScheduledFire\x12\x37\n\tfire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x66ireTime\x12\x1d\n\nlocal_time\x18\x02 \x01(\tR\tlocalTime\"z\n\x17ListTriggerFiresRequest\x12#\n\ntrigger_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\ttriggerId\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"m\n\x18ListTriggerFiresResponse\x12)\n\x05\x66ires\x18\x01 \x03(\x0b\x32\x13.roz.v1.TriggerFireR\x05\x66ires\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"g\n\x1aRotateWebhookSecretRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12\x33\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07overlap\"f\n\x15\x44\x65liverWebhookRequest\x12#\n\ntrigger_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\ttriggerId\x12(\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyR\x04\x62ody\"W\n\x0eWebhookReceipt\x12\'\n\x04\x66ire\x18\x01 \x01(\x0b\x32\x13.roz.v1.TriggerFireR\x04\x66ire\x12\x1c\n\tduplicate\x18\x02 \x01(\x08R\tduplicate2\xaf\t\n\x0eTriggerService\x12|\n\rCreateTrigger\x12\x1c.roz.v1.CreateTriggerRequest\x1a\x0f.roz.v1.Trigger\"<\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\x10\n\x0etriggers:write\x82\xd3\xe4\x93\x02\x1b\"\x10/api/v1/triggers:\x07trigger\x12v\n\x0cListTriggers\x12\x1b.roz.v1.ListTriggersRequest\x1a\x1c.roz.v1.ListTriggersResponse\"+\xea\xf9\x18\x0f\n\rtriggers:read\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/triggers\x12j\n\nGetTrigger\x12\x19.roz.v1.GetTriggerRequest\x1a\x0f.roz.v1.Trigger\"0\xea\xf9\x18\x0f\n\rtriggers:read\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/triggers/{id}\x12z\n\rUpdateTrigger\x12\x1c.roz.v1.UpdateTriggerRequest\x1a\x0f.roz.v1.Trigger\":\xea\xf9\x18\x10\n\x0etriggers:write\x82\xd3\xe4\x93\x02 2\x15/api/v1/triggers/{id}:\x07trigger\x12\x7f\n\rDeleteTrigger\x12\x1c.roz.v1.DeleteTriggerRequest\x1a\x16.google.protobuf.Empty\"8\xca\xf3\x18\x03\x08\xcc\x01\xea\xf9\x18\x10\n\x0etriggers:write\x82\xd3\xe4\x93\x02\x17*\x15/api/v1/triggers/{id}\x12\x89\x01\n\x0ePreviewTrigger\x12\x1d.roz.v1.PreviewTriggerRequest\x1a\x1e.roz.v1.PreviewTriggerResponse\"8\xea\xf9\x18\x0f\n\rtriggers:read\x82\xd3\xe4\x93\x02\x1f\x12\x1d/api/v1/triggers/{id}:preview\x12\x95\x01\n\x10ListTriggerFires\x12\x1f.roz.v1.ListTriggerFiresRequest\x1a .roz.v1.ListTriggerFiresResponse\">\xea\xf9\x18\x0f\n\rtriggers:read\x82\xd3\xe4\x93\x02%\x12#/api/v1/triggers/{trigger_id}/fires\x12\x94\x01\n\x13RotateWebhookSecret\x12\".roz.v1.RotateWebhookSecretRequest\x1a\x0f.roz.v1.Trigger\"H\xea\xf9\x18\x10\n\x0etriggers:admin\x82\xd3\xe4\x93\x02.\")/api/v1/triggers/{id}:rotateWebhookSecret:\x01*\x12\x82\x01\n\x0e\x44\x65liverWebhook\x12\x1d.roz.v1.DeliverWebhookRequest\x1a\x16.roz.v1.WebhookReceipt\"9\xea\xf9\x18\x02\x10\x01\x82\xd3\xe4\x93\x02-\"%/api/v1/triggers/{trigger_id}/webhook:\x04\x62odyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,42 +56,98 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRIGGER'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_TRIGGER'].fields_by_name['update_time']._loaded_options = None
   _globals['_TRIGGER'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_SCHEDULE'].fields_by_name['cron']._loaded_options = None
+  _globals['_SCHEDULE'].fields_by_name['cron']._serialized_options = b'\342A\001\002'
+  _globals['_SCHEDULE'].fields_by_name['description']._loaded_options = None
+  _globals['_SCHEDULE'].fields_by_name['description']._serialized_options = b'\342A\001\003'
   _globals['_WEBHOOK'].fields_by_name['secret']._loaded_options = None
   _globals['_WEBHOOK'].fields_by_name['secret']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOK'].fields_by_name['url']._loaded_options = None
+  _globals['_WEBHOOK'].fields_by_name['url']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOK'].fields_by_name['previous_secret_expire_time']._loaded_options = None
+  _globals['_WEBHOOK'].fields_by_name['previous_secret_expire_time']._serialized_options = b'\342A\001\003'
+  _globals['_EVENT'].fields_by_name['type']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['type']._serialized_options = b'\342A\001\002'
   _globals['_CREATETRIGGERREQUEST'].fields_by_name['trigger']._loaded_options = None
   _globals['_CREATETRIGGERREQUEST'].fields_by_name['trigger']._serialized_options = b'\342A\001\002'
   _globals['_GETTRIGGERREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_GETTRIGGERREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATETRIGGERREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_UPDATETRIGGERREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATETRIGGERREQUEST'].fields_by_name['trigger']._loaded_options = None
+  _globals['_UPDATETRIGGERREQUEST'].fields_by_name['trigger']._serialized_options = b'\342A\001\002'
   _globals['_DELETETRIGGERREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_DELETETRIGGERREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_PREVIEWTRIGGERREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_PREVIEWTRIGGERREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_LISTTRIGGERFIRESREQUEST'].fields_by_name['trigger_id']._loaded_options = None
+  _globals['_LISTTRIGGERFIRESREQUEST'].fields_by_name['trigger_id']._serialized_options = b'\342A\001\002'
+  _globals['_ROTATEWEBHOOKSECRETREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_ROTATEWEBHOOKSECRETREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_DELIVERWEBHOOKREQUEST'].fields_by_name['trigger_id']._loaded_options = None
+  _globals['_DELIVERWEBHOOKREQUEST'].fields_by_name['trigger_id']._serialized_options = b'\342A\001\002'
   _globals['_TRIGGERSERVICE'].methods_by_name['CreateTrigger']._loaded_options = None
   _globals['_TRIGGERSERVICE'].methods_by_name['CreateTrigger']._serialized_options = b'\312\363\030\003\010\311\001\352\371\030\020\n\016triggers:write\202\323\344\223\002\033\"\020/api/v1/triggers:\007trigger'
   _globals['_TRIGGERSERVICE'].methods_by_name['ListTriggers']._loaded_options = None
   _globals['_TRIGGERSERVICE'].methods_by_name['ListTriggers']._serialized_options = b'\352\371\030\017\n\rtriggers:read\202\323\344\223\002\022\022\020/api/v1/triggers'
   _globals['_TRIGGERSERVICE'].methods_by_name['GetTrigger']._loaded_options = None
   _globals['_TRIGGERSERVICE'].methods_by_name['GetTrigger']._serialized_options = b'\352\371\030\017\n\rtriggers:read\202\323\344\223\002\027\022\025/api/v1/triggers/{id}'
+  _globals['_TRIGGERSERVICE'].methods_by_name['UpdateTrigger']._loaded_options = None
+  _globals['_TRIGGERSERVICE'].methods_by_name['UpdateTrigger']._serialized_options = b'\352\371\030\020\n\016triggers:write\202\323\344\223\002 2\025/api/v1/triggers/{id}:\007trigger'
   _globals['_TRIGGERSERVICE'].methods_by_name['DeleteTrigger']._loaded_options = None
   _globals['_TRIGGERSERVICE'].methods_by_name['DeleteTrigger']._serialized_options = b'\312\363\030\003\010\314\001\352\371\030\020\n\016triggers:write\202\323\344\223\002\027*\025/api/v1/triggers/{id}'
-  _globals['_TRIGGER']._serialized_start=214
-  _globals['_TRIGGER']._serialized_end=804
-  _globals['_SCHEDULE']._serialized_start=807
-  _globals['_SCHEDULE']._serialized_end=1041
-  _globals['_SCHEDULE_MISFIREPOLICY']._serialized_start=939
-  _globals['_SCHEDULE_MISFIREPOLICY']._serialized_end=1041
-  _globals['_WEBHOOK']._serialized_start=1043
-  _globals['_WEBHOOK']._serialized_end=1082
-  _globals['_EVENT']._serialized_start=1084
-  _globals['_EVENT']._serialized_end=1111
-  _globals['_CREATETRIGGERREQUEST']._serialized_start=1113
-  _globals['_CREATETRIGGERREQUEST']._serialized_end=1184
-  _globals['_LISTTRIGGERSREQUEST']._serialized_start=1186
-  _globals['_LISTTRIGGERSREQUEST']._serialized_end=1267
-  _globals['_LISTTRIGGERSRESPONSE']._serialized_start=1269
-  _globals['_LISTTRIGGERSRESPONSE']._serialized_end=1376
-  _globals['_GETTRIGGERREQUEST']._serialized_start=1378
-  _globals['_GETTRIGGERREQUEST']._serialized_end=1419
-  _globals['_DELETETRIGGERREQUEST']._serialized_start=1421
-  _globals['_DELETETRIGGERREQUEST']._serialized_end=1465
-  _globals['_TRIGGERSERVICE']._serialized_start=1468
-  _globals['_TRIGGERSERVICE']._serialized_end=1967
+  _globals['_TRIGGERSERVICE'].methods_by_name['PreviewTrigger']._loaded_options = None
+  _globals['_TRIGGERSERVICE'].methods_by_name['PreviewTrigger']._serialized_options = b'\352\371\030\017\n\rtriggers:read\202\323\344\223\002\037\022\035/api/v1/triggers/{id}:preview'
+  _globals['_TRIGGERSERVICE'].methods_by_name['ListTriggerFires']._loaded_options = None
+  _globals['_TRIGGERSERVICE'].methods_by_name['ListTriggerFires']._serialized_options = b'\352\371\030\017\n\rtriggers:read\202\323\344\223\002%\022#/api/v1/triggers/{trigger_id}/fires'
+  _globals['_TRIGGERSERVICE'].methods_by_name['RotateWebhookSecret']._loaded_options = None
+  _globals['_TRIGGERSERVICE'].methods_by_name['RotateWebhookSecret']._serialized_options = b'\352\371\030\020\n\016triggers:admin\202\323\344\223\002.\")/api/v1/triggers/{id}:rotateWebhookSecret:\001*'
+  _globals['_TRIGGERSERVICE'].methods_by_name['DeliverWebhook']._loaded_options = None
+  _globals['_TRIGGERSERVICE'].methods_by_name['DeliverWebhook']._serialized_options = b'\352\371\030\002\020\001\202\323\344\223\002-\"%/api/v1/triggers/{trigger_id}/webhook:\004body'
+  _globals['_TRIGGER']._serialized_start=307
+  _globals['_TRIGGER']._serialized_end=1001
+  _globals['_SCHEDULE']._serialized_start=1004
+  _globals['_SCHEDULE']._serialized_end=1422
+  _globals['_SCHEDULE_MISFIREPOLICY']._serialized_start=1291
+  _globals['_SCHEDULE_MISFIREPOLICY']._serialized_end=1422
+  _globals['_WEBHOOK']._serialized_start=1425
+  _globals['_WEBHOOK']._serialized_end=1585
+  _globals['_EVENT']._serialized_start=1587
+  _globals['_EVENT']._serialized_end=1669
+  _globals['_TRIGGERFIRE']._serialized_start=1672
+  _globals['_TRIGGERFIRE']._serialized_end=2538
+  _globals['_TRIGGERFIRE_SOURCE']._serialized_start=2326
+  _globals['_TRIGGERFIRE_SOURCE']._serialized_end=2417
+  _globals['_TRIGGERFIRE_OUTCOME']._serialized_start=2419
+  _globals['_TRIGGERFIRE_OUTCOME']._serialized_end=2538
+  _globals['_CREATETRIGGERREQUEST']._serialized_start=2540
+  _globals['_CREATETRIGGERREQUEST']._serialized_end=2611
+  _globals['_LISTTRIGGERSREQUEST']._serialized_start=2613
+  _globals['_LISTTRIGGERSREQUEST']._serialized_end=2694
+  _globals['_LISTTRIGGERSRESPONSE']._serialized_start=2696
+  _globals['_LISTTRIGGERSRESPONSE']._serialized_end=2803
+  _globals['_GETTRIGGERREQUEST']._serialized_start=2805
+  _globals['_GETTRIGGERREQUEST']._serialized_end=2846
+  _globals['_UPDATETRIGGERREQUEST']._serialized_start=2849
+  _globals['_UPDATETRIGGERREQUEST']._serialized_end=3003
+  _globals['_DELETETRIGGERREQUEST']._serialized_start=3005
+  _globals['_DELETETRIGGERREQUEST']._serialized_end=3049
+  _globals['_PREVIEWTRIGGERREQUEST']._serialized_start=3051
+  _globals['_PREVIEWTRIGGERREQUEST']._serialized_end=3168
+  _globals['_PREVIEWTRIGGERRESPONSE']._serialized_start=3170
+  _globals['_PREVIEWTRIGGERRESPONSE']._serialized_end=3239
+  _globals['_SCHEDULEDFIRE']._serialized_start=3241
+  _globals['_SCHEDULEDFIRE']._serialized_end=3344
+  _globals['_LISTTRIGGERFIRESREQUEST']._serialized_start=3346
+  _globals['_LISTTRIGGERFIRESREQUEST']._serialized_end=3468
+  _globals['_LISTTRIGGERFIRESRESPONSE']._serialized_start=3470
+  _globals['_LISTTRIGGERFIRESRESPONSE']._serialized_end=3579
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=3581
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=3684
+  _globals['_DELIVERWEBHOOKREQUEST']._serialized_start=3686
+  _globals['_DELIVERWEBHOOKREQUEST']._serialized_end=3788
+  _globals['_WEBHOOKRECEIPT']._serialized_start=3790
+  _globals['_WEBHOOKRECEIPT']._serialized_end=3877
+  _globals['_TRIGGERSERVICE']._serialized_start=3880
+  _globals['_TRIGGERSERVICE']._serialized_end=5079
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class TriggerServiceStub:
-    """Manages the triggers of the caller's tenant.
+    """Manages the triggers of the caller's tenant. Each due fire creates one task, exactly once,
+    however many server processes share the database.
     """
 
     def __init__(self, channel):
@@ -51,19 +52,46 @@ class TriggerServiceStub:
                 request_serializer=roz_dot_v1_dot_triggers__pb2.GetTriggerRequest.SerializeToString,
                 response_deserializer=roz_dot_v1_dot_triggers__pb2.Trigger.FromString,
                 _registered_method=True)
+        self.UpdateTrigger = channel.unary_unary(
+                '/roz.v1.TriggerService/UpdateTrigger',
+                request_serializer=roz_dot_v1_dot_triggers__pb2.UpdateTriggerRequest.SerializeToString,
+                response_deserializer=roz_dot_v1_dot_triggers__pb2.Trigger.FromString,
+                _registered_method=True)
         self.DeleteTrigger = channel.unary_unary(
                 '/roz.v1.TriggerService/DeleteTrigger',
                 request_serializer=roz_dot_v1_dot_triggers__pb2.DeleteTriggerRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.PreviewTrigger = channel.unary_unary(
+                '/roz.v1.TriggerService/PreviewTrigger',
+                request_serializer=roz_dot_v1_dot_triggers__pb2.PreviewTriggerRequest.SerializeToString,
+                response_deserializer=roz_dot_v1_dot_triggers__pb2.PreviewTriggerResponse.FromString,
+                _registered_method=True)
+        self.ListTriggerFires = channel.unary_unary(
+                '/roz.v1.TriggerService/ListTriggerFires',
+                request_serializer=roz_dot_v1_dot_triggers__pb2.ListTriggerFiresRequest.SerializeToString,
+                response_deserializer=roz_dot_v1_dot_triggers__pb2.ListTriggerFiresResponse.FromString,
+                _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/roz.v1.TriggerService/RotateWebhookSecret',
+                request_serializer=roz_dot_v1_dot_triggers__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=roz_dot_v1_dot_triggers__pb2.Trigger.FromString,
+                _registered_method=True)
+        self.DeliverWebhook = channel.unary_unary(
+                '/roz.v1.TriggerService/DeliverWebhook',
+                request_serializer=roz_dot_v1_dot_triggers__pb2.DeliverWebhookRequest.SerializeToString,
+                response_deserializer=roz_dot_v1_dot_triggers__pb2.WebhookReceipt.FromString,
+                _registered_method=True)
 
 
 class TriggerServiceServicer:
-    """Manages the triggers of the caller's tenant.
+    """Manages the triggers of the caller's tenant. Each due fire creates one task, exactly once,
+    however many server processes share the database.
     """
 
     def CreateTrigger(self, request, context):
-        """Creates an enabled trigger.
+        """Creates a trigger (enabled unless `enabled` is false on a create that sets it). A webhook
+        trigger's signing secret is in this response and never again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,8 +111,49 @@ class TriggerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateTrigger(self, request, context):
+        """Changes the fields named in update_mask (every updatable field without one). A trigger's
+        kind (schedule, webhook, event) never changes. A schedule that changes, or a trigger that
+        is enabled again, fires next at its first time after now: nothing missed meanwhile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteTrigger(self, request, context):
-        """Deletes a trigger; it never fires again.
+        """Deletes a trigger and its fire history; it never fires again. Tasks it created stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewTrigger(self, request, context):
+        """The next fire times of a schedule trigger, as they will fire (DST included).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTriggerFires(self, request, context):
+        """A trigger's fires, newest first: what each created, missed or was refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateWebhookSecret(self, request, context):
+        """A new signing secret for a webhook trigger, shown in this response only. The previous one
+        keeps verifying for `overlap` (24 h when unset, at most 7 days), then stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverWebhook(self, request, context):
+        """A signed delivery to a webhook trigger (Standard Webhooks: webhook-id, webhook-timestamp
+        and webhook-signature in the metadata / headers, HMAC-SHA256 over the raw body). No API
+        key: the signature is the credential. A bad signature is UNAUTHENTICATED and stores
+        nothing; a webhook-id seen before fires nothing again and answers the first fire.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,10 +177,35 @@ def add_TriggerServiceServicer_to_server(servicer, server):
                     request_deserializer=roz_dot_v1_dot_triggers__pb2.GetTriggerRequest.FromString,
                     response_serializer=roz_dot_v1_dot_triggers__pb2.Trigger.SerializeToString,
             ),
+            'UpdateTrigger': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTrigger,
+                    request_deserializer=roz_dot_v1_dot_triggers__pb2.UpdateTriggerRequest.FromString,
+                    response_serializer=roz_dot_v1_dot_triggers__pb2.Trigger.SerializeToString,
+            ),
             'DeleteTrigger': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteTrigger,
                     request_deserializer=roz_dot_v1_dot_triggers__pb2.DeleteTriggerRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'PreviewTrigger': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewTrigger,
+                    request_deserializer=roz_dot_v1_dot_triggers__pb2.PreviewTriggerRequest.FromString,
+                    response_serializer=roz_dot_v1_dot_triggers__pb2.PreviewTriggerResponse.SerializeToString,
+            ),
+            'ListTriggerFires': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTriggerFires,
+                    request_deserializer=roz_dot_v1_dot_triggers__pb2.ListTriggerFiresRequest.FromString,
+                    response_serializer=roz_dot_v1_dot_triggers__pb2.ListTriggerFiresResponse.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=roz_dot_v1_dot_triggers__pb2.RotateWebhookSecretRequest.FromString,
+                    response_serializer=roz_dot_v1_dot_triggers__pb2.Trigger.SerializeToString,
+            ),
+            'DeliverWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverWebhook,
+                    request_deserializer=roz_dot_v1_dot_triggers__pb2.DeliverWebhookRequest.FromString,
+                    response_serializer=roz_dot_v1_dot_triggers__pb2.WebhookReceipt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -122,7 +216,8 @@ def add_TriggerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TriggerService:
-    """Manages the triggers of the caller's tenant.
+    """Manages the triggers of the caller's tenant. Each due fire creates one task, exactly once,
+    however many server processes share the database.
     """
 
     @staticmethod
@@ -207,6 +302,33 @@ class TriggerService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateTrigger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roz.v1.TriggerService/UpdateTrigger',
+            roz_dot_v1_dot_triggers__pb2.UpdateTriggerRequest.SerializeToString,
+            roz_dot_v1_dot_triggers__pb2.Trigger.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DeleteTrigger(request,
             target,
             options=(),
@@ -223,6 +345,114 @@ class TriggerService:
             '/roz.v1.TriggerService/DeleteTrigger',
             roz_dot_v1_dot_triggers__pb2.DeleteTriggerRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewTrigger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roz.v1.TriggerService/PreviewTrigger',
+            roz_dot_v1_dot_triggers__pb2.PreviewTriggerRequest.SerializeToString,
+            roz_dot_v1_dot_triggers__pb2.PreviewTriggerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTriggerFires(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roz.v1.TriggerService/ListTriggerFires',
+            roz_dot_v1_dot_triggers__pb2.ListTriggerFiresRequest.SerializeToString,
+            roz_dot_v1_dot_triggers__pb2.ListTriggerFiresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roz.v1.TriggerService/RotateWebhookSecret',
+            roz_dot_v1_dot_triggers__pb2.RotateWebhookSecretRequest.SerializeToString,
+            roz_dot_v1_dot_triggers__pb2.Trigger.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roz.v1.TriggerService/DeliverWebhook',
+            roz_dot_v1_dot_triggers__pb2.DeliverWebhookRequest.SerializeToString,
+            roz_dot_v1_dot_triggers__pb2.WebhookReceipt.FromString,
             options,
             channel_credentials,
             insecure,
