@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 _ABORTED = (aio.AbortError, grpc.RpcError)
 _JSON = b"application/json"
+_OCTETS = b"application/octet-stream"
 _STREAM_TYPES = frozenset({b"application/x-ndjson", b"application/jsonl", b"application/json-seq"})
 _PRETTY_VALUES = frozenset({"", "true", "1"})
 _NO_METHOD_OPTIONS: Mapping[str, RestMethodOptions] = MappingProxyType({})
@@ -164,7 +165,7 @@ class RestApp:
             binding = matched = hit.route.target
             pairs = _parse_query(query) if query else []
             pretty = binding.plan.reserves_pretty and _wants_pretty(pairs)
-            headers = read_headers(scope["headers"])
+            headers = read_headers(scope["headers"], binding.forwarded_headers)
             body = await self._read_body(receive, headers, binding, progress)
             request = self._build(binding, hit.segments, body, headers.content_type, pairs)
         except RestError as error:
@@ -235,6 +236,8 @@ class RestApp:
         pairs: list[tuple[str, str]],
     ) -> Any:
         plan = binding.plan
+        if plan.raw:
+            return plan.build_raw(segments, body, content_type, pairs)
         blank = not body or body.isspace()
         if binding.method.kind.request_streaming:
             documents = [] if blank else codec.load_json_sequence(body)
@@ -308,13 +311,16 @@ class RestApp:
             await send({"type": "http.response.body", "body": b""})
             return
         try:
-            body = codec.dumps(_payload(binding, response), pretty)
+            if binding.raw_response:
+                body, content_type = _raw_payload(binding, response)
+            else:
+                body, content_type = codec.dumps(_payload(binding, response), pretty), _JSON
         except Exception:
-            log.exception("%s: the response cannot be written as JSON", binding.method.path)
-            _internal(context, "the response cannot be written as JSON")
+            log.exception("%s: the response cannot be written", binding.method.path)
+            _internal(context, "the response cannot be written")
             await _send_call_error(binding, context, send, pretty, head)
             return
-        extra.append((b"content-type", _JSON))
+        extra.append((b"content-type", content_type))
         extra.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": b"" if head else body})
@@ -484,6 +490,17 @@ def _payload(binding: Binding, response: Message) -> Any:
     return value
 
 
+def _raw_payload(binding: Binding, response: Message) -> tuple[bytes, bytes]:
+    """An HttpBody response's data and content type (octet-stream when it names none)."""
+    field = binding.response_field
+    raw: Any = response if field is None else getattr(response, field)
+    # Beyond Latin-1 (UnicodeEncodeError) or with a line break, it is no header value.
+    content_type: bytes = raw.content_type.encode("latin-1")
+    if any(c in content_type for c in b"\r\n\0"):
+        raise ValueError(f"the HttpBody content type {raw.content_type!r} is not a header value")
+    return raw.data, content_type or _OCTETS
+
+
 def _parse_query(query: bytes) -> list[tuple[str, str]]:
     return parse_pairs(query, field="query", what="query")
 
@@ -493,6 +510,8 @@ def _wants_pretty(pairs: list[tuple[str, str]]) -> bool:
 
 
 def _accepts(content_type: bytes | None, binding: Binding) -> bool:
+    if binding.plan.raw:
+        return True  # an HttpBody takes any body, and its type along with it
     if content_type is None:
         return True  # a body without a declared type is taken for what the route expects
     media = media_type(content_type)

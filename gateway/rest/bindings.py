@@ -2,9 +2,13 @@
 
 One Binding per HttpRule (the rule itself and each of its additional_bindings), carrying the
 compiled template, the request plan, the response body field and the success status declared
-with `(transcoding.v1.http_response).status` (never inferred from the path or the verb), and the
-method's RestMethodOptions. Options for a method the registry lacks, or one without a rule, are
-refused: they would silently do nothing.
+with `(transcoding.v1.http_response).status` (never inferred from the path or the verb), the
+method's RestMethodOptions, and the request headers it forwards as metadata (FORWARDED_HEADERS
+and the options' forward_headers). Options for a method the registry lacks, or one without a
+rule, are refused: they would silently do nothing.
+
+A unary method whose response (or response_body field) is a `google.api.HttpBody` answers its
+`data` raw, under its `content_type`, as grpc-gateway does; a stream of them stays JSON framed.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from google.api import (  # type: ignore[import-untyped, unused-ignore]
     annotations_pb2,
     http_pb2,
 )
+from google.protobuf.descriptor import Descriptor
 from transcoding.v1 import annotations_pb2 as transcoding_pb2
 
 from gateway.registry import Method, MethodRegistry
+from gateway.rest.fields import descriptor_of
+from gateway.rest.headers import FORWARDED_HEADERS
 from gateway.rest.options import NO_OPTIONS, RestMethodOptions
-from gateway.rest.request import BindingError, RequestPlan
+from gateway.rest.request import HTTP_BODY, BindingError, RequestPlan, is_http_body
 from gateway.rest.templates import PathTemplate, TemplateError, parse_template
 
 
@@ -36,6 +43,9 @@ class Binding:
     options: RestMethodOptions
     # The response field whose value names each server-sent event (`id:`); None: no ids.
     event_id_field: str | None = None
+    # The response (or its response_body field) is an HttpBody, written raw.
+    raw_response: bool = False
+    forwarded_headers: frozenset[bytes] = FORWARDED_HEADERS
 
     @property
     def origin(self) -> str:
@@ -107,14 +117,19 @@ def _binding(
         strict_query=strict_query,
         form=options.form_body,
     )
+    if method.kind.request_streaming and plan.raw:
+        raise BindingError(f"a client-streaming method cannot take a {HTTP_BODY} body")
+    output = descriptor_of(method.response_class)
+    response_type: Descriptor | None = output
     response_field: str | None = None
     if rule.response_body:
-        output = method.response_class.DESCRIPTOR
-        if rule.response_body not in output.fields_by_name:
+        field = output.fields_by_name.get(rule.response_body)
+        if field is None:
             raise BindingError(
                 f"response_body {rule.response_body!r} is not a field of {output.full_name}"
             )
         response_field = rule.response_body
+        response_type = None if field.is_repeated else field.message_type
     return Binding(
         method,
         http_method,
@@ -124,6 +139,8 @@ def _binding(
         status,
         options,
         _event_id_field(method),
+        raw_response=is_http_body(response_type) and not method.kind.response_streaming,
+        forwarded_headers=FORWARDED_HEADERS.union(options.forward_headers),
     )
 
 

@@ -1,9 +1,11 @@
 """HTTP headers ⇄ gRPC metadata, grpc-gateway style, read in one pass over the request headers.
 
-In: `Authorization` and the headers in FORWARDED_HEADERS keep their names; `Grpc-Metadata-<Key>`
-becomes `<key>` (`-bin` values base64-decoded); `Grpc-Timeout` becomes the call's timeout.
-Everything else stays at the HTTP layer. Out: initial metadata as `Grpc-Metadata-<key>`,
-trailing metadata as `Grpc-Trailer-<key>`; reserved `grpc-*` keys never leave.
+In: the headers in FORWARDED_HEADERS, and a method's own `forward_headers` (options.py), keep
+their names, each occurrence of a repeated one an entry of its own, in order;
+`Grpc-Metadata-<Key>` becomes `<key>` (`-bin` values base64-decoded); `Grpc-Timeout` becomes the
+call's timeout. Everything else stays at the HTTP layer. Out: initial metadata as
+`Grpc-Metadata-<key>`, trailing metadata as `Grpc-Trailer-<key>`; reserved `grpc-*` keys never
+leave.
 """
 
 from __future__ import annotations
@@ -60,12 +62,17 @@ class RequestHeaders:
     te_trailers: bool = False
 
 
-def read_headers(raw: Iterable[tuple[bytes, bytes]]) -> RequestHeaders:
-    """Everything the gateway needs from the request headers; 400 for malformed values."""
+def read_headers(
+    raw: Iterable[tuple[bytes, bytes]], forwarded: frozenset[bytes] = FORWARDED_HEADERS
+) -> RequestHeaders:
+    """Everything the gateway needs from the request headers; 400 for malformed values.
+
+    `forwarded`: the lower-case names passed on as metadata (a superset of FORWARDED_HEADERS).
+    """
     headers = RequestHeaders()
     metadata = headers.metadata
     for name, value in raw:
-        if name in FORWARDED_HEADERS:
+        if name in forwarded:
             metadata.append((name.decode("ascii"), value.decode("latin-1")))
         elif name.startswith(METADATA_PREFIX):
             entry = _metadata_entry(name[len(METADATA_PREFIX) :], value)

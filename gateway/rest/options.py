@@ -1,4 +1,4 @@
-"""Per-method REST options (form bodies, an error writer, fixed headers) and running error writers.
+"""Per-method REST options (forms, an error writer, fixed and forwarded headers); running writers.
 
 Options are keyed by the full method path ("/pkg.Service/Method") and checked at start-up. An
 error writer takes over the status, headers and body of every error of the method's bindings,
@@ -14,6 +14,7 @@ logged and the default body is sent instead.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -21,6 +22,7 @@ from typing import NamedTuple
 from google.rpc import status_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from gateway.asgi import Headers
+from gateway.rest.headers import FORWARDED_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,17 @@ log = logging.getLogger(__name__)
 FRAMING_HEADERS = frozenset(
     {b"content-length", b"content-type", b"connection", b"transfer-encoding"}
 )
+# Not forwarded either: hop-by-hop headers describe the connection, and the gateway decodes the
+# body, so its Content-Encoding describes bytes the servicer never sees.
+_UNFORWARDABLE = FRAMING_HEADERS | {
+    b"content-encoding",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"upgrade",
+}
+# A lower-case HTTP token that is also a gRPC metadata key.
+_FORWARDABLE_NAME = re.compile(rb"[0-9a-z_.\-]+")
 
 
 class RestErrorResponse(NamedTuple):
@@ -50,11 +63,15 @@ class RestMethodOptions:
     form_body: the bindings (all `body: "*"`) also take application/x-www-form-urlencoded bodies.
     error_writer: writes the method's error responses instead of the google.rpc.Status JSON.
     response_headers: added to every response of the method, success or error (lower-case names).
+    forward_headers: request headers (lower-case names) passed to the servicer as metadata under
+        their own names, as FORWARDED_HEADERS are for every method; each occurrence of a
+        repeated header is an entry of its own. E.g. a webhook's signature headers.
     """
 
     form_body: bool = False
     error_writer: ErrorWriter | None = None
     response_headers: tuple[tuple[bytes, bytes], ...] = ()
+    forward_headers: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
         for header in self.response_headers:
@@ -63,6 +80,14 @@ class RestMethodOptions:
                 problem = f"{header[0]!r} is not lower case"
             if problem is not None:
                 raise ValueError(f"response header: {problem}")
+        if not isinstance(self.forward_headers, tuple):
+            raise ValueError(f"forward_headers: {self.forward_headers!r} is not a tuple")
+        for index, name in enumerate(self.forward_headers):
+            problem = _forwarding_problem(name)
+            if problem is None and name in self.forward_headers[:index]:
+                problem = f"{name!r} is named twice"
+            if problem is not None:
+                raise ValueError(f"forward header: {problem}")
 
 
 NO_OPTIONS = RestMethodOptions()
@@ -99,6 +124,22 @@ def _problem_with(written: object) -> str | None:
         problem = _header_problem(header)
         if problem is not None:
             return f"returned a bad header: {problem}"
+    return None
+
+
+def _forwarding_problem(name: object) -> str | None:
+    if not isinstance(name, bytes):
+        return f"{name!r} is not bytes"
+    if not _FORWARDABLE_NAME.fullmatch(name):
+        return f"{name!r} is not a lower-case header name of letters, digits and - _ ."
+    if name.startswith(b"grpc-"):
+        return f"{name!r}: grpc-* names are the protocol's"
+    if name.endswith(b"-bin"):
+        return f"{name!r}: a -bin metadata key holds binary values, a header holds text"
+    if name in _UNFORWARDABLE:
+        return f"{name!r} is the gateway's to read"
+    if name in FORWARDED_HEADERS:
+        return f"{name!r} is forwarded for every method already"
     return None
 
 

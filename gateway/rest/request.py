@@ -5,6 +5,11 @@ fills what neither binds. A path value that disagrees with a value the body gave
 field is a 400 (grpc-gateway lets the path win, Envoy the body; silently picking one hides
 client bugs). With `body: "*"` there are no query parameters. A form body (form.py) takes the
 JSON body's place: its pairs are applied first, then the path values, which must agree.
+
+A body that is a `google.api.HttpBody` (the field `body` names, or the request itself with
+`body: "*"`) is not parsed, as in grpc-gateway and Envoy's transcoder: the raw bytes go into
+`data` and the Content-Type header (Latin-1, as headers are read) into `content_type`; any
+content type, or none, is taken. Then the path and the query bind as usual.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from gateway.rest import codec
@@ -29,6 +34,7 @@ from gateway.rest.status import RestError, bad_request
 from gateway.rest.templates import PathTemplate, Variable
 
 PRETTY = "pretty"
+HTTP_BODY = "google.api.HttpBody"
 
 
 class BindingError(ValueError):
@@ -74,6 +80,12 @@ class RequestPlan:
         if form and body != "*":
             has = f"body: {body!r}" if body else "no body"
             raise BindingError(f'form_body needs body: "*" (a form names request fields); {has}')
+        # Whether the body is taken raw into an HttpBody: the body field, or the whole request.
+        self.raw = is_http_body(descriptor) if body == "*" else _is_raw_field(self.body_field)
+        if self.raw and form:
+            raise BindingError(
+                f"form_body does not apply to a {HTTP_BODY} body, which takes any content type"
+            )
 
         bound = [setter.path.names for _, setter in self.path]
         if self.body_field is not None:
@@ -99,6 +111,26 @@ class RequestPlan:
         message = self.request_class()
         if document is not None:
             codec.parse_into(document, message, self.body_field, self.lenient_enums)
+        for variable, setter in self.path:
+            self._set_from_path(message, variable, setter, segments)
+        if pairs:
+            self._apply_query(message, pairs)
+        return message
+
+    def build_raw(
+        self,
+        segments: list[str],
+        body: bytes,
+        content_type: bytes | None,
+        pairs: Sequence[tuple[str, str]],
+    ) -> Message:
+        """As build(), with the body as sent in the HttpBody in place of a JSON body."""
+        message = self.request_class()
+        target: Any = message if self.body_field is None else getattr(message, self.body_field.name)
+        target.SetInParent()  # present even when the body is empty
+        target.data = body
+        if content_type is not None:
+            target.content_type = content_type.decode("latin-1")
         for variable, setter in self.path:
             self._set_from_path(message, variable, setter, segments)
         if pairs:
@@ -161,3 +193,12 @@ class RequestPlan:
     ) -> list[Message]:
         """A client stream's messages; path and query values apply to each of them."""
         return [self.build(segments, document, pairs) for document in documents]
+
+
+def is_http_body(descriptor: Descriptor | None) -> bool:
+    return descriptor is not None and descriptor.full_name == HTTP_BODY
+
+
+def _is_raw_field(field: FieldDescriptor | None) -> bool:
+    # A repeated HttpBody field is a JSON array like any other.
+    return field is not None and not field.is_repeated and is_http_body(field.message_type)

@@ -103,6 +103,14 @@ class EchoServicer(echo_pb2_grpc.EchoServiceServicer):  # type: ignore[name-defi
             raise
         return echo_pb2.EchoResponse(echoed=request)
 
+    async def Receive(self, request: Any, context: Any) -> Any:
+        return echo_pb2.ReceiveResponse(
+            received=request, metadata=self._seen(context), payload=request.payload
+        )
+
+    async def Reflect(self, request: Any, context: Any) -> Any:
+        return request
+
     async def Expand(self, request: Any, context: Any) -> AsyncIterator[Any]:
         for index in range(request.count):
             yield echo_pb2.EchoResponse(echoed=request, index=index)

@@ -105,6 +105,7 @@ def add_service(
             echo_pb2.DESCRIPTOR.name,
             "google/protobuf/timestamp.proto",
             "google/protobuf/any.proto",
+            "google/api/httpbody.proto",
         ],
     )
     file.message_type.extend(messages)

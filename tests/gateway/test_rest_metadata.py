@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 
+from gateway.rest import RestMethodOptions
 from tests.gateway.echo_service import EchoServicer
 from tests.gateway.rest_harness import RestServer, rest_server
+
+WEBHOOK_HEADERS = (b"webhook-id", b"webhook-timestamp", b"webhook-signature")
 
 
 class TalkativeServicer(EchoServicer):
@@ -31,6 +34,13 @@ class TalkativeServicer(EchoServicer):
 @pytest.fixture(scope="module")
 def rest() -> Iterator[RestServer]:
     with rest_server(servicer_factory=TalkativeServicer) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def forwarding() -> Iterator[RestServer]:
+    options = RestMethodOptions(forward_headers=WEBHOOK_HEADERS)
+    with rest_server(method_options={"/testing.echo.v1.EchoService/Receive": options}) as server:
         yield server
 
 
@@ -114,3 +124,33 @@ def test_a_malformed_grpc_timeout_is_400(rest: RestServer, value: str) -> None:
     response = rest.client.get("/v1/echo/m", headers={"Grpc-Timeout": value})
     assert response.status_code == 400
     assert response.json()["code"] == 3
+
+
+# -- a method's own forwarded headers ------------------------------------------------------------
+
+SIGNED = [
+    ("Webhook-Id", "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"),
+    ("Webhook-Timestamp", "1674087231"),
+    ("Webhook-Signature", "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4="),
+    ("Webhook-Signature", "v1a,hnO3f9T8Ytu9HwrXslvumlUpqtNVqkhqw1V7+7vBkUE="),
+]
+
+
+def test_a_methods_forward_headers_reach_its_servicer(forwarding: RestServer) -> None:
+    response = forwarding.client.post(
+        "/v1/hooks/h:receive", content=b"{}", headers=[*SIGNED, ("X-Other", "no")]
+    )
+    assert response.status_code == 200, response.text
+    forwarded = [
+        item for item in response.json()["metadata"] if item.startswith(("webhook-", "x-other"))
+    ]
+    # A repeated header is an entry per occurrence, in order, as for FORWARDED_HEADERS.
+    assert forwarded == [f"{name.lower()}={value}" for name, value in SIGNED]
+
+
+def test_other_methods_do_not_forward_them(forwarding: RestServer) -> None:
+    response = forwarding.client.get("/v1/echo/m", headers=SIGNED)
+    assert response.status_code == 200
+    metadata = response.json()["metadata"]
+    assert not [item for item in metadata if item.startswith("webhook-")]
+    assert any(item.startswith("user-agent=") for item in metadata)  # the usual ones still are

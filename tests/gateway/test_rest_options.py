@@ -388,3 +388,40 @@ def test_the_echo_service_starts_with_its_options() -> None:
 def test_fixed_headers_the_gateway_cannot_send_are_refused(header: Any) -> None:
     with pytest.raises(ValueError, match="response header"):
         RestMethodOptions(response_headers=(header,))
+
+
+def test_forward_headers_are_checked_at_construction_and_a_good_set_starts() -> None:
+    options = RestMethodOptions(forward_headers=(b"webhook-id", b"x_vendor.sig"))
+    assert echo_app(Receive=options).allowed_methods("/v1/hooks/h:receive") == {"POST", "OPTIONS"}
+
+
+@pytest.mark.parametrize(
+    ("names", "problem"),
+    [
+        ((b"Webhook-Id",), "lower-case header name"),
+        ((b"webhook id",), "lower-case header name"),
+        ((b"webhook:id",), "lower-case header name"),
+        ((b"",), "lower-case header name"),
+        (("webhook-id",), "is not bytes"),
+        ((b"content-type",), "the gateway's to read"),
+        ((b"content-length",), "the gateway's to read"),
+        ((b"transfer-encoding",), "the gateway's to read"),
+        ((b"content-encoding",), "the gateway's to read"),
+        ((b"te",), "the gateway's to read"),
+        ((b"grpc-timeout",), "grpc-\\* names"),
+        ((b"grpc-metadata-tenant",), "grpc-\\* names"),
+        ((b"x-trace-bin",), "-bin metadata key"),
+        ((b"authorization",), "every method already"),
+        ((b"webhook-id", b"webhook-id"), "named twice"),
+    ],
+)
+def test_forward_headers_the_gateway_cannot_forward_are_refused(
+    names: tuple[Any, ...], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=f"forward header: .*{problem}"):
+        RestMethodOptions(forward_headers=names)
+
+
+def test_forward_headers_must_be_a_tuple() -> None:
+    with pytest.raises(ValueError, match="not a tuple"):
+        RestMethodOptions(forward_headers=[b"webhook-id"])  # type: ignore[arg-type]
