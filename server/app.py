@@ -27,6 +27,7 @@ from roz.v1 import (
     robot_link_pb2_grpc,
     safety_policies_pb2_grpc,
     tasks_pb2_grpc,
+    triggers_pb2_grpc,
     watch_pb2_grpc,
 )
 
@@ -63,11 +64,14 @@ from server.api.metrics import MetricsServicer
 from server.api.robot_link import RobotLinkServicer
 from server.api.safety_policies import SafetyPolicyServicer
 from server.api.tasks import TaskServicer
+from server.api.triggers import TriggerServicer
+from server.api.triggers import rest_options as trigger_rest_options
 from server.api.watches import WatchServicer
 from server.domain.api_keys import Principal
 from server.domain.device_auth import GuessLimiter
 from server.domain.rate_limits import TokenBuckets
 from server.domain.robot_link import SILENT, LinkTerms
+from server.services.firing import FiringStore, TriggerFiring
 from server.services.robot_link import Repositories, RobotLinks
 from server.services.sealing import AuditSealer
 from server.services.watches import AuditTail, Watches, WatchRepositories
@@ -95,6 +99,16 @@ from server.storage.robot_links import RobotLinkRepository, release_silent
 from server.storage.safety_policies import SafetyPolicyRepository
 from server.storage.sweeps import Sweeper
 from server.storage.tasks import TaskRepository, time_out_tasks
+from server.storage.triggers import BATCH_SIZE as TRIGGER_BATCH_SIZE
+from server.storage.triggers import CHANNEL as TRIGGERS_CHANNEL
+from server.storage.triggers import EVENTS_CHANNEL as TRIGGER_EVENTS_CHANNEL
+from server.storage.triggers import (
+    TriggerRepository,
+    dispatch_events,
+    event_tenants,
+    fire_due,
+    schedule_overview,
+)
 from server.web import DevicePage
 
 log = logging.getLogger(__name__)
@@ -169,6 +183,19 @@ class RozServer:
             self.robot_links.telemetry.get,
         )
         self.sealer = AuditSealer(lambda tenant: seal(self.database.pool, tenant))
+        self.firing = TriggerFiring(
+            FiringStore(
+                overview=lambda now: schedule_overview(self.database.pool, now),
+                fire_due=lambda tenant, now: fire_due(self.database.pool, tenant, now),
+                event_tenants=lambda: event_tenants(self.database.pool),
+                dispatch_events=lambda tenant, now: dispatch_events(
+                    self.database.pool, tenant, now
+                ),
+                batch_size=TRIGGER_BATCH_SIZE,
+            ),
+            clock=self.clock,
+            poll_seconds=settings.trigger_poll_seconds,
+        )
         self.listener = NotificationListener(
             lambda: self.database.request_dsn,
             {
@@ -177,6 +204,8 @@ class RozServer:
                 ESTOPS_CHANNEL: self.robot_links.on_estop,
                 AUDIT_CHANNEL: self.audit_tail.on_audit,
                 UNSEALED_CHANNEL: self.sealer.on_unsealed,
+                TRIGGERS_CHANNEL: self.firing.wake,
+                TRIGGER_EVENTS_CHANNEL: self.firing.on_event,
             },
             on_reconnect=self._reconnected,
         )
@@ -254,6 +283,14 @@ class RozServer:
             EstopServicer(lambda: EstopRepository(self.database.pool), self.robot_links.announce),
             registry,
         )
+        triggers_pb2_grpc.add_TriggerServiceServicer_to_server(
+            TriggerServicer(
+                lambda: TriggerRepository(self.database.pool),
+                clock=self.clock,
+                webhook_base=settings.base_url,
+            ),
+            registry,
+        )
         watch_pb2_grpc.add_WatchServiceServicer_to_server(WatchServicer(self.watches), registry)
         robot_link_pb2_grpc.add_RobotLinkServiceServicer_to_server(
             RobotLinkServicer(self.robot_links), registry
@@ -289,7 +326,9 @@ class RozServer:
             grpc_app=self.grpc,
             grpc_web_app=GrpcWebApp(registry, max_message_bytes=settings.max_message_bytes),
             rest_app=RestApp(
-                registry, max_body_bytes=settings.max_body_bytes, method_options=rest_options()
+                registry,
+                max_body_bytes=settings.max_body_bytes,
+                method_options=rest_options() | trigger_rest_options(),
             ),
             allowed_origins=settings.cors_origins,
             lifespan=self.lifespan,
@@ -308,6 +347,7 @@ class RozServer:
         missed."""
         self.robot_links.on_reconnect()
         self.audit_tail.on_reconnect()
+        self.firing.on_reconnect()
 
     async def _authenticate(self, secret: str) -> Principal | None:
         return await self._api_keys().authenticate(secret)
@@ -332,8 +372,10 @@ class RozServer:
             self.sweeper.start(self.database.pool)
             self.listener.start()
             self.robot_links.start()
+            self.firing.start()
             yield
         finally:
+            await self.firing.stop()
             await self.robot_links.stop()
             await self.listener.stop()
             await self.sealer.stop()

@@ -55,6 +55,9 @@ class Settings:
     robot_presence_window_seconds: float = 30.0
     robot_keepalive_seconds: float = 15.0
     robot_pulse_seconds: float = 5.0
+    # Triggers: the longest a process's scheduler sleeps before looking at the schedules again,
+    # and how often its dispatcher looks for events whose wake-up it missed.
+    trigger_poll_seconds: float = 1.0
     # Device login: the address people reach the server at (for the approval page's URL; by
     # default built from host and port), how long codes live, how often devices may poll, and
     # how many wrong user codes one client, and everyone together, may try per minute.
@@ -125,6 +128,9 @@ class Settings:
             ),
             robot_pulse_seconds=reader.number(
                 "ROZ_ROBOT_PULSE_SECONDS", cls.robot_pulse_seconds, minimum=0.1
+            ),
+            trigger_poll_seconds=reader.number(
+                "ROZ_TRIGGER_POLL_SECONDS", cls.trigger_poll_seconds, minimum=0.05
             ),
             public_url=reader.url("ROZ_PUBLIC_URL"),
             device_code_lifetime_seconds=reader.integer(

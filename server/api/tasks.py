@@ -85,6 +85,8 @@ def task_to_proto(task: Task) -> pb.Task:
         deliver_time=timestamp(task.deliver_time),
         acknowledge_time=timestamp(task.acknowledge_time),
         output=struct_of(dict(task.output)) if task.output is not None else None,
+        trigger_id=str(task.trigger_id or ""),
+        trigger_fire_id=str(task.trigger_fire_id or ""),
     )
 
 

@@ -182,6 +182,9 @@ class Task:
     acknowledge_time: datetime | None = None
     # What the robot reported with the task's last state over the robot link.
     output: Mapping[str, Any] | None = None
+    # The trigger, and its fire, that created the task; None for a task created by a call.
+    trigger_id: UUID | None = None
+    trigger_fire_id: UUID | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ cancellation there too. A task without a host is not for any robot's link.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
@@ -50,7 +50,7 @@ RESOURCE = "task"
 _COLUMNS = (
     "id, tenant_id, prompt, environment_id, host_id, timeout, allowed_tools, parent_task_id,"
     " labels, state, result, create_time, update_time, start_time, end_time, deliver_time,"
-    " acknowledge_time, output"
+    " acknowledge_time, output, trigger_id, trigger_fire_id"
 )
 # What the tenant holds that a new task refers to, in one round trip. FOR SHARE keeps the
 # environment's tools and the host's environment as checked until the task is committed.
@@ -65,10 +65,12 @@ SELECT (SELECT e.allowed_tools FROM roz.environments AS e
 # the same key committed first) nothing is inserted and the caller replays the winner.
 _INSERT = (
     "WITH created AS ("
-    " INSERT INTO roz.tasks (tenant_id, environment_id, host_id, parent_task_id, prompt,"
-    " timeout, allowed_tools, labels, idempotency_key, request_fingerprint)"
-    " VALUES (%(tenant)s, %(environment)s, %(host)s, %(parent)s, %(prompt)s, %(timeout)s,"
-    " %(tools)s::text[], %(labels)s, %(key)s, %(fingerprint)s)"
+    " INSERT INTO roz.tasks (id, tenant_id, environment_id, host_id, parent_task_id, prompt,"
+    " timeout, allowed_tools, labels, idempotency_key, request_fingerprint, trigger_id,"
+    " trigger_fire_id, trigger_depth)"
+    " VALUES (coalesce(%(id)s, gen_random_uuid()), %(tenant)s, %(environment)s, %(host)s,"
+    " %(parent)s, %(prompt)s, %(timeout)s, %(tools)s::text[], %(labels)s, %(key)s,"
+    " %(fingerprint)s, %(trigger)s, %(fire)s, %(depth)s)"
     " ON CONFLICT ON CONSTRAINT tasks_tenant_id_idempotency_key_key DO NOTHING"
     " RETURNING " + _COLUMNS + "), recorded AS ("
     " INSERT INTO roz.task_transitions"
@@ -165,25 +167,11 @@ class TaskRepository:
         original task as it is now, even if its environment has changed since.
         """
         fields = draft.validate()
-        fingerprint = fields.fingerprint() if idempotency_key is not None else None
         with database_errors(RESOURCE, _CONSTRAINTS):
             async with tenant_transaction(self._pool, tenant_id) as conn:
-                if idempotency_key is not None:
-                    replayed = await _replay(conn, idempotency_key, fingerprint)
-                    if replayed is not None:
-                        return replayed
-                tools = await _checked_tools(conn, fields)
-                if fields.host_id is not None:
-                    await check_host(conn, fields.host_id, "new tasks")
-                created = await _insert(
-                    conn, tenant_id, fields, tools, actor, idempotency_key, fingerprint
+                return await create_task(
+                    conn, tenant_id, fields, actor=actor, idempotency_key=idempotency_key
                 )
-                if created is None:
-                    assert idempotency_key is not None
-                    replayed = await _replay(conn, idempotency_key, fingerprint)
-                    assert replayed is not None, "a conflicting key is visible once committed"
-                    return replayed
-                return await _with_history(conn, created)
 
     async def get(self, tenant_id: UUID, task_id: str | UUID) -> Task:
         """The task with its whole history, oldest first."""
@@ -305,6 +293,47 @@ class TaskRepository:
                 return judgement, await _with_history(conn, moved)
 
 
+@dataclass(frozen=True)
+class TaskOrigin:
+    """The trigger fire a task is created by: `task_id` is the id the fire already recorded,
+    `depth` how deep in a chain of event triggers the new task is."""
+
+    trigger_id: UUID
+    fire_id: UUID
+    task_id: UUID
+    depth: int
+
+
+async def create_task(
+    conn: AsyncConnection[TupleRow],
+    tenant_id: UUID,
+    fields: TaskFields,
+    *,
+    actor: UUID | None = None,
+    idempotency_key: str | None = None,
+    origin: TaskOrigin | None = None,
+) -> Task:
+    """CreateTask's one path, in the caller's tenant transaction: the references checked, the
+    host's e-stop respected, the key's replay returned. Triggers' fires create tasks here too."""
+    fingerprint = fields.fingerprint() if idempotency_key is not None else None
+    if idempotency_key is not None:
+        replayed = await _replay(conn, idempotency_key, fingerprint)
+        if replayed is not None:
+            return replayed
+    tools = await _checked_tools(conn, fields)
+    if fields.host_id is not None:
+        await check_host(conn, fields.host_id, "new tasks")
+    created = await _insert(
+        conn, tenant_id, fields, tools, actor, idempotency_key, fingerprint, origin
+    )
+    if created is None:
+        assert idempotency_key is not None
+        replayed = await _replay(conn, idempotency_key, fingerprint)
+        assert replayed is not None, "a conflicting key is visible once committed"
+        return replayed
+    return await _with_history(conn, created)
+
+
 async def time_out_tasks(pool: Pool, batch_size: int = 500) -> int:
     """The sweep: every RUNNING task past its deadline, in every tenant, becomes TIMED_OUT.
 
@@ -401,11 +430,16 @@ async def _insert(
     actor: UUID | None,
     idempotency_key: str | None,
     fingerprint: bytes | None,
+    origin: TaskOrigin | None,
 ) -> Task | None:
     return await _one(
         conn,
         _INSERT,
         {
+            "id": None if origin is None else origin.task_id,
+            "trigger": None if origin is None else origin.trigger_id,
+            "fire": None if origin is None else origin.fire_id,
+            "depth": 0 if origin is None else origin.depth,
             "tenant": tenant_id,
             "environment": fields.environment_id,
             "host": fields.host_id,

@@ -238,6 +238,7 @@ async def test_definer_functions_are_not_executable_by_public(database: Database
         "pulse_robot_links",
         "purge_device_authorizations",
         "record_device_poll",
+        "record_trigger_event",
         "seal_audit",
         "silent_robot_links",
         "start_device_authorization",
@@ -245,7 +246,14 @@ async def test_definer_functions_are_not_executable_by_public(database: Database
         "tenant_name",
         "time_out_tasks",
         "touch_api_keys",
+        "trigger_event_on_command",
+        "trigger_event_on_estop",
+        "trigger_event_on_robot_link",
+        "trigger_event_on_task",
+        "trigger_event_tenants",
+        "trigger_schedule",
         "unsealed_audit_tenants",
+        "webhook_trigger",
     ]
     for name, public, app, config in rows:
         assert public is False, name
