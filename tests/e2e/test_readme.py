@@ -210,3 +210,29 @@ def test_the_live_views_walkthrough_runs_as_written(
     grpc_out = out[out.index("}", out.rindex("data: ")) :]
     assert '"kind": "command.ended"' in grpc_out
     assert '"state": "STATE_CANCELLED"' in grpc_out
+
+
+def test_the_triggers_walkthrough_runs_as_written(
+    roz_dir: Path, roz_factory_per_test: RozFactory
+) -> None:
+    home = roz_dir / "home"
+    roz = roz_factory_per_test(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    (block,) = shell_blocks("Triggers")
+    script = (
+        "set -euo pipefail\nexport ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n" + block
+    ).replace("localhost:8080", roz.listener.target)
+    result = run_as_user(script, home)
+    assert result.returncode == 0, result.stderr + result.stdout
+    preview, first, again, history = (
+        json.loads(line) for line in result.stdout.strip().splitlines()
+    )
+    assert len(preview["fires"]) == 3
+    assert all("T09:30:00+0" in fire["local_time"] for fire in preview["fires"])
+    assert first["fire"]["outcome"] == "OUTCOME_CREATED"
+    assert first["fire"]["task_id"]
+    assert first["duplicate"] is False
+    assert again["duplicate"] is True
+    assert again["fire"]["id"] == first["fire"]["id"]
+    (fire,) = history["fires"]
+    assert (fire["event_type"], fire["event_state"]) == ("task.ended", "failed")
+    assert fire["outcome"] == "OUTCOME_CREATED"
