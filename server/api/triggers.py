@@ -313,7 +313,7 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):  # type: ignore
         repository = self._repository()
         target = await repository.webhook_target(trigger_id, self._clock())
         # The raw bytes, verified before anything of them is parsed.
-        delivery = verify_delivery(request.body.data, headers, target.secrets)
+        delivery = verify_delivery(request.body.data, headers, target.secrets, self._clock())
         if not target.enabled:
             raise FailedPrecondition(
                 "the trigger is disabled",
