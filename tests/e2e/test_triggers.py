@@ -720,3 +720,18 @@ def test_commands_hosts_and_e_stops_fire_their_triggers(roz: Roz) -> None:
     assert fires(roz, fleet.key, online["id"])[0]["event_subject_id"] == host_id
     assert len(fires(roz, fleet.key, online["id"])) == 1
     assert link_pb  # the robot spoke the link protocol above
+
+
+def test_a_new_trigger_wakes_a_scheduler_that_would_sleep_far_longer(
+    roz_factory: RozFactory,
+) -> None:
+    server = roz_factory(trigger_poll_seconds=60.0)
+    key = server.new_tenant("wake")
+    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    cron = f"{due.second} {due.minute} {due.hour} * * *"
+    made = schedule_trigger(server, key, environment(server, key), cron)
+    assert utc(made["next_fire_time"]) == due
+    # Fired at its time, not at the scheduler's next minute-long poll.
+    eventually(lambda: len(fires(server, key, made["id"])) == 1, seconds=15)
+    (fire,) = fires(server, key, made["id"])
+    assert utc(fire["fire_time"]) - due < timedelta(seconds=2)
