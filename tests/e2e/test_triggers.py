@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,11 +14,14 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from google.protobuf import json_format
 from roz.v1 import robot_link_pb2 as link_pb
 from roz.v1 import triggers_pb2, triggers_pb2_grpc
 from standardwebhooks.webhooks import Webhook
 
 from tests.e2e.conftest import Roz, RozFactory, TestClock
+from tests.e2e.protocols import PROTOCOLS, Rpc
+from tests.e2e.protocols import call as call_over
 from tests.e2e.test_commands import new_key, rest
 from tests.e2e.test_robot_link import Fleet, eventually
 
@@ -735,3 +739,65 @@ def test_a_new_trigger_wakes_a_scheduler_that_would_sleep_far_longer(
     eventually(lambda: len(fires(server, key, made["id"])) == 1, seconds=15)
     (fire,) = fires(server, key, made["id"])
     assert utc(fire["fire_time"]) - due < timedelta(seconds=2)
+
+
+SERVICE = "/roz.v1.TriggerService/"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_same_trigger_calls_on_every_protocol(roz: Roz, protocol: str) -> None:
+    key = roz.new_tenant(f"proto-{protocol}")
+    trigger = triggers_pb2.Trigger(
+        name="every minute",
+        environment_id=environment(roz, key),
+        task_prompt="p",
+        schedule=triggers_pb2.Schedule(cron="* * * * *", time_zone="Australia/Lord_Howe"),
+    )
+    made = call_over(
+        protocol,
+        roz,
+        Rpc(
+            SERVICE + "CreateTrigger",
+            triggers_pb2.CreateTriggerRequest(trigger=trigger),
+            triggers_pb2.Trigger,
+            "POST",
+            "/api/v1/triggers",
+            body=json_format.MessageToDict(trigger, preserving_proto_field_name=True),
+        ),
+        key,
+    )
+    assert made.code is grpc.StatusCode.OK, made.message
+    created = made.response
+    assert isinstance(created, triggers_pb2.Trigger)
+    assert created.schedule.time_zone == "Australia/Lord_Howe"
+    assert created.HasField("next_fire_time")
+    preview = call_over(
+        protocol,
+        roz,
+        Rpc(
+            SERVICE + "PreviewTrigger",
+            triggers_pb2.PreviewTriggerRequest(id=created.id, count=3),
+            triggers_pb2.PreviewTriggerResponse,
+            "GET",
+            f"/api/v1/triggers/{created.id}:preview",
+            query={"count": 3},
+        ),
+        key,
+    )
+    assert preview.code is grpc.StatusCode.OK
+    assert isinstance(preview.response, triggers_pb2.PreviewTriggerResponse)
+    times = [f.fire_time.ToDatetime(UTC) for f in preview.response.fires]
+    assert [b - a for a, b in itertools.pairwise(times)] == [timedelta(minutes=1)] * 2
+    missing = call_over(
+        protocol,
+        roz,
+        Rpc(
+            SERVICE + "GetTrigger",
+            triggers_pb2.GetTriggerRequest(id=str(uuid.uuid4())),
+            triggers_pb2.Trigger,
+            "GET",
+            f"/api/v1/triggers/{uuid.uuid4()}",
+        ),
+        key,
+    )
+    assert missing.code is grpc.StatusCode.NOT_FOUND
