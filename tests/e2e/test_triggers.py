@@ -801,3 +801,20 @@ def test_the_same_trigger_calls_on_every_protocol(roz: Roz, protocol: str) -> No
         key,
     )
     assert missing.code is grpc.StatusCode.NOT_FOUND
+
+
+def test_any_body_is_signed_as_raw_bytes_and_an_oversized_one_is_413(
+    roz_factory: RozFactory,
+) -> None:
+    server = roz_factory(max_body_bytes=64 * 1024)
+    key = server.new_tenant("raw")
+    made = webhook_trigger(server, key)
+    secret = made["webhook"]["secret"]
+    # Not JSON, not UTF-8: verified over its bytes all the same; nothing parses it.
+    body = b"\xff\xfe not json \x00"
+    headers = signed(secret, body) | {"content-type": "application/octet-stream"}
+    assert deliver(server, made["id"], body, headers).status_code == 200
+    big = b"x" * (64 * 1024 + 1)
+    too_big = deliver(server, made["id"], big, signed(secret, big))
+    assert too_big.status_code == 413
+    assert len(fires(server, key, made["id"])) == 1
