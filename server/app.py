@@ -186,7 +186,9 @@ class RozServer:
         self.firing = TriggerFiring(
             FiringStore(
                 overview=lambda now: schedule_overview(self.database.pool, now),
-                fire_due=lambda tenant, now: fire_due(self.database.pool, tenant, now),
+                fire_due=lambda tenant, now: fire_due(
+                    self.database.pool, tenant, now, clock=self.clock
+                ),
                 event_tenants=lambda: event_tenants(self.database.pool),
                 dispatch_events=lambda tenant, now: dispatch_events(
                     self.database.pool, tenant, now

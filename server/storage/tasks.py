@@ -314,9 +314,15 @@ async def create_task(
     origin: TaskOrigin | None = None,
 ) -> Task:
     """CreateTask's one path, in the caller's tenant transaction: the references checked, the
-    host's e-stop respected, the key's replay returned. Triggers' fires create tasks here too."""
+    host's e-stop respected, the key's replay returned. Triggers' fires create tasks here too.
+
+    Every refusal is raised before anything is written, so a caller may record it and go on in
+    the same transaction. A fire's task (`origin`) comes back without its history, and its key
+    (named after a fire inserted in this very transaction) is not looked up first: it cannot
+    have been used; the unique key still stands behind that.
+    """
     fingerprint = fields.fingerprint() if idempotency_key is not None else None
-    if idempotency_key is not None:
+    if idempotency_key is not None and origin is None:
         replayed = await _replay(conn, idempotency_key, fingerprint)
         if replayed is not None:
             return replayed
@@ -331,6 +337,8 @@ async def create_task(
         replayed = await _replay(conn, idempotency_key, fingerprint)
         assert replayed is not None, "a conflicting key is visible once committed"
         return replayed
+    if origin is not None:
+        return created
     return await _with_history(conn, created)
 
 

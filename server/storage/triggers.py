@@ -16,6 +16,7 @@ A task the template cannot make (the host e-stopped, say) leaves a FAILED fire, 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,7 +54,7 @@ RESOURCE = "trigger"
 # (an event was written; the payload is its tenant).
 CHANNEL = "roz_triggers"
 EVENTS_CHANNEL = "roz_trigger_events"
-BATCH_SIZE = 200
+BATCH_SIZE = 50
 
 _COLUMNS = (
     "id, tenant_id, name, environment_id, host_id, task_prompt, task_timeout, enabled, kind,"
@@ -114,9 +115,12 @@ _CLAIM_DUE = (
     "SELECT " + _COLUMNS + " FROM roz.triggers WHERE next_fire_time <= %s"
     " ORDER BY next_fire_time LIMIT %s FOR UPDATE SKIP LOCKED"
 )
+# Every claimed trigger of a batch to its next time, in one statement.
 _ADVANCE = (
-    "UPDATE roz.triggers SET next_fire_time = %(next)s,"
-    " last_fire_time = coalesce(%(fired)s, last_fire_time) WHERE id = %(id)s"
+    "UPDATE roz.triggers AS t SET next_fire_time = a.next,"
+    " last_fire_time = coalesce(a.fired, t.last_fire_time)"
+    " FROM unnest(%s::uuid[], %s::timestamptz[], %s::timestamptz[]) AS a (id, next, fired)"
+    " WHERE t.id = a.id"
 )
 _FIRED = "UPDATE roz.triggers SET last_fire_time = %s WHERE id = %s"
 _RECORD_FIRE = (
@@ -385,10 +389,19 @@ async def schedule_overview(pool: Pool, now: datetime) -> tuple[list[UUID], date
     return list(row[0]), row[1]
 
 
-async def fire_due(pool: Pool, tenant_id: UUID, now: datetime, batch_size: int = BATCH_SIZE) -> int:
+async def fire_due(
+    pool: Pool,
+    tenant_id: UUID,
+    now: datetime,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> int:
     """One batch of the tenant's schedule triggers due at `now`, claimed SKIP LOCKED: each fires
-    what its misfire policy says and moves to its next time. Returns how many triggers it
-    claimed (a full batch: call again)."""
+    what its misfire policy says and moves to its next time. Each fire records the `clock`'s
+    time as it is written (`now` without one). Returns how many triggers it claimed (a full
+    batch: call again)."""
+    advanced: tuple[list[UUID], list[datetime | None], list[datetime | None]] = ([], [], [])
     async with tenant_transaction(pool, tenant_id) as conn:
         async with conn.cursor(row_factory=kwargs_row(_trigger)) as cursor:
             await cursor.execute(_CLAIM_DUE, (now, batch_size))
@@ -415,20 +428,23 @@ async def fire_due(pool: Pool, tenant_id: UUID, now: datetime, batch_size: int =
                     },
                 )
             for scheduled in plan.due:
+                at = now if clock is None else clock()
                 fire = await _fire_once(
                     conn,
                     trigger,
                     FireSource.SCHEDULE,
                     f"schedule:{scheduled.isoformat()}",
-                    now,
+                    at,
                     depth=0,
                     details={"scheduled": scheduled},
                 )
                 if fire is not None and fire.outcome is FireOutcome.CREATED:
-                    fired_at = now
-            await conn.execute(
-                _ADVANCE, {"id": trigger.id, "next": plan.next_fire_time, "fired": fired_at}
-            )
+                    fired_at = at
+            advanced[0].append(trigger.id)
+            advanced[1].append(plan.next_fire_time)
+            advanced[2].append(fired_at)
+        if due:
+            await conn.execute(_ADVANCE, advanced)
         return len(due)
 
 
@@ -519,14 +535,14 @@ async def _fire_once(
     )
     origin = TaskOrigin(trigger.id, fire.id, task_id, depth)
     try:
-        async with conn.transaction():
-            await create_task(
-                conn,
-                trigger.tenant_id,
-                draft.validate(),
-                idempotency_key=f"trigger-fire:{fire.id}",
-                origin=origin,
-            )
+        # No savepoint needed: create_task refuses before it writes anything.
+        await create_task(
+            conn,
+            trigger.tenant_id,
+            draft.validate(),
+            idempotency_key=f"trigger-fire:{fire.id}",
+            origin=origin,
+        )
     except DomainError as exc:
         failed = await _one_fire(conn, _FAIL_FIRE, (exc.message[:_ERROR_LENGTH], fire.id))
         assert failed is not None

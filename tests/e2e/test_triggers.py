@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import itertools
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from roz.v1 import robot_link_pb2 as link_pb
 from roz.v1 import triggers_pb2, triggers_pb2_grpc
 from standardwebhooks.webhooks import Webhook
 
+from server.storage.triggers import schedule_overview
 from tests.e2e.conftest import Roz, RozFactory, TestClock
 from tests.e2e.protocols import PROTOCOLS, Rpc
 from tests.e2e.protocols import call as call_over
@@ -310,8 +312,20 @@ def clocked(roz_factory: RozFactory) -> tuple[Roz, TestClock]:
 
 
 def fire_at(server: Roz, moment: datetime) -> None:
-    """The scheduler at `moment`, as every process's loop runs it."""
-    server.listener.call(server.app.firing.fire_schedules(moment))
+    """The scheduler at `moment` (the server's clock moved there), as every process's loop
+    runs it."""
+    clock = server.app.clock
+    assert isinstance(clock, TestClock)
+    clock.now = moment
+    # The server's own loop may hold some of them (it sees the clock move too): until none is
+    # due, whoever fires them.
+    for _ in range(500):
+        server.listener.call(server.app.firing.fire_schedules(moment))
+        due, _ = server.listener.call(schedule_overview(server.app.database.pool, moment))
+        if not due:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"triggers still due at {moment}")
 
 
 def test_a_schedule_fires_once_per_time_and_its_tasks_know_their_trigger(
@@ -398,7 +412,7 @@ def test_the_preview_is_what_fires_across_a_dst_change(clocked: tuple[Roz, TestC
 def test_times_missed_while_no_server_ran_follow_the_misfire_policy(
     clocked: tuple[Roz, TestClock], policy: str, expected_created: int, expected_missed: int
 ) -> None:
-    server, clock = clocked
+    server, _ = clocked
     key = server.new_tenant("misfire")
     made = schedule_trigger(
         server, key, environment(server, key), "0 * * * *", misfire_policy=policy
@@ -415,7 +429,6 @@ def test_times_missed_while_no_server_ran_follow_the_misfire_policy(
         assert utc(created[0]["scheduled_time"]) == first + timedelta(hours=2)
     after = rest(server, key, "GET", f"/api/v1/triggers/{made['id']}")
     assert utc(after["next_fire_time"]) == first + timedelta(hours=3)
-    assert clock.now < first
 
 
 def test_run_all_is_capped_and_bounded_by_its_window(clocked: tuple[Roz, TestClock]) -> None:
@@ -436,7 +449,7 @@ def test_run_all_is_capped_and_bounded_by_its_window(clocked: tuple[Roz, TestClo
     listed = fires(server, key, made["id"])
     created = [f for f in listed if f["outcome"] == "OUTCOME_CREATED"]
     missed = [f for f in listed if f["outcome"] == "OUTCOME_MISSED"]
-    assert len(created) == 100
+    assert len(created) == 100, (listed[:3], made)
     assert all(now - utc(f["scheduled_time"]) <= timedelta(days=7) for f in created)
     assert sum(f["missed_count"] for f in missed) == 9 * 24 + 1 - 100
 
