@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +15,14 @@ from gateway.rest.options import RestMethodOptions
 from server.api.convert import datetime_of, duration, parse_id, timedelta_of, timestamp
 from server.api.principal import current_principal
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from server.domain.schedules import MAX_PREVIEW, MisfirePolicy, Schedule
+from server.domain.schedules import (
+    DEFAULT_CATCHUP_WINDOW,
+    DEFAULT_MAX_CATCHUP_RUNS,
+    DEFAULT_MISFIRE_POLICY,
+    MAX_PREVIEW,
+    MisfirePolicy,
+    Schedule,
+)
 from server.domain.triggers import (
     UPDATABLE,
     WEBHOOK_HEADERS,
@@ -123,10 +131,11 @@ def draft_from_proto(message: pb.Trigger, field: str = "trigger") -> TriggerDraf
     schedule = None
     if message.HasField("schedule"):
         given = message.schedule
-        policy = _POLICY_FROM_PROTO.get(given.misfire_policy)
         if given.misfire_policy == pb.Schedule.MISFIRE_POLICY_UNSPECIFIED:
-            policy = Schedule("").misfire_policy
-        if policy is None:
+            policy = DEFAULT_MISFIRE_POLICY
+        elif given.misfire_policy in _POLICY_FROM_PROTO:
+            policy = _POLICY_FROM_PROTO[given.misfire_policy]
+        else:
             raise InvalidArgument(
                 "the trigger is not valid",
                 [
@@ -135,15 +144,15 @@ def draft_from_proto(message: pb.Trigger, field: str = "trigger") -> TriggerDraf
                     )
                 ],
             )
-        defaults = Schedule("")
+        window = f"{field}.schedule.catchup_window"
         schedule = Schedule(
             cron=given.cron,
             time_zone=given.time_zone,
             misfire_policy=policy,
-            catchup_window=timedelta_of(given.catchup_window, f"{field}.schedule.catchup_window")
+            catchup_window=timedelta_of(given.catchup_window, window)
             if given.HasField("catchup_window")
-            else defaults.catchup_window,
-            max_catchup_runs=given.max_catchup_runs or defaults.max_catchup_runs,
+            else DEFAULT_CATCHUP_WINDOW,
+            max_catchup_runs=given.max_catchup_runs or DEFAULT_MAX_CATCHUP_RUNS,
         )
     event = None
     if message.HasField("event"):
@@ -227,7 +236,7 @@ class TriggerServicer(triggers_pb2_grpc.TriggerServiceServicer):  # type: ignore
                 draft = changes
                 if current.kind is TriggerKind.WEBHOOK and not request.trigger.HasField("webhook"):
                     # A webhook has nothing to replace: its condition stays as it is.
-                    draft = TriggerDraft(**{**changes.__dict__, "webhook": True})
+                    draft = replace(changes, webhook=True)
                 return draft.validate()
             names = set(mask)
             if "schedule" in names and current.kind is not TriggerKind.SCHEDULE:
