@@ -16,4 +16,7 @@ Last, the robot link (bench/robots.py): BENCH_ROBOTS (10000 idle streams), BENCH
 After it, the watch fan-out (bench/watches.py): BENCH_WATCHERS (200) WatchHost streams of one
 host while BENCH_WATCH_RATE (50) commands a second are created for it for BENCH_WATCH_SECONDS
 (10), the watchers on the writing process and then on another; BENCH_WATCH=0 skips it.
+Last, triggers (bench/triggers.py): BENCH_TRIGGER_COUNT (1000) schedule triggers due in the same
+second across three processes, how late each fires; BENCH_WEBHOOKS (2000) signed webhook
+deliveries, BENCH_WEBHOOK_CONCURRENCY (4) at a time, each one's latency; BENCH_TRIGGERS=0 skips it.
 """

@@ -4,10 +4,11 @@ Sides are loaded one at a time while the others idle, in rounds; each round reve
 within a comparison (and of the command scenarios), so a slow drift of the machine (caches, the
 database's own state, thermal) does not always favour the same side. After the rounds, ListTasks
 is walked from the first page to the last over each protocol, alternately. Last, the robot link
-(bench/robots.py) and then the watch fan-out (bench/watches.py) are measured, each on servers and
-a database of its own. Exits 0 whatever the ratios are; 1 only when something broke (a server did
-not start, a side answered wrongly, requests failed under load, the database disagrees with the
-load, a walk skipped a task, a watcher missed a change).
+(bench/robots.py), the watch fan-out (bench/watches.py) and then triggers (bench/triggers.py) are
+measured, each on servers and a database of its own. Exits 0 whatever the ratios are; 1 only when
+something broke (a server did not start, a side answered wrongly, requests failed under load, the
+database disagrees with the load, a walk skipped a task, a watcher missed a change, a trigger did
+not fire exactly once).
 """
 
 from __future__ import annotations
@@ -24,7 +25,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from bench import commands, dataset, machine, report, robots, soak, tasks, verify, watches
+from bench import (
+    commands,
+    dataset,
+    machine,
+    report,
+    robots,
+    soak,
+    tasks,
+    triggers,
+    verify,
+    watches,
+)
 from bench.commands import CommandBench, CommandScenario
 from bench.load import ByWire, H2Load, LoadGenerator, LoadResult, Wrk
 from bench.pyload import AsyncioLoad
@@ -230,6 +242,7 @@ def run(settings: BenchSettings, generator: LoadGenerator) -> int:
     # Read now, so that a bad value stops the bench before its first minute, not after its last.
     robot_settings = robots.RobotBenchSettings.from_env()
     watch_settings = watches.WatchBenchSettings.from_env()
+    trigger_settings = triggers.TriggerBenchSettings.from_env()
     started = time.monotonic()
     load_before = os.getloadavg()[0]  # another busy process on the machine skews every figure
     with server_process() as endpoints:
@@ -319,6 +332,11 @@ def run(settings: BenchSettings, generator: LoadGenerator) -> int:
         print("bench: the watch fan-out", file=sys.stderr, flush=True)
         watch_fan_out = watches.run(watch_settings)
         print(watches.render(watch_fan_out))
+    trigger_bench = None
+    if trigger_settings.enabled:  # last, likewise on servers and a database of its own
+        print("bench: triggers", file=sys.stderr, flush=True)
+        trigger_bench = triggers.run(trigger_settings)
+        print(triggers.render(trigger_bench))
     broken = [side.label for side, runs in results.items() if any(run.broken for run in runs)]
     broken += [
         scenario.title for scenario, runs in command_results.items() if any(r.broken for r in runs)
@@ -329,6 +347,8 @@ def run(settings: BenchSettings, generator: LoadGenerator) -> int:
         broken.append(f"the robot link ({'; '.join(robot_link.broken)})")
     if watch_fan_out is not None and watch_fan_out.broken:
         broken.append(f"the watch fan-out ({'; '.join(watch_fan_out.broken)})")
+    if trigger_bench is not None and trigger_bench.broken:
+        broken.append(f"triggers ({'; '.join(trigger_bench.broken)})")
     if broken:
         print(f"bench: requests failed under load on: {', '.join(broken)}", file=sys.stderr)
         return 1
