@@ -16,13 +16,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow, kwargs_row
 from psycopg.types.json import Jsonb
 
-from server.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from server.domain.errors import (
+    AlreadyExists,
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from server.domain.pagination import Page
 from server.domain.robot_deliveries import DeliveryKind
 from server.domain.robot_link import Judgement, judge_report
@@ -61,16 +67,23 @@ SELECT (SELECT e.allowed_tools FROM roz.environments AS e
          WHERE h.id = %(host)s FOR SHARE) AS host_placement,
        EXISTS (SELECT 1 FROM roz.tasks AS t WHERE t.id = %(parent)s) AS parent_exists
 """
-# The task and its creation in the history; with a key already taken (a concurrent create with
-# the same key committed first) nothing is inserted and the caller replays the winner.
+# Tasks and their creation in the history, any number in one statement (a trigger's batch of
+# fires; CreateTask is a batch of one); a key already taken (a concurrent create with the same
+# key committed first) inserts nothing for that task and the caller replays the winner.
 _INSERT = (
     "WITH created AS ("
     " INSERT INTO roz.tasks (id, tenant_id, environment_id, host_id, parent_task_id, prompt,"
     " timeout, allowed_tools, labels, idempotency_key, request_fingerprint, trigger_id,"
     " trigger_fire_id, trigger_depth)"
-    " VALUES (coalesce(%(id)s, gen_random_uuid()), %(tenant)s, %(environment)s, %(host)s,"
-    " %(parent)s, %(prompt)s, %(timeout)s, %(tools)s::text[], %(labels)s, %(key)s,"
-    " %(fingerprint)s, %(trigger)s, %(fire)s, %(depth)s)"
+    " SELECT n.id, %(tenant)s, n.environment, n.host, n.parent, n.prompt, n.timeout,"
+    " ARRAY(SELECT jsonb_array_elements_text(n.tools)), n.labels, n.key, n.fingerprint,"
+    " n.trigger, n.fire, n.depth"
+    " FROM unnest(%(id)s::uuid[], %(environment)s::uuid[], %(host)s::uuid[],"
+    " %(parent)s::uuid[], %(prompt)s::text[], %(timeout)s::interval[], %(tools)s::jsonb[],"
+    " %(labels)s::jsonb[], %(key)s::text[], %(fingerprint)s::bytea[], %(trigger)s::uuid[],"
+    " %(fire)s::uuid[], %(depth)s::smallint[])"
+    " AS n (id, environment, host, parent, prompt, timeout, tools, labels, key, fingerprint,"
+    " trigger, fire, depth)"
     " ON CONFLICT ON CONSTRAINT tasks_tenant_id_idempotency_key_key DO NOTHING"
     " RETURNING " + _COLUMNS + "), recorded AS ("
     " INSERT INTO roz.task_transitions"
@@ -304,6 +317,15 @@ class TaskOrigin:
     depth: int
 
 
+@dataclass(frozen=True)
+class TaskRequest:
+    """One task to create: its validated fields, its idempotency key, the fire it is for."""
+
+    fields: TaskFields
+    idempotency_key: str | None = None
+    origin: TaskOrigin | None = None
+
+
 async def create_task(
     conn: AsyncConnection[TupleRow],
     tenant_id: UUID,
@@ -311,35 +333,69 @@ async def create_task(
     *,
     actor: UUID | None = None,
     idempotency_key: str | None = None,
-    origin: TaskOrigin | None = None,
 ) -> Task:
-    """CreateTask's one path, in the caller's tenant transaction: the references checked, the
-    host's e-stop respected, the key's replay returned. Triggers' fires create tasks here too.
-
-    Every refusal is raised before anything is written, so a caller may record it and go on in
-    the same transaction. A fire's task (`origin`) comes back without its history, and its key
-    (named after a fire inserted in this very transaction) is not looked up first: it cannot
-    have been used; the unique key still stands behind that.
-    """
+    """CreateTask, in the caller's tenant transaction: a known key's task replayed, else the
+    task created by `create_tasks`, with its history."""
     fingerprint = fields.fingerprint() if idempotency_key is not None else None
-    if idempotency_key is not None and origin is None:
+    if idempotency_key is not None:
         replayed = await _replay(conn, idempotency_key, fingerprint)
         if replayed is not None:
             return replayed
-    tools = await _checked_tools(conn, fields)
-    if fields.host_id is not None:
-        await check_host(conn, fields.host_id, "new tasks")
-    created = await _insert(
-        conn, tenant_id, fields, tools, actor, idempotency_key, fingerprint, origin
+    (outcome,) = await create_tasks(
+        conn, tenant_id, [TaskRequest(fields, idempotency_key)], actor=actor
     )
-    if created is None:
+    if isinstance(outcome, DomainError):
+        raise outcome
+    if outcome is None:
         assert idempotency_key is not None
         replayed = await _replay(conn, idempotency_key, fingerprint)
         assert replayed is not None, "a conflicting key is visible once committed"
         return replayed
-    if origin is not None:
-        return created
-    return await _with_history(conn, created)
+    return await _with_history(conn, outcome)
+
+
+async def create_tasks(
+    conn: AsyncConnection[TupleRow],
+    tenant_id: UUID,
+    requests: Sequence[TaskRequest],
+    *,
+    actor: UUID | None = None,
+) -> list[Task | DomainError | None]:
+    """The one way tasks are created, in the caller's tenant transaction: each request's
+    references checked against the tenant's rows (once per distinct environment, host, parent
+    and tools), its host's e-stop respected, then every task that passed inserted in one
+    statement. Per request, in order: the task (without its history), the refusal, or None when
+    its idempotency key was taken meanwhile.
+
+    Refusals are found before anything is written, so the caller may record them and carry on
+    in the same transaction.
+    """
+    outcomes: list[Task | DomainError | None] = [None] * len(requests)
+    checked: dict[tuple[Any, ...], tuple[str, ...] | DomainError] = {}
+    passed: list[tuple[int, TaskRequest, tuple[str, ...], UUID]] = []
+    for index, request in enumerate(requests):
+        fields = request.fields
+        group = (fields.environment_id, fields.host_id, fields.parent_task_id, fields.allowed_tools)
+        if group not in checked:
+            try:
+                tools = await _checked_tools(conn, fields)
+                if fields.host_id is not None:
+                    await check_host(conn, fields.host_id, "new tasks")
+                checked[group] = tools
+            except DomainError as exc:
+                checked[group] = exc
+        verdict = checked[group]
+        if isinstance(verdict, DomainError):
+            outcomes[index] = verdict
+            continue
+        task_id = request.origin.task_id if request.origin is not None else uuid4()
+        passed.append((index, request, verdict, task_id))
+    if not passed:
+        return outcomes
+    created = await _insert(conn, tenant_id, passed, actor)
+    for index, _request, _tools, task_id in passed:
+        outcomes[index] = created.get(task_id)
+    return outcomes
 
 
 async def time_out_tasks(pool: Pool, batch_size: int = 500) -> int:
@@ -433,34 +489,45 @@ async def _checked_tools(conn: AsyncConnection[TupleRow], fields: TaskFields) ->
 async def _insert(
     conn: AsyncConnection[TupleRow],
     tenant_id: UUID,
-    fields: TaskFields,
-    tools: Sequence[str],
+    passed: Sequence[tuple[int, TaskRequest, tuple[str, ...], UUID]],
     actor: UUID | None,
-    idempotency_key: str | None,
-    fingerprint: bytes | None,
-    origin: TaskOrigin | None,
-) -> Task | None:
-    return await _one(
-        conn,
-        _INSERT,
-        {
-            "id": None if origin is None else origin.task_id,
-            "trigger": None if origin is None else origin.trigger_id,
-            "fire": None if origin is None else origin.fire_id,
-            "depth": 0 if origin is None else origin.depth,
-            "tenant": tenant_id,
-            "environment": fields.environment_id,
-            "host": fields.host_id,
-            "parent": fields.parent_task_id,
-            "prompt": fields.prompt,
-            "timeout": fields.timeout,
-            "tools": list(tools),
-            "labels": Jsonb(dict(fields.labels)),
-            "key": idempotency_key,
-            "fingerprint": fingerprint,
-            "actor": actor,
-        },
-    )
+) -> dict[UUID, Task]:
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "id",
+            "environment",
+            "host",
+            "parent",
+            "prompt",
+            "timeout",
+            "tools",
+            "labels",
+            "key",
+            "fingerprint",
+            "trigger",
+            "fire",
+            "depth",
+        )
+    }
+    for _index, request, tools, task_id in passed:
+        fields, origin, key = request.fields, request.origin, request.idempotency_key
+        columns["id"].append(task_id)
+        columns["environment"].append(fields.environment_id)
+        columns["host"].append(fields.host_id)
+        columns["parent"].append(fields.parent_task_id)
+        columns["prompt"].append(fields.prompt)
+        columns["timeout"].append(fields.timeout)
+        columns["tools"].append(Jsonb(list(tools)))
+        columns["labels"].append(Jsonb(dict(fields.labels)))
+        columns["key"].append(key)
+        columns["fingerprint"].append(None if key is None else fields.fingerprint())
+        columns["trigger"].append(None if origin is None else origin.trigger_id)
+        columns["fire"].append(None if origin is None else origin.fire_id)
+        columns["depth"].append(0 if origin is None else origin.depth)
+    async with conn.cursor(row_factory=kwargs_row(_task)) as cursor:
+        await cursor.execute(_INSERT, {**columns, "tenant": tenant_id, "actor": actor})
+        return {task.id: task for task in await cursor.fetchall()}
 
 
 async def _replay(

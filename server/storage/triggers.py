@@ -16,7 +16,7 @@ A task the template cannot make (the host e-stopped, say) leaves a FAILED fire, 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,8 +27,8 @@ from psycopg.rows import TupleRow, kwargs_row
 
 from server.domain.errors import DomainError, FieldViolation, InvalidArgument, NotFound
 from server.domain.pagination import Page
-from server.domain.schedules import MisfirePolicy, Schedule, catch_up
-from server.domain.tasks import TaskDraft
+from server.domain.schedules import CatchUp, MisfirePolicy, Schedule, catch_up
+from server.domain.tasks import Task, TaskDraft, TaskFields
 from server.domain.triggers import (
     MAX_TRIGGER_DEPTH,
     EventCondition,
@@ -46,7 +46,7 @@ from server.domain.triggers import (
 from server.storage.database import Pool
 from server.storage.errors import ConstraintErrors, database_errors, resource_id
 from server.storage.listing import Listing
-from server.storage.tasks import TaskOrigin, create_task
+from server.storage.tasks import TaskOrigin, TaskRequest, create_tasks
 from server.storage.tenancy import tenant_transaction
 
 RESOURCE = "trigger"
@@ -59,7 +59,9 @@ BATCH_SIZE = 50
 _COLUMNS = (
     "id, tenant_id, name, environment_id, host_id, task_prompt, task_timeout, enabled, kind,"
     " cron, time_zone, misfire_policy, catchup_window, max_catchup_runs, next_fire_time,"
-    " event_type, event_states, event_host_id, last_fire_time, create_time, update_time,"
+    " event_type, event_states, event_host_id, create_time, update_time,"
+    " (SELECT max(f.create_time) FROM roz.trigger_fires AS f"
+    "   WHERE f.trigger_id = roz.triggers.id AND f.outcome = 'created') AS last_fire_time,"
     " (SELECT min(s.expire_time) FROM roz.trigger_webhook_secrets AS s"
     "   WHERE s.trigger_id = roz.triggers.id AND s.expire_time > now())"
     " AS previous_secret_expire_time"
@@ -117,24 +119,28 @@ _CLAIM_DUE = (
 )
 # Every claimed trigger of a batch to its next time, in one statement.
 _ADVANCE = (
-    "UPDATE roz.triggers AS t SET next_fire_time = a.next,"
-    " last_fire_time = coalesce(a.fired, t.last_fire_time)"
-    " FROM unnest(%s::uuid[], %s::timestamptz[], %s::timestamptz[]) AS a (id, next, fired)"
-    " WHERE t.id = a.id"
+    "UPDATE roz.triggers AS t SET next_fire_time = a.next"
+    " FROM unnest(%s::uuid[], %s::timestamptz[]) AS a (id, next) WHERE t.id = a.id"
 )
-_FIRED = "UPDATE roz.triggers SET last_fire_time = %s WHERE id = %s"
-_RECORD_FIRE = (
+# A batch of fires, each inserted unless its (trigger, dedup key) has fired before.
+_RECORD_FIRES = (
     "INSERT INTO roz.trigger_fires (id, tenant_id, trigger_id, source, outcome, dedup_key,"
     " scheduled_time, task_id, error, webhook_id, event_type, event_subject_id, event_state,"
     " missed_count, first_missed_time, last_missed_time, create_time)"
-    " VALUES (%(id)s, %(tenant)s, %(trigger)s, %(source)s, %(outcome)s, %(key)s, %(scheduled)s,"
-    " %(task)s, %(error)s, %(webhook)s, %(event_type)s, %(subject)s, %(state)s, %(missed)s,"
-    " %(first)s, %(last)s, %(now)s)"
+    " SELECT f.id, %(tenant)s, f.trigger, f.source, f.outcome, f.key, f.scheduled, f.task,"
+    " f.error, f.webhook, f.event_type, f.subject, f.state, f.missed, f.first, f.last, %(at)s"
+    " FROM unnest(%(id)s::uuid[], %(trigger)s::uuid[], %(source)s::text[], %(outcome)s::text[],"
+    " %(key)s::text[], %(scheduled)s::timestamptz[], %(task)s::uuid[], %(error)s::text[],"
+    " %(webhook)s::text[], %(event_type)s::text[], %(subject)s::uuid[], %(state)s::text[],"
+    " %(missed)s::integer[], %(first)s::timestamptz[], %(last)s::timestamptz[])"
+    " AS f (id, trigger, source, outcome, key, scheduled, task, error, webhook, event_type,"
+    " subject, state, missed, first, last)"
     " ON CONFLICT ON CONSTRAINT trigger_fires_once DO NOTHING RETURNING " + _FIRE_COLUMNS
 )
-_FAIL_FIRE = (
-    "UPDATE roz.trigger_fires SET outcome = 'failed', task_id = NULL, error = %s"
-    " WHERE id = %s RETURNING " + _FIRE_COLUMNS
+_FAIL_FIRES = (
+    "UPDATE roz.trigger_fires AS f SET outcome = 'failed', task_id = NULL, error = r.error"
+    " FROM unnest(%s::uuid[], %s::text[]) AS r (id, error) WHERE f.id = r.id"
+    " RETURNING " + ", ".join("f." + c.strip() for c in _FIRE_COLUMNS.split(","))
 )
 _FIRE_BY_KEY = (
     "SELECT " + _FIRE_COLUMNS + " FROM roz.trigger_fires WHERE trigger_id = %s AND dedup_key = %s"
@@ -181,7 +187,7 @@ def _trigger(
     return Trigger(kind=TriggerKind(kind), schedule=schedule, event=event, **columns)
 
 
-def _fire(*, source: str, outcome: str, **columns: Any) -> TriggerFire:
+def _fire_row(*, source: str, outcome: str, **columns: Any) -> TriggerFire:
     return TriggerFire(source=FireSource(source), outcome=FireOutcome(outcome), **columns)
 
 
@@ -198,7 +204,7 @@ _CONSTRAINTS: ConstraintErrors = {
     "triggers_event_host_fkey": lambda: _missing("event.host_id", "host"),
 }
 _LISTING = Listing("roz.triggers", _COLUMNS, _trigger)
-_FIRES = Listing("roz.trigger_fires", _FIRE_COLUMNS, _fire, filters=("trigger_id",))
+_FIRES = Listing("roz.trigger_fires", _FIRE_COLUMNS, _fire_row, filters=("trigger_id",))
 
 
 @dataclass(frozen=True)
@@ -356,24 +362,28 @@ class TriggerRepository:
         nothing new happens and the first fire is returned)."""
         with database_errors(RESOURCE):
             async with tenant_transaction(self._pool, tenant_id) as conn:
-                # No row lock: the fire's foreign key holds the trigger against deletion, and
-                # FOR SHARE here would deadlock concurrent deliveries at last_fire_time.
+                # No row lock: the fire's foreign key holds the trigger against deletion.
                 trigger = await _one(conn, _GET, (trigger_id,))
                 if trigger is None or trigger.kind is not TriggerKind.WEBHOOK:
                     raise NotFound(RESOURCE, str(trigger_id))
                 key = f"webhook:{delivery.id}"
-                fired = await _fire_once(
+                (fired,) = await _fire(
                     conn,
-                    trigger,
-                    FireSource.WEBHOOK,
-                    key,
+                    tenant_id,
+                    [
+                        Shot(
+                            trigger,
+                            FireSource.WEBHOOK,
+                            FireOutcome.CREATED,
+                            key,
+                            webhook=delivery.id,
+                        )
+                    ],
                     now,
-                    depth=0,
-                    details={"webhook": delivery.id},
                 )
                 if fired is not None:
                     return fired, False
-                async with conn.cursor(row_factory=kwargs_row(_fire)) as cursor:
+                async with conn.cursor(row_factory=kwargs_row(_fire_row)) as cursor:
                     await cursor.execute(_FIRE_BY_KEY, (trigger_id, key))
                     first = await cursor.fetchone()
                 assert first is not None, "a conflicting fire is visible once committed"
@@ -401,50 +411,53 @@ async def fire_due(
     what its misfire policy says and moves to its next time. Each fire records the `clock`'s
     time as it is written (`now` without one). Returns how many triggers it claimed (a full
     batch: call again)."""
-    advanced: tuple[list[UUID], list[datetime | None], list[datetime | None]] = ([], [], [])
     async with tenant_transaction(pool, tenant_id) as conn:
         async with conn.cursor(row_factory=kwargs_row(_trigger)) as cursor:
             await cursor.execute(_CLAIM_DUE, (now, batch_size))
             due = await cursor.fetchall()
+        if not due:
+            return 0
+        shots: list[Shot] = []
+        plans: dict[tuple[Schedule, datetime], CatchUp] = {}
         for trigger in due:
             assert trigger.schedule is not None
             assert trigger.next_fire_time is not None
-            plan = catch_up(trigger.schedule, trigger.next_fire_time, now)
-            fired_at: datetime | None = None
+            plan_key = (trigger.schedule, trigger.next_fire_time)
+            if plan_key not in plans:  # a burst of triggers often shares one schedule
+                plans[plan_key] = catch_up(trigger.schedule, trigger.next_fire_time, now)
+            plan = plans[plan_key]
             if plan.missed:
                 assert plan.first_missed is not None
                 assert plan.last_missed is not None
-                await _record(
-                    conn,
-                    trigger,
-                    FireSource.SCHEDULE,
-                    FireOutcome.MISSED,
-                    f"missed:{plan.first_missed.isoformat()}/{plan.last_missed.isoformat()}",
-                    now,
-                    details={
-                        "missed": plan.missed,
-                        "first": plan.first_missed,
-                        "last": plan.last_missed,
-                    },
+                span = f"{plan.first_missed.isoformat()}/{plan.last_missed.isoformat()}"
+                shots.append(
+                    Shot(
+                        trigger,
+                        FireSource.SCHEDULE,
+                        FireOutcome.MISSED,
+                        f"missed:{span}",
+                        missed=plan.missed,
+                        first=plan.first_missed,
+                        last=plan.last_missed,
+                    )
                 )
-            for scheduled in plan.due:
-                at = now if clock is None else clock()
-                fire = await _fire_once(
-                    conn,
+            shots += [
+                Shot(
                     trigger,
                     FireSource.SCHEDULE,
+                    FireOutcome.CREATED,
                     f"schedule:{scheduled.isoformat()}",
-                    at,
-                    depth=0,
-                    details={"scheduled": scheduled},
+                    scheduled=scheduled,
                 )
-                if fire is not None and fire.outcome is FireOutcome.CREATED:
-                    fired_at = at
-            advanced[0].append(trigger.id)
-            advanced[1].append(plan.next_fire_time)
-            advanced[2].append(fired_at)
-        if due:
-            await conn.execute(_ADVANCE, advanced)
+                for scheduled in plan.due
+            ]
+        await _fire(conn, tenant_id, shots, now if clock is None else clock())
+        next_times = []
+        for trigger in due:
+            assert trigger.schedule is not None
+            assert trigger.next_fire_time is not None
+            next_times.append(plans[(trigger.schedule, trigger.next_fire_time)].next_fire_time)
+        await conn.execute(_ADVANCE, ([trigger.id for trigger in due], next_times))
         return len(due)
 
 
@@ -472,127 +485,124 @@ async def dispatch_events(
         async with conn.cursor(row_factory=kwargs_row(_trigger)) as trigger_cursor:
             await trigger_cursor.execute(_EVENT_TRIGGERS, (types,))
             triggers = await trigger_cursor.fetchall()
+        shots: list[Shot] = []
         for event in events:
             for trigger in triggers:
                 assert trigger.event is not None
                 if not trigger.event.matches(event):
                     continue
-                details = {
-                    "event_type": event.type.value,
-                    "subject": event.subject_id,
-                    "state": event.state,
-                }
-                key = f"event:{event.id}"
-                if event.depth + 1 > MAX_TRIGGER_DEPTH:
-                    await _record(
-                        conn,
+                depth = event.depth + 1
+                deep = depth > MAX_TRIGGER_DEPTH
+                shots.append(
+                    Shot(
                         trigger,
                         FireSource.EVENT,
-                        FireOutcome.SUPPRESSED,
-                        key,
-                        now,
-                        details=details,
+                        FireOutcome.SUPPRESSED if deep else FireOutcome.CREATED,
+                        f"event:{event.id}",
+                        depth=depth,
+                        event_type=event.type.value,
+                        subject=event.subject_id,
+                        state=event.state,
                         error=f"a chain of {MAX_TRIGGER_DEPTH} triggers firing on their own"
-                        " tasks is as deep as chains go",
+                        " tasks is as deep as chains go"
+                        if deep
+                        else "",
                     )
-                    continue
-                await _fire_once(
-                    conn,
-                    trigger,
-                    FireSource.EVENT,
-                    key,
-                    now,
-                    depth=event.depth + 1,
-                    details=details,
                 )
+        await _fire(conn, tenant_id, shots, now)
         await conn.execute(_DONE_EVENTS, ([event.id for event in events],))
         return len(events)
 
 
-async def _fire_once(
-    conn: AsyncConnection[TupleRow],
-    trigger: Trigger,
-    source: FireSource,
-    key: str,
-    now: datetime,
-    *,
-    depth: int,
-    details: dict[str, Any],
-) -> TriggerFire | None:
-    """The fire for `key`, with its task, if `key` has not fired yet; None if it has. A task
-    the template cannot make leaves the fire FAILED, with why."""
-    task_id = uuid.uuid4()
-    fire = await _record(
-        conn, trigger, source, FireOutcome.CREATED, key, now, details=details, task=task_id
-    )
-    if fire is None:
-        return None
-    draft = TaskDraft(
-        prompt=trigger.task_prompt,
-        environment_id=trigger.environment_id,
-        host_id=trigger.host_id or "",
-        timeout=trigger.task_timeout,
-    )
-    origin = TaskOrigin(trigger.id, fire.id, task_id, depth)
-    try:
-        # No savepoint needed: create_task refuses before it writes anything.
-        await create_task(
-            conn,
-            trigger.tenant_id,
-            draft.validate(),
-            idempotency_key=f"trigger-fire:{fire.id}",
-            origin=origin,
-        )
-    except DomainError as exc:
-        failed = await _one_fire(conn, _FAIL_FIRE, (exc.message[:_ERROR_LENGTH], fire.id))
-        assert failed is not None
-        return failed
-    if source is not FireSource.SCHEDULE:
-        await conn.execute(_FIRED, (now, trigger.id))
-    return fire
+@dataclass(frozen=True)
+class Shot:
+    """One fire to record: CREATED ones get their task, MISSED and SUPPRESSED ones only say
+    why not."""
+
+    trigger: Trigger
+    source: FireSource
+    outcome: FireOutcome
+    key: str
+    depth: int = 0
+    scheduled: datetime | None = None
+    webhook: str | None = None
+    event_type: str | None = None
+    subject: UUID | None = None
+    state: str | None = None
+    missed: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+    error: str = ""
 
 
-async def _record(
-    conn: AsyncConnection[TupleRow],
-    trigger: Trigger,
-    source: FireSource,
-    outcome: FireOutcome,
-    key: str,
-    now: datetime,
-    *,
-    details: dict[str, Any],
-    task: UUID | None = None,
-    error: str = "",
-) -> TriggerFire | None:
-    return await _one_fire(
-        conn,
-        _RECORD_FIRE,
-        {
-            "id": uuid.uuid4(),
-            "tenant": trigger.tenant_id,
-            "trigger": trigger.id,
-            "source": source.value,
-            "outcome": outcome.value,
-            "key": key,
-            "scheduled": details.get("scheduled"),
-            "task": task,
-            "error": error,
-            "webhook": details.get("webhook"),
-            "event_type": details.get("event_type"),
-            "subject": details.get("subject"),
-            "state": details.get("state"),
-            "missed": details.get("missed", 0),
-            "first": details.get("first"),
-            "last": details.get("last"),
-            "now": now,
-        },
-    )
+async def _fire(
+    conn: AsyncConnection[TupleRow], tenant_id: UUID, shots: Sequence[Shot], at: datetime
+) -> list[TriggerFire | None]:
+    """Records each shot once, at `at`: None for those whose key has fired before. A CREATED
+    fire's task is made by `create_tasks`, the way CreateTask makes one, with the fire's id in
+    its idempotency key; a task the template cannot make leaves the fire FAILED, with why.
+    However many shots, a handful of statements."""
+    if not shots:
+        return []
+    fire_ids = [uuid.uuid4() for _ in shots]
+    task_ids = [uuid.uuid4() if s.outcome is FireOutcome.CREATED else None for s in shots]
+    params: dict[str, Any] = {
+        "tenant": tenant_id,
+        "at": at,
+        "id": fire_ids,
+        "trigger": [s.trigger.id for s in shots],
+        "source": [s.source.value for s in shots],
+        "outcome": [s.outcome.value for s in shots],
+        "key": [s.key for s in shots],
+        "scheduled": [s.scheduled for s in shots],
+        "task": task_ids,
+        "error": [s.error for s in shots],
+        "webhook": [s.webhook for s in shots],
+        "event_type": [s.event_type for s in shots],
+        "subject": [s.subject for s in shots],
+        "state": [s.state for s in shots],
+        "missed": [s.missed for s in shots],
+        "first": [s.first for s in shots],
+        "last": [s.last for s in shots],
+    }
+    async with conn.cursor(row_factory=kwargs_row(_fire_row)) as cursor:
+        await cursor.execute(_RECORD_FIRES, params)
+        fired = {fire.id: fire for fire in await cursor.fetchall()}
+    requests: list[TaskRequest] = []
+    templates: dict[UUID, TaskFields] = {}
+    for shot, fire_id, task_id in zip(shots, fire_ids, task_ids, strict=True):
+        if task_id is None or fire_id not in fired:
+            continue
+        trigger = shot.trigger
+        if trigger.id not in templates:
+            templates[trigger.id] = TaskDraft(
+                prompt=trigger.task_prompt,
+                environment_id=trigger.environment_id,
+                host_id=trigger.host_id or "",
+                timeout=trigger.task_timeout,
+            ).validate()
+        origin = TaskOrigin(trigger.id, fire_id, task_id, shot.depth)
+        requests.append(TaskRequest(templates[trigger.id], f"trigger-fire:{fire_id}", origin))
+    outcomes = await create_tasks(conn, tenant_id, requests)
+    refused = [
+        (request.origin.fire_id, _refusal(outcome))
+        for request, outcome in zip(requests, outcomes, strict=True)
+        if request.origin is not None and not isinstance(outcome, Task)
+    ]
+    if refused:
+        async with conn.cursor(row_factory=kwargs_row(_fire_row)) as cursor:
+            await cursor.execute(
+                _FAIL_FIRES, ([fire for fire, _ in refused], [why for _, why in refused])
+            )
+            for fire in await cursor.fetchall():
+                fired[fire.id] = fire
+    return [fired.get(fire_id) for fire_id in fire_ids]
 
 
-async def _one_fire(conn: AsyncConnection[TupleRow], query: str, params: Any) -> TriggerFire | None:
-    async with conn.cursor(row_factory=kwargs_row(_fire)) as cursor:
-        await cursor.execute(query, params)
-        return await cursor.fetchone()
+def _refusal(outcome: DomainError | None) -> str:
+    if outcome is None:  # its key was taken: impossible for a fire inserted just now
+        return "the fire's task already exists"
+    return outcome.message[:_ERROR_LENGTH]
 
 
 async def _one(conn: AsyncConnection[TupleRow], query: str, params: Any) -> Trigger | None:

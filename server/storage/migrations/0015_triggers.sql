@@ -40,7 +40,6 @@ CREATE TABLE roz.triggers (
     event_states     text[]      NOT NULL DEFAULT '{}'
                                  CONSTRAINT triggers_event_states_count CHECK (cardinality(event_states) <= 16),
     event_host_id    uuid,
-    last_fire_time   timestamptz,
     create_time      timestamptz NOT NULL DEFAULT now(),
     update_time      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT triggers_tenant_id_id_key UNIQUE (tenant_id, id),
