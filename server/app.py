@@ -182,7 +182,9 @@ class RozServer:
             self.audit_tail,
             self.robot_links.telemetry.get,
         )
-        self.sealer = AuditSealer(lambda tenant: seal(self.database.pool, tenant))
+        self.sealer = AuditSealer(
+            lambda tenant: seal(self.database.pool, tenant), ours=self.database.is_pool_session
+        )
         self.firing = TriggerFiring(
             FiringStore(
                 overview=lambda now: schedule_overview(self.database.pool, now),
@@ -205,11 +207,11 @@ class RozServer:
                 LINKS_CHANNEL: self.robot_links.on_link,
                 ESTOPS_CHANNEL: self.robot_links.on_estop,
                 AUDIT_CHANNEL: self.audit_tail.on_audit,
-                UNSEALED_CHANNEL: self.sealer.on_unsealed,
                 TRIGGERS_CHANNEL: self.firing.wake,
                 TRIGGER_EVENTS_CHANNEL: self.firing.on_event,
             },
             on_reconnect=self._reconnected,
+            senders={UNSEALED_CHANNEL: self.sealer.on_unsealed_by},
         )
         # Every process sweeps; each sweep is safe alongside the same sweep elsewhere.
         self.sweeper = (

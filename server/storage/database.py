@@ -156,6 +156,11 @@ class Database:
             raise RuntimeError("the database is not open")
         return self._pool
 
+    def is_pool_session(self, backend_pid: int) -> bool:
+        """Whether a backend pid is one of this process's request sessions."""
+        pool = self._pool
+        return isinstance(pool, GuardedPool) and backend_pid in pool.backend_pids
+
     @property
     def owner_dsn(self) -> str:
         """For maintenance only (bootstrap, tenant creation, tests); never for requests."""

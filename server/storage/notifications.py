@@ -21,6 +21,8 @@ from psycopg import AsyncConnection, sql
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str], None]
+# A handler that also learns the backend pid of the session that notified.
+SenderHandler = Callable[[str, int], None]
 
 
 class NotificationListener:
@@ -32,11 +34,13 @@ class NotificationListener:
         channels: Mapping[str, Handler],
         *,
         on_reconnect: Callable[[], None],
+        senders: Mapping[str, SenderHandler] | None = None,
         probe_seconds: float = 10.0,
         retry_seconds: float = 1.0,
     ) -> None:
         self._conninfo = conninfo
         self._channels = dict(channels)
+        self._senders = dict(senders or {})
         self._on_reconnect = on_reconnect
         self._probe_seconds = probe_seconds
         self._retry_seconds = retry_seconds
@@ -78,7 +82,7 @@ class NotificationListener:
         async with await AsyncConnection.connect(
             self._conninfo(), autocommit=True, connect_timeout=5
         ) as conn:
-            for channel in self._channels:
+            for channel in {**self._channels, **self._senders}:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             self.backend_pid = conn.info.backend_pid
             self.listening.set()
@@ -91,4 +95,7 @@ class NotificationListener:
                     handler = self._channels.get(notify.channel)
                     if handler is not None:
                         handler(notify.payload)
+                    sender_handler = self._senders.get(notify.channel)
+                    if sender_handler is not None:
+                        sender_handler(notify.payload, notify.pid)
                 await conn.execute("SELECT 1")  # quiet: is the connection still there?

@@ -60,8 +60,16 @@ class GuardedPool(AsyncConnectionPool[AsyncConnection[TupleRow]]):
     """psycopg's pool that fails fast while `availability` says the database is down."""
 
     def __init__(self, conninfo: str, *, availability: Availability, **kwargs: Any) -> None:
-        super().__init__(conninfo, connection_class=CancelSafeConnection, **kwargs)
+        super().__init__(
+            conninfo, connection_class=CancelSafeConnection, configure=self._remember, **kwargs
+        )
         self.availability = availability
+        # The backend pids of this pool's sessions (a closed one's stays; pids are reused
+        # rarely, and a stale one costs at most a needless wake-up).
+        self.backend_pids: set[int] = set()
+
+    async def _remember(self, conn: AsyncConnection[TupleRow]) -> None:
+        self.backend_pids.add(conn.info.backend_pid)
 
     async def getconn(
         self,

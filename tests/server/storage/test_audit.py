@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 from server.domain.audit import Actor, AuditEvent, AuditQuery, Break, Protocol, entry_hash
 from server.domain.environments import EnvironmentDraft
 from server.domain.errors import InvalidArgument
+from server.services.sealing import AuditSealer
 from server.storage.audit import AuditRepository, seal, seal_all
 from server.storage.database import Database
 from server.storage.environments import EnvironmentRepository
@@ -743,3 +744,34 @@ def test_the_canonical_form_separates_fields_unambiguously() -> None:
         **{**base.__dict__, "event_time": base.event_time + timedelta(microseconds=1)}
     )
     assert entry_hash(base, None) != entry_hash(later, None)
+
+
+async def test_a_commits_wake_up_names_the_writing_session_so_only_its_process_seals(
+    database: Database, tenant_a: TenantWithKey
+) -> None:
+    async with await AsyncConnection.connect(database.pool.conninfo, autocommit=True) as listener:
+        await listener.execute("LISTEN roz_audit_unsealed")
+        await sql(
+            database,
+            tenant_a,
+            "SELECT roz.append_audit_event('estop.engaged', NULL, NULL, NULL, '{}')",
+        )
+        (woken,) = [n async for n in listener.notifies(timeout=1, stop_after=1)]
+        assert database.is_pool_session(woken.pid)  # this process's pool wrote it
+        assert not database.is_pool_session(listener.info.backend_pid)  # a session of no pool
+    await seal(database.pool, tenant_a.id)
+
+    sealed: list[uuid.UUID] = []
+
+    async def record(tenant: uuid.UUID) -> int:
+        sealed.append(tenant)
+        return 1
+
+    sealer = AuditSealer(record, ours=lambda pid: pid == woken.pid)
+    sealer.on_unsealed_by(str(tenant_a.id), woken.pid + 1)  # another process's session
+    await asyncio.sleep(0.05)
+    assert sealed == []
+    sealer.on_unsealed_by(str(tenant_a.id), woken.pid)
+    await asyncio.sleep(0.05)
+    assert sealed == [tenant_a.id]
+    await sealer.stop()
