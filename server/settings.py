@@ -57,7 +57,7 @@ class Settings:
     robot_pulse_seconds: float = 5.0
     # Triggers: the longest a process's scheduler sleeps before looking at the schedules again,
     # and how often its dispatcher looks for events whose wake-up it missed.
-    trigger_poll_seconds: float = 1.0
+    trigger_poll_seconds: float = 5.0
     # Device login: the address people reach the server at (for the approval page's URL; by
     # default built from host and port), how long codes live, how often devices may poll, and
     # how many wrong user codes one client, and everyone together, may try per minute.

@@ -5,7 +5,8 @@ Every process runs both; storage makes each fire happen once however many do
 (server/storage/triggers.py). The scheduler sleeps until the earliest next fire time of all
 triggers, at most `poll_seconds`, and is woken early when a trigger is created or changed
 (NOTIFY roz_triggers). The dispatcher is woken by each event written (NOTIFY roz_trigger_events)
-and looks anyway every `poll_seconds`, for a notification lost while its listener was away.
+and looks anyway every `poll_seconds`, for a notification lost while its listener was away. Both
+run in one task, one after the other, so firing holds one pool connection at a time.
 Time comes from `clock`, so tests move it instead of waiting.
 
     firing = TriggerFiring(FiringStore(...), clock=utcnow, poll_seconds=1.0)
@@ -56,37 +57,34 @@ class TriggerFiring:
         self._store = store
         self._clock = clock
         self._poll = poll_seconds
-        self._schedules_changed = asyncio.Event()
-        self._events_written = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        # Set by a trigger changed or an event written anywhere (NOTIFY), or a lost listener.
+        self._woken = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self._tasks:
+        if self._task is not None:
             raise RuntimeError("firing is already running")
-        self._tasks = [
-            asyncio.create_task(self._schedule_loop(), name="roz-trigger-scheduler"),
-            asyncio.create_task(self._event_loop(), name="roz-trigger-events"),
-        ]
+        self._task = asyncio.create_task(self._loop(), name="roz-trigger-firing")
 
     async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def wake(self, _payload: str = "") -> None:
         """A trigger was created or changed somewhere: plan again."""
-        self._schedules_changed.set()
+        self._woken.set()
 
     def on_event(self, _payload: str = "") -> None:
-        self._events_written.set()
+        """An event was written somewhere: dispatch it."""
+        self._woken.set()
 
     def on_reconnect(self) -> None:
         """The listener was away: whatever was notified meanwhile is looked for now."""
-        self._schedules_changed.set()
-        self._events_written.set()
+        self._woken.set()
 
     async def fire_schedules(self, now: datetime) -> tuple[int, datetime | None]:
         """Every schedule trigger due at `now`, in every tenant, fired once (here or by another
@@ -113,9 +111,10 @@ class TriggerFiring:
                     break
         return taken
 
-    async def _schedule_loop(self) -> None:
+    async def _loop(self) -> None:
+        """One task, so firing holds at most one of the pool's connections at a time."""
         while True:
-            self._schedules_changed.clear()
+            self._woken.clear()
             delay = self._poll
             try:
                 claimed, next_fire_time = await self.fire_schedules(self._clock())
@@ -129,18 +128,13 @@ class TriggerFiring:
                 pass
             except Exception:
                 log.warning("firing schedule triggers failed; retrying", exc_info=True)
-            await _wait(self._schedules_changed, delay)
-
-    async def _event_loop(self) -> None:
-        while True:
-            self._events_written.clear()
             try:
                 await self.dispatch_events()
             except DATABASE_AWAY:
                 pass
             except Exception:
                 log.warning("dispatching trigger events failed; retrying", exc_info=True)
-            await _wait(self._events_written, self._poll)
+            await _wait(self._woken, delay)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

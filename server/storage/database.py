@@ -50,6 +50,7 @@ APPLICATION_NAME = "roz-server"
 # an outage the availability probe reopens the pool, and a slot still in a long backoff would
 # keep the pool from growing for minutes.
 POOL_RECONNECT_SECONDS = 5.0
+POOL_MAX_IDLE_SECONDS = 60.0
 
 
 class DatabaseStartError(RuntimeError):
@@ -113,6 +114,9 @@ class Database:
                 # Transactions are explicit (tenant_transaction); a lone SELECT needs none.
                 kwargs={"autocommit": True},
                 reconnect_timeout=POOL_RECONNECT_SECONDS,
+                # Connections beyond min_size that a burst opened go again after a quiet
+                # minute (one per minute), so processes sharing a PostgreSQL hold few idle ones.
+                max_idle=POOL_MAX_IDLE_SECONDS,
                 open=False,
                 name="roz",
             )

@@ -102,6 +102,9 @@ def trio(roz: Roz, roz_dir: Path) -> Iterator[Trio]:
         "ROZ_LOG_LEVEL": "WARNING",  # nobody reads the pipe until the end
         "ROZ_RATE_LIMIT_RPS": "100000",
         "ROZ_RATE_LIMIT_BURST": "100000",
+        # Three processes beside the session's servers on one PostgreSQL: a small pool each
+        # keeps the suite under the server's connection limit (100 by default).
+        "ROZ_DB_POOL_MAX": "4",
     }
     try:
         with ExitStack() as stack:

@@ -9,6 +9,7 @@ import concurrent.futures
 import itertools
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,7 @@ from roz.v1 import triggers_pb2, triggers_pb2_grpc
 from standardwebhooks.webhooks import Webhook
 
 from server.storage.triggers import schedule_overview
-from tests.e2e.conftest import Roz, RozFactory, TestClock
+from tests.e2e.conftest import Roz, RozFactory, TestClock, roz_servers
 from tests.e2e.protocols import PROTOCOLS, Rpc
 from tests.e2e.protocols import call as call_over
 from tests.e2e.test_commands import new_key, rest
@@ -304,11 +305,13 @@ def test_triggers_over_native_grpc(roz: Roz) -> None:
 
 
 @pytest.fixture(scope="module")
-def clocked(roz_factory: RozFactory) -> tuple[Roz, TestClock]:
+def clocked() -> Iterator[tuple[Roz, TestClock]]:
+    """A server of this module's own on a clock the tests move, stopped with the module (the
+    session's servers and their connections add up)."""
     clock = TestClock()
     clock.now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-    server = roz_factory(clock=clock, rate_limit_rps=100_000.0, rate_limit_burst=100_000)
-    return server, clock
+    with roz_servers() as start:
+        yield start(clock=clock, rate_limit_rps=100_000.0, rate_limit_burst=100_000), clock
 
 
 def fire_at(server: Roz, moment: datetime) -> None:
@@ -740,9 +743,9 @@ def test_commands_hosts_and_e_stops_fire_their_triggers(roz: Roz) -> None:
 
 
 def test_a_new_trigger_wakes_a_scheduler_that_would_sleep_far_longer(
-    roz_factory: RozFactory,
+    roz_factory_per_test: RozFactory,
 ) -> None:
-    server = roz_factory(trigger_poll_seconds=60.0)
+    server = roz_factory_per_test(trigger_poll_seconds=60.0)
     key = server.new_tenant("wake")
     due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     cron = f"{due.second} {due.minute} {due.hour} * * *"
@@ -817,9 +820,9 @@ def test_the_same_trigger_calls_on_every_protocol(roz: Roz, protocol: str) -> No
 
 
 def test_any_body_is_signed_as_raw_bytes_and_an_oversized_one_is_413(
-    roz_factory: RozFactory,
+    roz_factory_per_test: RozFactory,
 ) -> None:
-    server = roz_factory(max_body_bytes=64 * 1024)
+    server = roz_factory_per_test(max_body_bytes=64 * 1024)
     key = server.new_tenant("raw")
     made = webhook_trigger(server, key)
     secret = made["webhook"]["secret"]
