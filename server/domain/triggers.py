@@ -16,7 +16,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -345,7 +345,6 @@ class WebhookDelivery:
 
     id: str
     timestamp: datetime
-    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def new_webhook_secret() -> str:
@@ -390,14 +389,9 @@ def verify_delivery(
         expected = Webhook(secret).sign(webhook_id, timestamp, body).encode()
         # Every offered signature is compared, in constant time, whatever matched before.
         if sum(hmac.compare_digest(expected, entry) for entry in offered[:_MAX_SIGNATURES]):
-            return WebhookDelivery(webhook_id, timestamp, given)
+            return WebhookDelivery(webhook_id, timestamp)
     raise _unsigned("webhook-signature does not match the body under the trigger's secret")
 
 
 def _unsigned(message: str) -> Unauthenticated:
     return Unauthenticated(message, reason=WEBHOOK_SIGNATURE_INVALID)
-
-
-def check_depth(depth: int) -> bool:
-    """Whether a task `depth` deep in a chain of event triggers may be created."""
-    return depth <= MAX_TRIGGER_DEPTH

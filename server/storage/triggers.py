@@ -260,7 +260,7 @@ class TriggerRepository:
         self,
         tenant_id: UUID,
         trigger_id: str | UUID,
-        change: Any,
+        change: Callable[[Trigger], TriggerFields],
         now: datetime,
     ) -> Trigger:
         """`change(current) -> TriggerFields` says what the trigger becomes; it runs with the row
@@ -271,7 +271,7 @@ class TriggerRepository:
                 current = await _one(conn, _LOCK, (trigger_uuid,))
                 if current is None:
                     raise NotFound(RESOURCE, str(trigger_uuid))
-                fields: TriggerFields = change(current)
+                fields = change(current)
                 if fields.kind is not current.kind:
                     raise InvalidArgument(
                         "a trigger's kind never changes",
