@@ -18,6 +18,7 @@ GROUPS: tuple[str, ...] = (
     "commands",
     "safety-policies",
     "triggers",
+    "sessions",
     "metrics",
     "audit",
 )

@@ -18,7 +18,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Command(_message.Message):
-    __slots__ = ("id", "host_id", "type", "params", "idempotency_key", "timeout", "state", "applied_policies", "transitions", "create_time", "update_time", "deliver_time", "acknowledge_time", "result")
+    __slots__ = ("id", "host_id", "type", "params", "idempotency_key", "timeout", "state", "applied_policies", "transitions", "create_time", "update_time", "deliver_time", "acknowledge_time", "result", "session_id", "session_call_id")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Command.State]
@@ -53,6 +53,8 @@ class Command(_message.Message):
     DELIVER_TIME_FIELD_NUMBER: _ClassVar[int]
     ACKNOWLEDGE_TIME_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     host_id: str
     type: str
@@ -67,7 +69,9 @@ class Command(_message.Message):
     deliver_time: _timestamp_pb2.Timestamp
     acknowledge_time: _timestamp_pb2.Timestamp
     result: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., host_id: _Optional[str] = ..., type: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., state: _Optional[_Union[Command.State, str]] = ..., applied_policies: _Optional[_Iterable[_Union[PolicyVersion, _Mapping]]] = ..., transitions: _Optional[_Iterable[_Union[CommandTransition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deliver_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acknowledge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    session_id: str
+    session_call_id: str
+    def __init__(self, id: _Optional[str] = ..., host_id: _Optional[str] = ..., type: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., state: _Optional[_Union[Command.State, str]] = ..., applied_policies: _Optional[_Iterable[_Union[PolicyVersion, _Mapping]]] = ..., transitions: _Optional[_Iterable[_Union[CommandTransition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deliver_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acknowledge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., session_id: _Optional[str] = ..., session_call_id: _Optional[str] = ...) -> None: ...
 
 class PolicyVersion(_message.Message):
     __slots__ = ("policy_id", "version")

@@ -28,10 +28,11 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from roz.v1 import access_pb2 as roz_dot_v1_dot_access__pb2
 from roz.v1 import commands_pb2 as roz_dot_v1_dot_commands__pb2
 from roz.v1 import estop_pb2 as roz_dot_v1_dot_estop__pb2
+from roz.v1 import sessions_pb2 as roz_dot_v1_dot_sessions__pb2
 from roz.v1 import tasks_pb2 as roz_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17roz/v1/robot_link.proto\x12\x06roz.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a\x15roz/v1/commands.proto\x1a\x12roz/v1/estop.proto\x1a\x12roz/v1/tasks.proto\"\xa8\x03\n\x0e\x43onnectRequest\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\r.roz.v1.HelloH\x00R\x05hello\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0b.roz.v1.AckH\x00R\x03\x61\x63k\x12>\n\x0e\x63ommand_report\x18\x03 \x01(\x0b\x32\x15.roz.v1.CommandReportH\x00R\rcommandReport\x12\x35\n\x0btask_report\x18\x04 \x01(\x0b\x32\x12.roz.v1.TaskReportH\x00R\ntaskReport\x12\x31\n\theartbeat\x18\x05 \x01(\x0b\x32\x11.roz.v1.HeartbeatH\x00R\theartbeat\x12\x31\n\ttelemetry\x18\x06 \x01(\x0b\x32\x11.roz.v1.TelemetryH\x00R\ttelemetry\x12/\n\testop_ack\x18\x07 \x01(\x0b\x32\x10.roz.v1.EstopAckH\x00R\x08\x65stopAck\x12\x35\n\x0b\x65stop_raise\x18\x08 \x01(\x0b\x32\x12.roz.v1.EstopRaiseH\x00R\nestopRaiseB\t\n\x07message\"n\n\x05Hello\x12\x17\n\x07host_id\x18\x01 \x01(\tR\x06hostId\x12\x34\n\x16last_received_sequence\x18\x02 \x01(\x04R\x14lastReceivedSequence\x12\x16\n\x06\x63lient\x18\x03 \x01(\tR\x06\x63lient\"!\n\x03\x41\x63k\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence\"\xc1\x01\n\rCommandReport\x12\x1d\n\ncommand_id\x18\x01 \x01(\tR\tcommandId\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x15.roz.v1.Command.StateR\x05state\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12/\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructR\x06result\x12\x1b\n\treport_id\x18\x05 \x01(\tR\x08reportId\"\xb5\x01\n\nTaskReport\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x12.roz.v1.Task.StateR\x05state\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12/\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructR\x06result\x12\x1b\n\treport_id\x18\x05 \x01(\tR\x08reportId\"V\n\x08\x45stopAck\x12\x1d\n\nhost_epoch\x18\x01 \x01(\x04R\thostEpoch\x12+\n\x11\x65nvironment_epoch\x18\x02 \x01(\x04R\x10\x65nvironmentEpoch\"W\n\nEstopRaise\x12\x31\n\x06source\x18\x01 \x01(\x0e\x32\x19.roz.v1.EstopLatch.SourceR\x06source\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"F\n\tHeartbeat\x12\x39\n\nrobot_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\trobotTime\"w\n\tTelemetry\x12-\n\x05state\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructR\x05state\x12;\n\x0bsample_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nsampleTime\"\xbb\x02\n\x0f\x43onnectResponse\x12+\n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.roz.v1.WelcomeH\x00R\x07welcome\x12.\n\x08\x64\x65livery\x18\x02 \x01(\x0b\x32\x10.roz.v1.DeliveryH\x00R\x08\x64\x65livery\x12;\n\rreport_result\x18\x03 \x01(\x0b\x32\x14.roz.v1.ReportResultH\x00R\x0creportResult\x12\x31\n\tkeepalive\x18\x04 \x01(\x0b\x32\x11.roz.v1.KeepaliveH\x00R\tkeepalive\x12%\n\x05\x64rain\x18\x05 \x01(\x0b\x32\r.roz.v1.DrainH\x00R\x05\x64rain\x12)\n\x05\x65stop\x18\x06 \x01(\x0b\x32\x11.roz.v1.HostEstopH\x00R\x05\x65stopB\t\n\x07message\"\xa6\x02\n\x07Welcome\x12\x17\n\x07host_id\x18\x01 \x01(\tR\x06hostId\x12H\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x42\n\x0fpresence_window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0epresenceWindow\x12\x32\n\x15resume_after_sequence\x18\x04 \x01(\x04R\x13resumeAfterSequence\x12\x17\n\x07link_id\x18\x05 \x01(\tR\x06linkId\x12\'\n\x05\x65stop\x18\x06 \x01(\x0b\x32\x11.roz.v1.HostEstopR\x05\x65stop\"\xbb\x01\n\x08\x44\x65livery\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence\x12+\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x0f.roz.v1.CommandH\x00R\x07\x63ommand\x12\"\n\x04task\x18\x03 \x01(\x0b\x32\x0c.roz.v1.TaskH\x00R\x04task\x12:\n\x0c\x63\x61ncellation\x18\x04 \x01(\x0b\x32\x14.roz.v1.CancellationH\x00R\x0c\x63\x61ncellationB\x06\n\x04item\"l\n\x0c\x43\x61ncellation\x12\x1f\n\ncommand_id\x18\x01 \x01(\tH\x00R\tcommandId\x12\x19\n\x07task_id\x18\x02 \x01(\tH\x00R\x06taskId\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reasonB\x08\n\x06target\"\xb9\x01\n\x0cReportResult\x12\x1b\n\treport_id\x18\x01 \x01(\tR\x08reportId\x12\x18\n\x07\x61pplied\x18\x02 \x01(\x08R\x07\x61pplied\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12+\n\x07\x63ommand\x18\x04 \x01(\x0b\x32\x0f.roz.v1.CommandH\x00R\x07\x63ommand\x12\"\n\x04task\x18\x05 \x01(\x0b\x32\x0c.roz.v1.TaskH\x00R\x04taskB\t\n\x07\x63urrent\"\x0b\n\tKeepalive\"c\n\x05\x44rain\x12\x16\n\x06reason\x18\x01 \x01(\tR\x06reason\x12\x42\n\x0freconnect_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0ereconnectAfter2Z\n\x10RobotLinkService\x12\x46\n\x07\x43onnect\x12\x16.roz.v1.ConnectRequest\x1a\x17.roz.v1.ConnectResponse\"\x06\xea\xf9\x18\x02 \x01(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17roz/v1/robot_link.proto\x12\x06roz.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a\x15roz/v1/commands.proto\x1a\x12roz/v1/estop.proto\x1a\x15roz/v1/sessions.proto\x1a\x12roz/v1/tasks.proto\"\xe8\x03\n\x0e\x43onnectRequest\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\r.roz.v1.HelloH\x00R\x05hello\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0b.roz.v1.AckH\x00R\x03\x61\x63k\x12>\n\x0e\x63ommand_report\x18\x03 \x01(\x0b\x32\x15.roz.v1.CommandReportH\x00R\rcommandReport\x12\x35\n\x0btask_report\x18\x04 \x01(\x0b\x32\x12.roz.v1.TaskReportH\x00R\ntaskReport\x12\x31\n\theartbeat\x18\x05 \x01(\x0b\x32\x11.roz.v1.HeartbeatH\x00R\theartbeat\x12\x31\n\ttelemetry\x18\x06 \x01(\x0b\x32\x11.roz.v1.TelemetryH\x00R\ttelemetry\x12/\n\testop_ack\x18\x07 \x01(\x0b\x32\x10.roz.v1.EstopAckH\x00R\x08\x65stopAck\x12\x35\n\x0b\x65stop_raise\x18\x08 \x01(\x0b\x32\x12.roz.v1.EstopRaiseH\x00R\nestopRaise\x12>\n\x0esession_update\x18\t \x01(\x0b\x32\x15.roz.v1.SessionUpdateH\x00R\rsessionUpdateB\t\n\x07message\"n\n\x05Hello\x12\x17\n\x07host_id\x18\x01 \x01(\tR\x06hostId\x12\x34\n\x16last_received_sequence\x18\x02 \x01(\x04R\x14lastReceivedSequence\x12\x16\n\x06\x63lient\x18\x03 \x01(\tR\x06\x63lient\"!\n\x03\x41\x63k\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence\"\xc1\x01\n\rCommandReport\x12\x1d\n\ncommand_id\x18\x01 \x01(\tR\tcommandId\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x15.roz.v1.Command.StateR\x05state\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12/\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructR\x06result\x12\x1b\n\treport_id\x18\x05 \x01(\tR\x08reportId\"\xb5\x01\n\nTaskReport\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x12.roz.v1.Task.StateR\x05state\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12/\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructR\x06result\x12\x1b\n\treport_id\x18\x05 \x01(\tR\x08reportId\"V\n\x08\x45stopAck\x12\x1d\n\nhost_epoch\x18\x01 \x01(\x04R\thostEpoch\x12+\n\x11\x65nvironment_epoch\x18\x02 \x01(\x04R\x10\x65nvironmentEpoch\"W\n\nEstopRaise\x12\x31\n\x06source\x18\x01 \x01(\x0e\x32\x19.roz.v1.EstopLatch.SourceR\x06source\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"F\n\tHeartbeat\x12\x39\n\nrobot_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\trobotTime\"w\n\tTelemetry\x12-\n\x05state\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructR\x05state\x12;\n\x0bsample_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nsampleTime\"\xf2\x02\n\x0f\x43onnectResponse\x12+\n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.roz.v1.WelcomeH\x00R\x07welcome\x12.\n\x08\x64\x65livery\x18\x02 \x01(\x0b\x32\x10.roz.v1.DeliveryH\x00R\x08\x64\x65livery\x12;\n\rreport_result\x18\x03 \x01(\x0b\x32\x14.roz.v1.ReportResultH\x00R\x0creportResult\x12\x31\n\tkeepalive\x18\x04 \x01(\x0b\x32\x11.roz.v1.KeepaliveH\x00R\tkeepalive\x12%\n\x05\x64rain\x18\x05 \x01(\x0b\x32\r.roz.v1.DrainH\x00R\x05\x64rain\x12)\n\x05\x65stop\x18\x06 \x01(\x0b\x32\x11.roz.v1.HostEstopH\x00R\x05\x65stop\x12\x35\n\x0bsession_ack\x18\x07 \x01(\x0b\x32\x12.roz.v1.SessionAckH\x00R\nsessionAckB\t\n\x07message\"\xa6\x02\n\x07Welcome\x12\x17\n\x07host_id\x18\x01 \x01(\tR\x06hostId\x12H\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x42\n\x0fpresence_window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0epresenceWindow\x12\x32\n\x15resume_after_sequence\x18\x04 \x01(\x04R\x13resumeAfterSequence\x12\x17\n\x07link_id\x18\x05 \x01(\tR\x06linkId\x12\'\n\x05\x65stop\x18\x06 \x01(\x0b\x32\x11.roz.v1.HostEstopR\x05\x65stop\"\xf8\x01\n\x08\x44\x65livery\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence\x12+\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x0f.roz.v1.CommandH\x00R\x07\x63ommand\x12\"\n\x04task\x18\x03 \x01(\x0b\x32\x0c.roz.v1.TaskH\x00R\x04task\x12:\n\x0c\x63\x61ncellation\x18\x04 \x01(\x0b\x32\x14.roz.v1.CancellationH\x00R\x0c\x63\x61ncellation\x12;\n\rsession_event\x18\x05 \x01(\x0b\x32\x14.roz.v1.SessionEventH\x00R\x0csessionEventB\x06\n\x04item\"l\n\x0c\x43\x61ncellation\x12\x1f\n\ncommand_id\x18\x01 \x01(\tH\x00R\tcommandId\x12\x19\n\x07task_id\x18\x02 \x01(\tH\x00R\x06taskId\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reasonB\x08\n\x06target\"\xb9\x01\n\x0cReportResult\x12\x1b\n\treport_id\x18\x01 \x01(\tR\x08reportId\x12\x18\n\x07\x61pplied\x18\x02 \x01(\x08R\x07\x61pplied\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12+\n\x07\x63ommand\x18\x04 \x01(\x0b\x32\x0f.roz.v1.CommandH\x00R\x07\x63ommand\x12\"\n\x04task\x18\x05 \x01(\x0b\x32\x0c.roz.v1.TaskH\x00R\x04taskB\t\n\x07\x63urrent\"\x0b\n\tKeepalive\"c\n\x05\x44rain\x12\x16\n\x06reason\x18\x01 \x01(\tR\x06reason\x12\x42\n\x0freconnect_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0ereconnectAfter\"\x8d\x03\n\rSessionUpdate\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x1a\n\x08sequence\x18\x02 \x01(\x04R\x08sequence\x12\x32\n\ntext_delta\x18\x03 \x01(\x0b\x32\x11.roz.v1.TextDeltaH\x00R\ttextDelta\x12K\n\x13tool_call_requested\x18\x04 \x01(\x0b\x32\x19.roz.v1.ToolCallRequestedH\x00R\x11toolCallRequested\x12\x41\n\x0f\x61\x63tion_proposed\x18\x05 \x01(\x0b\x32\x16.roz.v1.ProposedActionH\x00R\x0e\x61\x63tionProposed\x12;\n\rturn_finished\x18\x06 \x01(\x0b\x32\x14.roz.v1.TurnFinishedH\x00R\x0cturnFinished\x12\x37\n\rsession_ended\x18\x07 \x01(\x0b\x32\x10.roz.v1.AgentEndH\x00R\x0csessionEndedB\x07\n\x05\x65vent\"$\n\x08\x41gentEnd\x12\x18\n\x07message\x18\x01 \x01(\tR\x07message\"{\n\nSessionAck\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x1a\n\x08sequence\x18\x02 \x01(\x04R\x08sequence\x12\x1a\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08R\x08\x61\x63\x63\x65pted\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason2Z\n\x10RobotLinkService\x12\x46\n\x07\x43onnect\x12\x16.roz.v1.ConnectRequest\x1a\x17.roz.v1.ConnectResponse\"\x06\xea\xf9\x18\x02 \x01(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,38 +41,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROBOTLINKSERVICE'].methods_by_name['Connect']._loaded_options = None
   _globals['_ROBOTLINKSERVICE'].methods_by_name['Connect']._serialized_options = b'\352\371\030\002 \001'
-  _globals['_CONNECTREQUEST']._serialized_start=215
-  _globals['_CONNECTREQUEST']._serialized_end=639
-  _globals['_HELLO']._serialized_start=641
-  _globals['_HELLO']._serialized_end=751
-  _globals['_ACK']._serialized_start=753
-  _globals['_ACK']._serialized_end=786
-  _globals['_COMMANDREPORT']._serialized_start=789
-  _globals['_COMMANDREPORT']._serialized_end=982
-  _globals['_TASKREPORT']._serialized_start=985
-  _globals['_TASKREPORT']._serialized_end=1166
-  _globals['_ESTOPACK']._serialized_start=1168
-  _globals['_ESTOPACK']._serialized_end=1254
-  _globals['_ESTOPRAISE']._serialized_start=1256
-  _globals['_ESTOPRAISE']._serialized_end=1343
-  _globals['_HEARTBEAT']._serialized_start=1345
-  _globals['_HEARTBEAT']._serialized_end=1415
-  _globals['_TELEMETRY']._serialized_start=1417
-  _globals['_TELEMETRY']._serialized_end=1536
-  _globals['_CONNECTRESPONSE']._serialized_start=1539
-  _globals['_CONNECTRESPONSE']._serialized_end=1854
-  _globals['_WELCOME']._serialized_start=1857
-  _globals['_WELCOME']._serialized_end=2151
-  _globals['_DELIVERY']._serialized_start=2154
-  _globals['_DELIVERY']._serialized_end=2341
-  _globals['_CANCELLATION']._serialized_start=2343
-  _globals['_CANCELLATION']._serialized_end=2451
-  _globals['_REPORTRESULT']._serialized_start=2454
-  _globals['_REPORTRESULT']._serialized_end=2639
-  _globals['_KEEPALIVE']._serialized_start=2641
-  _globals['_KEEPALIVE']._serialized_end=2652
-  _globals['_DRAIN']._serialized_start=2654
-  _globals['_DRAIN']._serialized_end=2753
-  _globals['_ROBOTLINKSERVICE']._serialized_start=2755
-  _globals['_ROBOTLINKSERVICE']._serialized_end=2845
+  _globals['_CONNECTREQUEST']._serialized_start=238
+  _globals['_CONNECTREQUEST']._serialized_end=726
+  _globals['_HELLO']._serialized_start=728
+  _globals['_HELLO']._serialized_end=838
+  _globals['_ACK']._serialized_start=840
+  _globals['_ACK']._serialized_end=873
+  _globals['_COMMANDREPORT']._serialized_start=876
+  _globals['_COMMANDREPORT']._serialized_end=1069
+  _globals['_TASKREPORT']._serialized_start=1072
+  _globals['_TASKREPORT']._serialized_end=1253
+  _globals['_ESTOPACK']._serialized_start=1255
+  _globals['_ESTOPACK']._serialized_end=1341
+  _globals['_ESTOPRAISE']._serialized_start=1343
+  _globals['_ESTOPRAISE']._serialized_end=1430
+  _globals['_HEARTBEAT']._serialized_start=1432
+  _globals['_HEARTBEAT']._serialized_end=1502
+  _globals['_TELEMETRY']._serialized_start=1504
+  _globals['_TELEMETRY']._serialized_end=1623
+  _globals['_CONNECTRESPONSE']._serialized_start=1626
+  _globals['_CONNECTRESPONSE']._serialized_end=1996
+  _globals['_WELCOME']._serialized_start=1999
+  _globals['_WELCOME']._serialized_end=2293
+  _globals['_DELIVERY']._serialized_start=2296
+  _globals['_DELIVERY']._serialized_end=2544
+  _globals['_CANCELLATION']._serialized_start=2546
+  _globals['_CANCELLATION']._serialized_end=2654
+  _globals['_REPORTRESULT']._serialized_start=2657
+  _globals['_REPORTRESULT']._serialized_end=2842
+  _globals['_KEEPALIVE']._serialized_start=2844
+  _globals['_KEEPALIVE']._serialized_end=2855
+  _globals['_DRAIN']._serialized_start=2857
+  _globals['_DRAIN']._serialized_end=2956
+  _globals['_SESSIONUPDATE']._serialized_start=2959
+  _globals['_SESSIONUPDATE']._serialized_end=3356
+  _globals['_AGENTEND']._serialized_start=3358
+  _globals['_AGENTEND']._serialized_end=3394
+  _globals['_SESSIONACK']._serialized_start=3396
+  _globals['_SESSIONACK']._serialized_end=3519
+  _globals['_ROBOTLINKSERVICE']._serialized_start=3521
+  _globals['_ROBOTLINKSERVICE']._serialized_end=3611
 # @@protoc_insertion_point(module_scope)

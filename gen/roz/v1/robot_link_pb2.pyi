@@ -6,6 +6,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from roz.v1 import access_pb2 as _access_pb2
 from roz.v1 import commands_pb2 as _commands_pb2
 from roz.v1 import estop_pb2 as _estop_pb2
+from roz.v1 import sessions_pb2 as _sessions_pb2
 from roz.v1 import tasks_pb2 as _tasks_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -15,7 +16,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "ack", "command_report", "task_report", "heartbeat", "telemetry", "estop_ack", "estop_raise")
+    __slots__ = ("hello", "ack", "command_report", "task_report", "heartbeat", "telemetry", "estop_ack", "estop_raise", "session_update")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     COMMAND_REPORT_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +25,7 @@ class ConnectRequest(_message.Message):
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     ESTOP_ACK_FIELD_NUMBER: _ClassVar[int]
     ESTOP_RAISE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_UPDATE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     ack: Ack
     command_report: CommandReport
@@ -32,7 +34,8 @@ class ConnectRequest(_message.Message):
     telemetry: Telemetry
     estop_ack: EstopAck
     estop_raise: EstopRaise
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., command_report: _Optional[_Union[CommandReport, _Mapping]] = ..., task_report: _Optional[_Union[TaskReport, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[Telemetry, _Mapping]] = ..., estop_ack: _Optional[_Union[EstopAck, _Mapping]] = ..., estop_raise: _Optional[_Union[EstopRaise, _Mapping]] = ...) -> None: ...
+    session_update: SessionUpdate
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., command_report: _Optional[_Union[CommandReport, _Mapping]] = ..., task_report: _Optional[_Union[TaskReport, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[Telemetry, _Mapping]] = ..., estop_ack: _Optional[_Union[EstopAck, _Mapping]] = ..., estop_raise: _Optional[_Union[EstopRaise, _Mapping]] = ..., session_update: _Optional[_Union[SessionUpdate, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("host_id", "last_received_sequence", "client")
@@ -109,20 +112,22 @@ class Telemetry(_message.Message):
     def __init__(self, state: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., sample_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "delivery", "report_result", "keepalive", "drain", "estop")
+    __slots__ = ("welcome", "delivery", "report_result", "keepalive", "drain", "estop", "session_ack")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_FIELD_NUMBER: _ClassVar[int]
     REPORT_RESULT_FIELD_NUMBER: _ClassVar[int]
     KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     ESTOP_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ACK_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     delivery: Delivery
     report_result: ReportResult
     keepalive: Keepalive
     drain: Drain
     estop: _estop_pb2.HostEstop
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., delivery: _Optional[_Union[Delivery, _Mapping]] = ..., report_result: _Optional[_Union[ReportResult, _Mapping]] = ..., keepalive: _Optional[_Union[Keepalive, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., estop: _Optional[_Union[_estop_pb2.HostEstop, _Mapping]] = ...) -> None: ...
+    session_ack: SessionAck
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., delivery: _Optional[_Union[Delivery, _Mapping]] = ..., report_result: _Optional[_Union[ReportResult, _Mapping]] = ..., keepalive: _Optional[_Union[Keepalive, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., estop: _Optional[_Union[_estop_pb2.HostEstop, _Mapping]] = ..., session_ack: _Optional[_Union[SessionAck, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("host_id", "heartbeat_interval", "presence_window", "resume_after_sequence", "link_id", "estop")
@@ -141,16 +146,18 @@ class Welcome(_message.Message):
     def __init__(self, host_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., presence_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_after_sequence: _Optional[int] = ..., link_id: _Optional[str] = ..., estop: _Optional[_Union[_estop_pb2.HostEstop, _Mapping]] = ...) -> None: ...
 
 class Delivery(_message.Message):
-    __slots__ = ("sequence", "command", "task", "cancellation")
+    __slots__ = ("sequence", "command", "task", "cancellation", "session_event")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     CANCELLATION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_EVENT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     command: _commands_pb2.Command
     task: _tasks_pb2.Task
     cancellation: Cancellation
-    def __init__(self, sequence: _Optional[int] = ..., command: _Optional[_Union[_commands_pb2.Command, _Mapping]] = ..., task: _Optional[_Union[_tasks_pb2.Task, _Mapping]] = ..., cancellation: _Optional[_Union[Cancellation, _Mapping]] = ...) -> None: ...
+    session_event: _sessions_pb2.SessionEvent
+    def __init__(self, sequence: _Optional[int] = ..., command: _Optional[_Union[_commands_pb2.Command, _Mapping]] = ..., task: _Optional[_Union[_tasks_pb2.Task, _Mapping]] = ..., cancellation: _Optional[_Union[Cancellation, _Mapping]] = ..., session_event: _Optional[_Union[_sessions_pb2.SessionEvent, _Mapping]] = ...) -> None: ...
 
 class Cancellation(_message.Message):
     __slots__ = ("command_id", "task_id", "reason")
@@ -187,3 +194,39 @@ class Drain(_message.Message):
     reason: str
     reconnect_after: _duration_pb2.Duration
     def __init__(self, reason: _Optional[str] = ..., reconnect_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class SessionUpdate(_message.Message):
+    __slots__ = ("session_id", "sequence", "text_delta", "tool_call_requested", "action_proposed", "turn_finished", "session_ended")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    ACTION_PROPOSED_FIELD_NUMBER: _ClassVar[int]
+    TURN_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ENDED_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    sequence: int
+    text_delta: _sessions_pb2.TextDelta
+    tool_call_requested: _sessions_pb2.ToolCallRequested
+    action_proposed: _sessions_pb2.ProposedAction
+    turn_finished: _sessions_pb2.TurnFinished
+    session_ended: AgentEnd
+    def __init__(self, session_id: _Optional[str] = ..., sequence: _Optional[int] = ..., text_delta: _Optional[_Union[_sessions_pb2.TextDelta, _Mapping]] = ..., tool_call_requested: _Optional[_Union[_sessions_pb2.ToolCallRequested, _Mapping]] = ..., action_proposed: _Optional[_Union[_sessions_pb2.ProposedAction, _Mapping]] = ..., turn_finished: _Optional[_Union[_sessions_pb2.TurnFinished, _Mapping]] = ..., session_ended: _Optional[_Union[AgentEnd, _Mapping]] = ...) -> None: ...
+
+class AgentEnd(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...
+
+class SessionAck(_message.Message):
+    __slots__ = ("session_id", "sequence", "accepted", "reason")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    sequence: int
+    accepted: bool
+    reason: str
+    def __init__(self, session_id: _Optional[str] = ..., sequence: _Optional[int] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
