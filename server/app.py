@@ -26,6 +26,7 @@ from roz.v1 import (
     metrics_pb2_grpc,
     robot_link_pb2_grpc,
     safety_policies_pb2_grpc,
+    sessions_pb2_grpc,
     tasks_pb2_grpc,
     triggers_pb2_grpc,
     watch_pb2_grpc,
@@ -63,6 +64,7 @@ from server.api.interceptors import (
 from server.api.metrics import MetricsServicer
 from server.api.robot_link import RobotLinkServicer
 from server.api.safety_policies import SafetyPolicyServicer
+from server.api.sessions import SessionServicer
 from server.api.tasks import TaskServicer
 from server.api.triggers import TriggerServicer
 from server.api.triggers import rest_options as trigger_rest_options
@@ -74,6 +76,7 @@ from server.domain.robot_link import SILENT, LinkTerms
 from server.services.firing import FiringStore, TriggerFiring
 from server.services.robot_link import Repositories, RobotLinks
 from server.services.sealing import AuditSealer
+from server.services.sessions import Sessions
 from server.services.watches import AuditTail, Watches, WatchRepositories
 from server.settings import Settings
 from server.storage.api_keys import ApiKeyRepository, LastUsedRecorder
@@ -97,6 +100,8 @@ from server.storage.robot_deliveries import RobotDeliveryRepository
 from server.storage.robot_links import CHANNEL as LINKS_CHANNEL
 from server.storage.robot_links import RobotLinkRepository, release_silent
 from server.storage.safety_policies import SafetyPolicyRepository
+from server.storage.sessions import CHANNEL as SESSION_EVENTS_CHANNEL
+from server.storage.sessions import SessionRepository
 from server.storage.sweeps import Sweeper
 from server.storage.tasks import TaskRepository, time_out_tasks
 from server.storage.triggers import BATCH_SIZE as TRIGGER_BATCH_SIZE
@@ -145,6 +150,13 @@ class RozServer:
         )
         self._recorder: LastUsedRecorder | None = None
         presence_window = timedelta(seconds=settings.robot_presence_window_seconds)
+        self.sessions = Sessions(
+            lambda: SessionRepository(self.database.pool),
+            lambda: CommandRepository(self.database.pool),
+            clock=self.clock,
+            robot_grace=timedelta(seconds=settings.session_robot_grace_seconds),
+            idle_timeout=timedelta(seconds=settings.session_idle_seconds),
+        )
         self.robot_links = RobotLinks(
             Repositories(
                 deliveries=lambda: RobotDeliveryRepository(self.database.pool),
@@ -153,6 +165,7 @@ class RozServer:
                 tasks=lambda: TaskRepository(self.database.pool),
                 estops=lambda: EstopRepository(self.database.pool),
                 estop_epochs=lambda hosts: estop_epochs(self.database.pool, hosts),
+                agent_update=self.sessions.record_agent_update,
             ),
             LinkTerms(
                 heartbeat_interval=timedelta(seconds=settings.robot_heartbeat_seconds),
@@ -209,6 +222,7 @@ class RozServer:
                 AUDIT_CHANNEL: self.audit_tail.on_audit,
                 TRIGGERS_CHANNEL: self.firing.wake,
                 TRIGGER_EVENTS_CHANNEL: self.firing.on_event,
+                SESSION_EVENTS_CHANNEL: self.sessions.on_event,
             },
             on_reconnect=self._reconnected,
             senders={UNSEALED_CHANNEL: self.sealer.on_unsealed_by},
@@ -223,6 +237,7 @@ class RozServer:
                 "device logins",
                 lambda pool: purge_device_authorizations(pool, self.clock()),
             )
+            .add("abandoned sessions", lambda _pool: self.sessions.end_abandoned())
             .add(
                 "robot presence",
                 lambda pool: release_silent(
@@ -296,6 +311,10 @@ class RozServer:
             registry,
         )
         watch_pb2_grpc.add_WatchServiceServicer_to_server(WatchServicer(self.watches), registry)
+        sessions_pb2_grpc.add_SessionServiceServicer_to_server(
+            SessionServicer(self.sessions, lambda: SessionRepository(self.database.pool)),
+            registry,
+        )
         robot_link_pb2_grpc.add_RobotLinkServiceServicer_to_server(
             RobotLinkServicer(self.robot_links), registry
         )
@@ -352,6 +371,7 @@ class RozServer:
         self.robot_links.on_reconnect()
         self.audit_tail.on_reconnect()
         self.firing.on_reconnect()
+        self.sessions.on_reconnect()
 
     async def _authenticate(self, secret: str) -> Principal | None:
         return await self._api_keys().authenticate(secret)

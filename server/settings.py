@@ -58,6 +58,10 @@ class Settings:
     # Triggers: the longest a process's scheduler sleeps before looking at the schedules again,
     # and how often its dispatcher looks for events whose wake-up it missed.
     trigger_poll_seconds: float = 5.0
+    # Agent sessions: how long a session's robot may stay away before the session ends
+    # (ROBOT_GONE), and how long a session may go without an event before it ends (IDLE).
+    session_robot_grace_seconds: float = 60.0
+    session_idle_seconds: float = 3600.0
     # Device login: the address people reach the server at (for the approval page's URL; by
     # default built from host and port), how long codes live, how often devices may poll, and
     # how many wrong user codes one client, and everyone together, may try per minute.
@@ -131,6 +135,12 @@ class Settings:
             ),
             trigger_poll_seconds=reader.number(
                 "ROZ_TRIGGER_POLL_SECONDS", cls.trigger_poll_seconds, minimum=0.05
+            ),
+            session_robot_grace_seconds=reader.number(
+                "ROZ_SESSION_ROBOT_GRACE_SECONDS", cls.session_robot_grace_seconds, minimum=1
+            ),
+            session_idle_seconds=reader.number(
+                "ROZ_SESSION_IDLE_SECONDS", cls.session_idle_seconds, minimum=1
             ),
             public_url=reader.url("ROZ_PUBLIC_URL"),
             device_code_lifetime_seconds=reader.integer(

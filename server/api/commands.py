@@ -57,6 +57,8 @@ def command_to_proto(command: Command) -> pb.Command:
         update_time=timestamp(command.update_time),
         deliver_time=timestamp(command.deliver_time),
         acknowledge_time=timestamp(command.acknowledge_time),
+        session_id="" if command.session_id is None else str(command.session_id),
+        session_call_id=command.session_call_id or "",
     )
     if command.result is not None:
         message.result.CopyFrom(struct_of(dict(command.result)))

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
+from uuid import UUID
 
 from roz.v1 import robot_link_pb2 as pb
 from roz.v1 import robot_link_pb2_grpc
 
 from server.api.commands import command_to_proto
 from server.api.commands import state_from_proto as command_state
-from server.api.convert import datetime_of, dict_of, duration, parse_id
+from server.api.convert import datetime_of, dict_of, duration, parse_id, timedelta_of
 from server.api.estop import SOURCE_FROM_PROTO, host_estop_to_proto
 from server.api.principal import current_principal
+from server.api.sessions import event_to_proto
 from server.api.tasks import state_from_proto as task_state
 from server.api.tasks import task_to_proto
 from server.domain.commands import Command
@@ -29,6 +31,16 @@ from server.domain.robot_link import (
     RobotMessage,
     Telemetry,
 )
+from server.domain.sessions import (
+    AgentEnd,
+    AgentEvent,
+    AgentUpdate,
+    Proposal,
+    SessionEvent,
+    TextDelta,
+    ToolCall,
+    TurnFinish,
+)
 from server.domain.tasks import Task
 from server.services.robot_link import (
     Cancel,
@@ -39,6 +51,7 @@ from server.services.robot_link import (
     RobotLinks,
     Sent,
     ServerMessage,
+    SessionAnswer,
     Welcome,
 )
 
@@ -148,12 +161,62 @@ def _decode(request: pb.ConnectRequest) -> RobotMessage:
                 ],
             )
         return EstopRaise(source, request.estop_raise.reason)
+    if which == "session_update":
+        return _agent_update(request.session_update)
     if which == "hello":
         raise InvalidArgument("a robot says hello once, first")
     raise InvalidArgument("empty message", [FieldViolation("message", "one field must be set")])
 
 
+def _agent_update(update: pb.SessionUpdate) -> AgentUpdate:
+    """An agent's update. A session id that is not one names no session of this host: the
+    update is answered as refused, never the end of the stream."""
+    try:
+        session_id = UUID(update.session_id)
+    except ValueError:
+        session_id = UUID(int=0)
+    return AgentUpdate(session_id, update.sequence, _agent_event(update))
+
+
+def _agent_event(update: pb.SessionUpdate) -> AgentEvent:
+    which = update.WhichOneof("event")
+    if which == "text_delta":
+        return TextDelta(update.text_delta.text)
+    if which == "tool_call_requested":
+        call = update.tool_call_requested
+        return ToolCall(
+            call.call_id, call.tool_name, dict_of(call.parameters, "tool_call_requested.parameters")
+        )
+    if which == "action_proposed":
+        action = update.action_proposed
+        return Proposal(
+            call_id=action.call_id,
+            type=action.type,
+            params=dict_of(action.params, "action_proposed.params"),
+            timeout=timedelta_of(action.timeout, "action_proposed.timeout")
+            if action.HasField("timeout")
+            else None,
+        )
+    if which == "turn_finished":
+        finished = update.turn_finished
+        return TurnFinish(finished.stop_reason, finished.input_tokens, finished.output_tokens)
+    if which == "session_ended":
+        return AgentEnd(update.session_ended.message)
+    raise InvalidArgument(
+        "empty session update", [FieldViolation("session_update.event", "one field must be set")]
+    )
+
+
 def _encode(message: ServerMessage) -> pb.ConnectResponse:
+    if isinstance(message, SessionAnswer):
+        return pb.ConnectResponse(
+            session_ack=pb.SessionAck(
+                session_id=str(message.session_id),
+                sequence=message.sequence,
+                accepted=message.accepted,
+                reason=message.reason,
+            )
+        )
     if isinstance(message, Sent):
         return pb.ConnectResponse(delivery=_delivery(message))
     if isinstance(message, ReportOutcome):
@@ -191,6 +254,10 @@ def _delivery(sent: Sent) -> pb.Delivery:
         return pb.Delivery(sequence=sent.sequence, command=command_to_proto(item))
     if isinstance(item, Task):
         return pb.Delivery(sequence=sent.sequence, task=task_to_proto(item))
+    if isinstance(item, SessionEvent):
+        return pb.Delivery(sequence=sent.sequence, session_event=event_to_proto(item))
+    if item is None:
+        return pb.Delivery(sequence=sent.sequence)
     return pb.Delivery(sequence=sent.sequence, cancellation=_cancellation(item))
 
 

@@ -40,7 +40,7 @@ class WatchServicer(watch_pb2_grpc.WatchServiceServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.WatchEvent]:
         tenant = current_principal().tenant_id
         host_id = parse_id(request.host_id, "host_id")
-        after = _after(request, context)
+        after = resume_after(request, context)
         async for sent in self._watches.host(tenant, host_id, after):
             yield self._event(sent)
 
@@ -49,7 +49,7 @@ class WatchServicer(watch_pb2_grpc.WatchServiceServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.WatchEvent]:
         tenant = current_principal().tenant_id
         command_id = parse_id(request.command_id, "command_id")
-        after = _after(request, context)
+        after = resume_after(request, context)
         async for sent in self._watches.command(tenant, command_id, after):
             yield self._event(sent)
 
@@ -58,7 +58,7 @@ class WatchServicer(watch_pb2_grpc.WatchServiceServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.WatchEvent]:
         tenant = current_principal().tenant_id
         task_id = parse_id(request.task_id, "task_id")
-        after = _after(request, context)
+        after = resume_after(request, context)
         async for sent in self._watches.task(tenant, task_id, after):
             yield self._event(sent)
 
@@ -66,7 +66,7 @@ class WatchServicer(watch_pb2_grpc.WatchServiceServicer):  # type: ignore[misc]
         self, request: pb.WatchFleetRequest, context: Any
     ) -> AsyncIterator[pb.WatchEvent]:
         tenant = current_principal().tenant_id
-        after = _after(request, context)
+        after = resume_after(request, context)
         async for sent in self._watches.fleet(tenant, after):
             yield self._event(sent)
 
@@ -84,7 +84,7 @@ class WatchServicer(watch_pb2_grpc.WatchServiceServicer):  # type: ignore[misc]
         return message
 
 
-def _after(request: Any, context: Any) -> int | None:
+def resume_after(request: Any, context: Any) -> int | None:
     """Where the watch resumes: the request's after_sequence, else SSE's Last-Event-ID; None
     (neither): from a snapshot."""
     value: int | str

@@ -186,8 +186,20 @@ class Command:
     acknowledge_time: datetime | None = None
     # What the robot reported with the command's last state over the robot link.
     result: Mapping[str, Any] | None = None
+    # For an action a robot's agent proposed in a session: the session and the agent's call id.
+    session_id: UUID | None = None
+    session_call_id: str | None = None
     # False for the answer of a dry run (validate_only): nothing was stored, `id` means nothing.
     stored: bool = True
+
+
+@dataclass(frozen=True)
+class SessionAction:
+    """Where a command an agent proposed comes from: its session, call id and turn."""
+
+    session_id: UUID
+    call_id: str
+    turn: int
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ class DeliveryKind(enum.Enum):
     TASK = "task"
     CANCEL_COMMAND = "cancel_command"
     CANCEL_TASK = "cancel_task"
+    # An event of an agent session, for the robot's agent (server/storage/sessions.py).
+    SESSION_EVENT = "session_event"
 
 
 # The cancellation that stops a delivered item of each kind.

@@ -12,6 +12,7 @@ from typing import TypeVar
 from server.domain.errors import FieldViolation, InvalidArgument, PermissionDenied
 from server.domain.estop import MAX_REASON_LENGTH, Source
 from server.domain.hosts import HostStatus
+from server.domain.sessions import AgentUpdate
 
 State = TypeVar("State", bound=enum.Enum)
 
@@ -209,4 +210,4 @@ def check_estop_ack(ack: EstopAck, sent: tuple[int, int]) -> None:
         )
 
 
-RobotMessage = Ack | Report | Heartbeat | Telemetry | EstopAck | EstopRaise
+RobotMessage = Ack | Report | Heartbeat | Telemetry | EstopAck | EstopRaise | AgentUpdate

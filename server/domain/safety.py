@@ -22,6 +22,9 @@ from uuid import UUID
 from server.domain.errors import ErrorReason, FailedPrecondition, FieldViolation, InvalidArgument
 from server.domain.safety_policies import Point, SafetyPolicy, Workspace
 
+# What a command the safety check refuses is, as one word (its causes say which constraints).
+SAFETY_VIOLATION = "SAFETY_VIOLATION"
+
 SAFETY_LIMIT_EXCEEDED = "SAFETY_LIMIT_EXCEEDED"
 OUTSIDE_WORKSPACE = "OUTSIDE_WORKSPACE"
 COMMAND_TYPE_DENIED = "COMMAND_TYPE_DENIED"

@@ -70,6 +70,7 @@ from server.domain.robot_link import (
     held_to,
     raised_reason,
 )
+from server.domain.sessions import AgentUpdate, SessionEvent
 from server.domain.tasks import Task
 from server.storage.availability import DATABASE_AWAY
 from server.storage.commands import CommandRepository
@@ -112,7 +113,8 @@ class Cancel:
 @dataclass(frozen=True)
 class Sent:
     sequence: int
-    item: Command | Task | Cancel
+    # None: an item that no longer exists and needs no cancellation (acknowledge and go on).
+    item: Command | Task | Cancel | SessionEvent | None
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,16 @@ class ReportOutcome:
     report_id: str
     judgement: Judgement
     item: Command | Task | None
+
+
+@dataclass(frozen=True)
+class SessionAnswer:
+    """The answer to one of the agent's session updates."""
+
+    session_id: UUID
+    sequence: int
+    accepted: bool
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -140,7 +152,7 @@ class EstopNotice:
     stop: HostStop
 
 
-ServerMessage = Welcome | Sent | ReportOutcome | Keepalive | Drain | EstopNotice
+ServerMessage = Welcome | Sent | ReportOutcome | SessionAnswer | Keepalive | Drain | EstopNotice
 
 
 @dataclass(frozen=True)
@@ -168,7 +180,7 @@ class LiveLink:
     terms: LinkTerms
     behind: bool = True
     stirred: asyncio.Event = field(default_factory=asyncio.Event)
-    outbox: asyncio.Queue[ReportOutcome] = field(
+    outbox: asyncio.Queue[ReportOutcome | SessionAnswer] = field(
         default_factory=lambda: asyncio.Queue(maxsize=OUTBOX)
     )
     # Set once: how the stream is to end (an error to raise, or a drain to send).
@@ -218,6 +230,9 @@ class Repositories:
     estops: Callable[[], EstopRepository]
     # Across tenants: the latches' epochs over each host (the pulse's check).
     estop_epochs: Callable[[Sequence[UUID]], Awaitable[dict[UUID, tuple[int, int]]]]
+    # Records an update of a robot's agent in a session of its host (tenant, host, update,
+    # the robot's key): the sessions service.
+    agent_update: Callable[[UUID, UUID, AgentUpdate, UUID | None], Awaitable[Any]]
 
 
 class RobotLinks:
@@ -513,6 +528,16 @@ class RobotLinks:
             elif isinstance(message, Report):
                 await link.outbox.put(await self._report(link, message))
                 link.stirred.set()
+            elif isinstance(message, AgentUpdate):
+                answer = await self._repos.agent_update(
+                    link.tenant_id, link.host_id, message, link.actor
+                )
+                await link.outbox.put(
+                    SessionAnswer(
+                        message.session_id, message.sequence, answer.accepted, answer.reason
+                    )
+                )
+                link.stirred.set()
             elif isinstance(message, Telemetry):
                 self.telemetry[link.host_id] = TelemetrySnapshot(
                     dict(message.state), message.sample_time, self._clock()
@@ -674,10 +699,15 @@ class RobotLinks:
         task.add_done_callback(self._background.discard)
 
 
-def _sendable(delivery: Delivery, item: Command | Task | None) -> Command | Task | Cancel:
+def _sendable(
+    delivery: Delivery, item: Command | Task | SessionEvent | None
+) -> Command | Task | Cancel | SessionEvent | None:
     """The delivery's item as it is now (a resent command may have moved on since), or the
     cancellation, which says why: the state the item was stopped in and its reason."""
     kind = delivery.kind
+    if kind is DeliveryKind.SESSION_EVENT:
+        return item  # an event never changes (gone only with its tenant)
+    assert not isinstance(item, SessionEvent)
     item_kind = (
         ItemKind.COMMAND
         if kind in (DeliveryKind.COMMAND, DeliveryKind.CANCEL_COMMAND)

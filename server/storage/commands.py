@@ -40,6 +40,7 @@ from server.domain.commands import (
     CommandState,
     CommandTransition,
     Deletion,
+    SessionAction,
     check_reason,
     check_requested_state,
     check_transition,
@@ -82,8 +83,8 @@ _HISTORY = (
 )
 _COLUMNS = (
     "id, tenant_id, host_id, type, params, idempotency_key, timeout, state, applied_policies,"
-    " create_time, update_time, start_time, run_deadline, deliver_time, acknowledge_time, result, "
-    + _HISTORY
+    " create_time, update_time, start_time, run_deadline, deliver_time, acknowledge_time, result,"
+    " session_id, session_call_id, " + _HISTORY
 )
 _GET = "SELECT " + _COLUMNS + " FROM roz.commands WHERE id = %s"
 _SET_RESULT = "UPDATE roz.commands SET result = %s WHERE id = %s"
@@ -101,8 +102,10 @@ _LOCK_POLICIES = (
 _INSERT = (
     "WITH created AS ("
     " INSERT INTO roz.commands (tenant_id, host_id, type, params, idempotency_key,"
-    " request_fingerprint, timeout, state, applied_policies)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING tenant_id, id, state, create_time)"
+    " request_fingerprint, timeout, state, applied_policies, session_id, session_call_id,"
+    " session_turn)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " RETURNING tenant_id, id, state, create_time)"
     " INSERT INTO roz.command_transitions"
     " (tenant_id, command_id, from_state, to_state, reason, actor_key_id, transition_time)"
     " SELECT tenant_id, id, NULL, state, %s, %s, create_time FROM created RETURNING command_id"
@@ -125,6 +128,11 @@ _TRANSITION = (
     " RETURNING command_id"
 )
 _HOST_OF = "SELECT host_id FROM roz.commands WHERE id = %s"
+# A session's actions not yet started, in id order (the order every locker takes).
+_LOCK_UNSTARTED = (
+    "SELECT id, host_id, state FROM roz.commands WHERE session_id = %s"
+    " AND state IN ('awaiting_approval', 'pending') ORDER BY id FOR UPDATE"
+)
 _REMOVE = "DELETE FROM roz.commands WHERE id = %s RETURNING id"
 _OVERDUE = "SELECT tenant_id, command_id FROM roz.overdue_commands(%s)"
 
@@ -218,34 +226,9 @@ class CommandRepository:
     ) -> Command:
         with database_errors(RESOURCE, CONSTRAINTS):
             async with tenant_transaction(self._pool, tenant_id) as conn:
-                if fields.idempotency_key:
-                    original = await _by_idempotency_key(conn, fields)
-                    if original is not None:
-                        return original
-                policies = await _policies_of_host(conn, fields.host_id)
-                await check_host(conn, fields.host_id, "new commands")
-                verdict = safety.evaluate(fields.type, fields.motion, policies)
-                verdict.enforce()
-                state = initial_state(verdict.needs_approval)
-                if validate_only:
-                    return _would_be(tenant_id, fields, state, verdict.applied)
-                try:
-                    row = await (
-                        await conn.execute(
-                            _INSERT,
-                            _insert_values(tenant_id, fields, state, verdict.applied, actor),
-                        )
-                    ).fetchone()
-                except pg.UniqueViolation as exc:
-                    if exc.diag.constraint_name == IDEMPOTENCY_CONSTRAINT:
-                        raise _KeyTaken from exc
-                    raise
-                assert row is not None
-                if state is CommandState.PENDING:
-                    await enqueue(conn, fields.host_id, DeliveryKind.COMMAND, row[0])
-                created = await _one(conn, _GET, (row[0],))
-        assert created is not None
-        return created
+                return await insert_command(
+                    conn, tenant_id, fields, actor, validate_only=validate_only
+                )
 
     async def get(self, tenant_id: UUID, command_id: str | UUID) -> Command:
         command_uuid = resource_id(command_id, RESOURCE)
@@ -323,9 +306,10 @@ class CommandRepository:
                 raise NotFound(RESOURCE, str(command_uuid))
             judgement = judge_report(current, reported, TRANSITIONS, ROBOT_REPORTS)
             if judgement.applies:
-                await _record(conn, command_uuid, current, reported, reason, actor)
+                # The result first: the move's triggers (a session's action_finished) read it.
                 if result is not None:
                     await conn.execute(_SET_RESULT, (Jsonb(dict(result)), command_uuid))
+                await _record(conn, command_uuid, current, reported, reason, actor)
             found = await _one(conn, _GET, (command_uuid,))
         assert found is not None
         return judgement, found
@@ -371,6 +355,47 @@ class CommandRepository:
         if timed_out:
             log.info("timed out %d commands", timed_out, extra={"commands": timed_out})
         return timed_out
+
+
+async def insert_command(
+    conn: AsyncConnection[TupleRow],
+    tenant_id: UUID,
+    fields: CommandFields,
+    actor: UUID | None,
+    *,
+    validate_only: bool = False,
+    action: SessionAction | None = None,
+) -> Command:
+    """CreateCommand's one path, in the caller's tenant transaction: the idempotent repeat, the
+    host's e-stop, the safety policies (a violation raises), the insert, and the delivery log
+    for a PENDING command. `action` marks a command a robot's agent proposed in a session."""
+    if fields.idempotency_key:
+        original = await _by_idempotency_key(conn, fields)
+        if original is not None:
+            return original
+    policies = await _policies_of_host(conn, fields.host_id)
+    await check_host(conn, fields.host_id, "new commands")
+    verdict = safety.evaluate(fields.type, fields.motion, policies)
+    verdict.enforce()
+    state = initial_state(verdict.needs_approval)
+    if validate_only:
+        return _would_be(tenant_id, fields, state, verdict.applied)
+    try:
+        row = await (
+            await conn.execute(
+                _INSERT, _insert_values(tenant_id, fields, state, verdict.applied, actor, action)
+            )
+        ).fetchone()
+    except pg.UniqueViolation as exc:
+        if exc.diag.constraint_name == IDEMPOTENCY_CONSTRAINT:
+            raise _KeyTaken from exc
+        raise
+    assert row is not None
+    if state is CommandState.PENDING:
+        await enqueue(conn, fields.host_id, DeliveryKind.COMMAND, row[0])
+    created = await _one(conn, _GET, (row[0],))
+    assert created is not None
+    return created
 
 
 async def _by_idempotency_key(
@@ -442,6 +467,7 @@ def _insert_values(
     state: CommandState,
     applied: tuple[PolicyVersion, ...],
     actor: UUID | None,
+    action: SessionAction | None,
 ) -> tuple[Any, ...]:
     key = fields.idempotency_key or None
     return (
@@ -454,6 +480,9 @@ def _insert_values(
         fields.timeout,
         state.value,
         Jsonb([{"policy_id": str(p.policy_id), "version": p.version} for p in applied]),
+        None if action is None else action.session_id,
+        None if action is None else action.call_id,
+        None if action is None else action.turn,
         "created",
         actor,
     )
@@ -500,6 +529,28 @@ async def stop_commands(
     for command_id, host_id, current, reason in stopped:
         await _record(conn, command_id, current, CommandState.FAILED, reason, actor)
         await enqueue_cancellation(conn, host_id, DeliveryKind.COMMAND, command_id)
+
+
+async def lock_unstarted_actions(
+    conn: AsyncConnection[TupleRow], session_id: UUID
+) -> list[tuple[UUID, UUID, CommandState]]:
+    """In the caller's tenant transaction: the session's commands still awaiting approval or
+    pending, as (command, host, state), locked until commit."""
+    rows = await (await conn.execute(_LOCK_UNSTARTED, (session_id,))).fetchall()
+    return [(row[0], row[1], CommandState(row[2])) for row in rows]
+
+
+async def cancel_actions(
+    conn: AsyncConnection[TupleRow],
+    locked: Sequence[tuple[UUID, UUID, CommandState]],
+    reason: str,
+    actor: UUID | None,
+) -> None:
+    """Cancels commands locked by `lock_unstarted_actions` (a turn cancelled, a session
+    ended): recorded, and a cancellation sent to a robot that may have them."""
+    for command_id, host_id, current in locked:
+        await _record(conn, command_id, current, CommandState.CANCELLED, reason, actor)
+        await _tell_robot(conn, command_id, host_id, CommandState.CANCELLED)
 
 
 async def _record(

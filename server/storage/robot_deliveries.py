@@ -42,17 +42,8 @@ from server.storage.tenancy import tenant_transaction
 RESOURCE = "host"
 CHANNEL = "roz_robot_deliveries"
 
-_ENQUEUE = (
-    "WITH host AS (SELECT tenant_id, id FROM roz.hosts WHERE id = %(host)s FOR KEY SHARE),"
-    " link AS (INSERT INTO roz.robot_links (tenant_id, host_id, last_sequence)"
-    " SELECT tenant_id, id, 1 FROM host ON CONFLICT (host_id)"
-    " DO UPDATE SET last_sequence = roz.robot_links.last_sequence + 1"
-    " RETURNING tenant_id, host_id, last_sequence),"
-    " delivery AS (INSERT INTO roz.robot_deliveries (tenant_id, host_id, sequence, kind, item_id)"
-    " SELECT tenant_id, host_id, last_sequence, %(kind)s, %(item)s FROM link"
-    " RETURNING host_id, sequence)"
-    " SELECT sequence, pg_notify('" + CHANNEL + "', host_id::text) FROM delivery"
-)
+# The numbering itself is roz.enqueue_robot_delivery (migration 0016), which session events use too.
+_ENQUEUE = "SELECT roz.enqueue_robot_delivery(%(host)s, %(kind)s, %(item)s)"
 _ENQUEUED = "SELECT EXISTS (SELECT 1 FROM roz.robot_deliveries WHERE item_id = %s AND kind = %s)"
 _COLUMNS = "host_id, sequence, kind, item_id, create_time, deliver_time, acknowledge_time"
 _AFTER = (
@@ -92,7 +83,7 @@ async def enqueue(
     row = await (
         await conn.execute(_ENQUEUE, {"host": host_id, "kind": kind.value, "item": item_id})
     ).fetchone()
-    if row is None:
+    if row is None or row[0] is None:
         raise RuntimeError(f"host {host_id} vanished while its item {item_id} was enqueued")
     return int(row[0])
 

@@ -26,6 +26,7 @@ from server.domain.errors import NotFound
 from server.domain.estop import HostStop
 from server.domain.robot_deliveries import Delivery, DeliveryKind, check_batch
 from server.domain.robot_link import resume_after
+from server.domain.sessions import SessionEvent
 from server.domain.tasks import Task
 from server.storage.commands import commands_by_id
 from server.storage.database import Pool
@@ -34,6 +35,7 @@ from server.storage.estop_checks import held_and_stopped, host_stops
 from server.storage.hosts import record_presence
 from server.storage.robot_deliveries import mark_sent, read_deliveries
 from server.storage.safety_policies import heartbeat_window_of_host
+from server.storage.sessions import session_events_by_id
 from server.storage.tasks import tasks_by_id
 from server.storage.tenancy import tenant_transaction
 
@@ -60,6 +62,7 @@ _PULSE = "SELECT host_id, last_sequence, held FROM roz.pulse_robot_links(%s, %s,
 _SILENT = "SELECT tenant_id, host_id, link_id FROM roz.silent_robot_links(%s, %s)"
 SWEEP_BATCH = 500
 _COMMAND_KINDS = frozenset({DeliveryKind.COMMAND, DeliveryKind.CANCEL_COMMAND})
+_TASK_KINDS = frozenset({DeliveryKind.TASK, DeliveryKind.CANCEL_TASK})
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,7 @@ class RobotLinkRepository:
         limit: int,
         *,
         now: datetime | None = None,
-    ) -> list[tuple[Delivery, Command | Task | None]]:
+    ) -> list[tuple[Delivery, Command | Task | SessionEvent | None]]:
         """The host's deliveries numbered above `after`, in order, each with its item as it is
         now (None: deleted since), in one transaction: what a stream sends next. PENDING
         commands are checked again at `now` (default: the wall clock), and those refused are
@@ -203,11 +206,13 @@ class RobotLinkRepository:
             # may have in hand by this mark (server/storage/estops.py).
             await mark_sent(conn, host_id, after, deliveries[-1].sequence, now)
             command_ids = [d.item_id for d in deliveries if d.kind in _COMMAND_KINDS]
-            task_ids = [d.item_id for d in deliveries if d.kind not in _COMMAND_KINDS]
+            task_ids = [d.item_id for d in deliveries if d.kind in _TASK_KINDS]
+            event_ids = [d.item_id for d in deliveries if d.kind is DeliveryKind.SESSION_EVENT]
             commands = await commands_by_id(conn, command_ids) if command_ids else {}
             commands = await check_at_dispatch(conn, host_id, deliveries, commands, now)
             tasks = await tasks_by_id(conn, task_ids) if task_ids else {}
-        items: dict[UUID, Command | Task] = {**commands, **tasks}
+            events = await session_events_by_id(conn, event_ids) if event_ids else {}
+        items: dict[UUID, Command | Task | SessionEvent] = {**commands, **tasks, **events}
         return [(delivery, items.get(delivery.item_id)) for delivery in deliveries]
 
     async def silent(self, before: datetime, limit: int = SWEEP_BATCH) -> list[SilentLink]:

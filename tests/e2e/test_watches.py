@@ -9,7 +9,7 @@ import json
 import struct
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -34,8 +34,9 @@ def fleet(roz: Roz) -> Fleet:
     return Fleet(roz)
 
 
-def sse(fleet: Fleet, path: str, last_event_id: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """(id, data) of each server-sent event of a REST watch, as EventSource would read them."""
+def sse(fleet: Any, path: str, last_event_id: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(id, data) of each server-sent event of a REST watch, as EventSource would read them.
+    `fleet` is anything with the caller's `key` and its `roz`."""
     headers = {"authorization": f"Bearer {fleet.key}", "accept": "text/event-stream"}
     if last_event_id:
         headers["last-event-id"] = last_event_id
@@ -226,9 +227,15 @@ def test_a_task_watch_over_ndjson_ends_when_the_task_does(fleet: Fleet) -> None:
 # -- the fleet, tenants ---------------------------------------------------------------------
 
 
-def grpc_web_stream(fleet: Fleet, path: str, request: Any) -> Iterator[watch_pb2.WatchEvent]:
+def grpc_web_stream(
+    fleet: Any,
+    path: str,
+    request: Any,
+    parse: Callable[[bytes], Any] = watch_pb2.WatchEvent.FromString,
+) -> Iterator[Any]:
     """A server stream over gRPC-web as a browser reads it: each message as its frame arrives.
-    (sonora's client reads in 16 KiB blocks, so a live stream's messages wait for more.)"""
+    (sonora's client reads in 16 KiB blocks, so a live stream's messages wait for more.)
+    `fleet` is anything with the caller's `key` and its `roz`."""
     payload = request.SerializeToString()
     headers = {
         "content-type": "application/grpc-web+proto",
@@ -250,7 +257,7 @@ def grpc_web_stream(fleet: Fleet, path: str, request: Any) -> Iterator[watch_pb2
                 frame, buffer = buffer[5 : 5 + length], buffer[5 + length :]
                 if flags & 0x80:  # the trailers: the end
                     return
-                yield watch_pb2.WatchEvent.FromString(frame)
+                yield parse(frame)
 
 
 def test_the_fleet_watch_over_grpc_web_sees_every_host_and_only_its_tenant(fleet: Fleet) -> None:

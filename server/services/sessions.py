@@ -1,0 +1,240 @@
+"""Agent sessions: what operators do in them, what the robot's agent says, the streams that show
+their events, and the end of sessions nobody is left in.
+
+Every change goes through the session repository, which appends its events to the session's
+log (and the agent's share to its robot's delivery log) in the change's transaction. Readers of
+a session's events are woken by `NOTIFY roz_session_events` (payload: the session), which any
+process may have sent, or at once when this process made the change; each reader then reads the
+log after its place, so a lost wake-up costs at most RECHECK_SECONDS and nothing is missed or
+repeated. An action the operator approves is a command: its approval is CommandRepository's
+transition, with the same rules and the same record as TransitionCommand.
+
+Time comes in: `clock` is the wall clock of the sweep's "robot gone" and "idle" measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from server.domain.commands import CommandState
+from server.domain.errors import PermissionDenied
+from server.domain.scopes import grants
+from server.domain.sessions import (
+    AgentUpdate,
+    Decision,
+    EndReason,
+    EventKind,
+    Session,
+    SessionEvent,
+    ToolResult,
+    UserMessage,
+)
+from server.storage.commands import CommandRepository
+from server.storage.sessions import AgentAnswer, SessionRepository
+
+log = logging.getLogger(__name__)
+
+# Events read per round trip.
+PAGE = 200
+# How often a waiting reader looks for itself, in case a notification was lost.
+RECHECK_SECONDS = 5.0
+# A stream quiet this long sends a checkpoint, so that proxies keep it open.
+CHECKPOINT_SECONDS = 15.0
+# Sessions the sweep ends per round.
+SWEEP_BATCH = 100
+APPROVE_SCOPE = "commands:write"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Nothing new: the reader is up to date through `sequence`."""
+
+    session_id: UUID
+    sequence: int
+
+
+class Sessions:
+    """The sessions service of one process."""
+
+    def __init__(
+        self,
+        sessions: Callable[[], SessionRepository],
+        commands: Callable[[], CommandRepository],
+        *,
+        clock: Callable[[], datetime],
+        robot_grace: timedelta,
+        idle_timeout: timedelta,
+    ) -> None:
+        self._sessions = sessions
+        self._commands = commands
+        self._clock = clock
+        self._robot_grace = robot_grace
+        self._idle_timeout = idle_timeout
+        # The readers waiting on each session's log.
+        self._readers: dict[UUID, set[asyncio.Event]] = {}
+
+    # -- wake-ups -----------------------------------------------------------------------------
+
+    def on_event(self, payload: str) -> None:
+        """NOTIFY roz_session_events: the session's log grew."""
+        with contextlib.suppress(ValueError):
+            self._wake(UUID(payload))
+
+    def on_reconnect(self) -> None:
+        """The listener was away: every reader looks."""
+        for readers in self._readers.values():
+            for reader in readers:
+                reader.set()
+
+    def _wake(self, session_id: UUID) -> None:
+        for reader in self._readers.get(session_id, ()):
+            reader.set()
+
+    # -- what operators do ---------------------------------------------------------------------
+
+    async def start(self, tenant_id: UUID, host_id: str, actor: UUID | None) -> Session:
+        session = await self._sessions().start(tenant_id, host_id, actor=actor)
+        log.info("session %s started on host %s", session.id, session.host_id)
+        return session
+
+    async def send_message(
+        self, tenant_id: UUID, session_id: str | UUID, message: UserMessage
+    ) -> SessionEvent:
+        event = await self._sessions().send_message(tenant_id, session_id, message)
+        self._wake(event.session_id)
+        return event
+
+    async def send_tool_result(
+        self, tenant_id: UUID, session_id: str | UUID, result: ToolResult, result_bytes: int
+    ) -> SessionEvent:
+        event = await self._sessions().send_tool_result(tenant_id, session_id, result, result_bytes)
+        self._wake(event.session_id)
+        return event
+
+    async def decide(
+        self,
+        tenant_id: UUID,
+        session_id: str | UUID,
+        decision: Decision,
+        *,
+        actor: UUID | None,
+        scopes: frozenset[str],
+    ) -> SessionEvent:
+        """Approves or denies an action: its command moves as TransitionCommand would move it
+        (PENDING or REJECTED), by the caller, who must be allowed to approve commands."""
+        if not grants(scopes, APPROVE_SCOPE):
+            raise PermissionDenied(
+                f"approving an action needs the scope {APPROVE_SCOPE}", required_scope=APPROVE_SCOPE
+            )
+        repository = self._sessions()
+        command_id = await repository.action_of(tenant_id, session_id, decision)
+        target = CommandState.PENDING if decision.approved else CommandState.REJECTED
+        await self._commands().transition(
+            tenant_id, command_id, target, reason=decision.reason, actor=actor
+        )
+        event = await repository.resolution(tenant_id, UUID(str(session_id)), command_id)
+        self._wake(event.session_id)
+        return event
+
+    async def cancel_turn(
+        self, tenant_id: UUID, session_id: str | UUID, reason: str, actor: UUID | None
+    ) -> Session:
+        session = await self._sessions().cancel_turn(
+            tenant_id, session_id, reason=reason, actor=actor
+        )
+        self._wake(session.id)
+        return session
+
+    async def end(
+        self,
+        tenant_id: UUID,
+        session_id: str | UUID,
+        reason: EndReason,
+        message: str,
+        actor: UUID | None,
+    ) -> Session:
+        session = await self._sessions().end(
+            tenant_id, session_id, reason, message=message, actor=actor
+        )
+        self._wake(session.id)
+        log.info("session %s ended (%s)", session.id, session.end_reason)
+        return session
+
+    async def get(self, tenant_id: UUID, session_id: str | UUID) -> Session:
+        return await self._sessions().get(tenant_id, session_id)
+
+    # -- what the robot's agent says ------------------------------------------------------------
+
+    async def record_agent_update(
+        self, tenant_id: UUID, host_id: UUID, update: AgentUpdate, actor: UUID | None
+    ) -> AgentAnswer:
+        answer = await self._sessions().record_agent_update(tenant_id, host_id, update, actor=actor)
+        self._wake(update.session_id)
+        return answer
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def events(
+        self, tenant_id: UUID, session_id: UUID, after: int
+    ) -> AsyncIterator[SessionEvent | Checkpoint]:
+        """The session's events after `after`, then each as it is recorded, until the
+        `session_completed` event; a checkpoint after CHECKPOINT_SECONDS of quiet. NotFound
+        (before anything is sent) for a session the tenant does not have."""
+        repository = self._sessions()
+        reader = asyncio.Event()
+        self._readers.setdefault(session_id, set()).add(reader)
+        try:
+            quiet_since = asyncio.get_running_loop().time()
+            while True:
+                reader.clear()
+                events = await repository.events_after(tenant_id, session_id, after, PAGE)
+                for event in events:
+                    yield event
+                    after = event.sequence
+                    if event.kind is EventKind.SESSION_COMPLETED:
+                        return
+                if len(events) == PAGE:
+                    continue
+                now = asyncio.get_running_loop().time()
+                if events:
+                    quiet_since = now
+                elif now - quiet_since >= CHECKPOINT_SECONDS:
+                    yield Checkpoint(session_id, after)
+                    quiet_since = now
+                wait = min(RECHECK_SECONDS, CHECKPOINT_SECONDS - (now - quiet_since))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(wait, 0.0)):
+                        await reader.wait()
+        finally:
+            readers = self._readers.get(session_id)
+            if readers is not None:
+                readers.discard(reader)
+                if not readers:
+                    del self._readers[session_id]
+
+    # -- the sweep -------------------------------------------------------------------------------
+
+    async def end_abandoned(self) -> int:
+        """Ends the sessions whose robot stayed away past the grace period (ROBOT_GONE) or in
+        which nothing happened for the idle timeout (IDLE); how many ended."""
+        now = self._clock()
+        repository = self._sessions()
+        ended = 0
+        robot_before = now - self._robot_grace
+        idle_before = now - self._idle_timeout
+        for found in await repository.to_end(
+            robot_before=robot_before, idle_before=idle_before, limit=SWEEP_BATCH
+        ):
+            if await repository.end_abandoned(
+                found, robot_before=robot_before, idle_before=idle_before
+            ):
+                ended += 1
+                self._wake(found.session_id)
+                log.info("session %s ended (%s)", found.session_id, found.reason.value)
+        return ended

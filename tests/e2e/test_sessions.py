@@ -1,0 +1,484 @@
+"""Agent sessions over a real listener: an operator's StreamSession, the robot's agent on its robot
+link (a grpcio robot speaking the protocol as the test says), the safety path every proposed
+action takes, the log's numbering across reconnects, refusals, and the end of sessions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from roz.v1 import commands_pb2
+from roz.v1 import robot_link_pb2 as link
+from roz.v1 import sessions_pb2 as pb
+
+from tests.e2e.conftest import Roz
+from tests.e2e.test_audit import events as audit_entries
+from tests.e2e.test_commands import new_key, rest
+from tests.e2e.test_robot_keys import robot_key
+from tests.e2e.test_robot_link import eventually
+from tests.e2e.test_watches import grpc_web_stream, sse
+from tests.support.operator import Operator
+from tests.support.robot import Robot
+
+COMPLETED = commands_pb2.Command.STATE_COMPLETED
+RUNNING = commands_pb2.Command.STATE_RUNNING
+
+
+class Cell:
+    """A tenant's environment whose policy wants move_to approved, caps velocity at 1 m/s and
+    the workspace at the unit cube; one host in it with its robot key."""
+
+    def __init__(self, roz: Roz, label: str = "sessions") -> None:
+        self.roz = roz
+        self.key = roz.new_tenant(label)
+        tag = uuid.uuid4().hex[:8]
+        policy = self.rest(
+            "POST",
+            "/api/v1/safety-policies",
+            json={
+                "name": f"agent-limits-{tag}",
+                "limits": {"max_linear_velocity": 1.0},
+                "workspace": {
+                    "boxes": [{"min": {"x": 0, "y": 0, "z": 0}, "max": {"x": 1, "y": 1, "z": 1}}]
+                },
+                "approval_command_types": ["move_to"],
+            },
+        )
+        environment = self.rest("POST", "/api/v1/environments", json={"name": f"cell-{tag}"})
+        self.rest(
+            "PUT",
+            f"/api/v1/environments/{environment['id']}",
+            params={"update_mask": "safety_policy_ids"},
+            json={"safety_policy_ids": [policy["id"]]},
+        )
+        self.environment_id: str = environment["id"]
+        self.host_id: str = self.rest(
+            "POST",
+            "/api/v1/hosts",
+            json={"name": f"arm-{tag}", "environment_id": environment["id"]},
+        )["id"]
+        _, self.robot_secret = robot_key(roz, self.key, self.host_id)
+
+    def rest(self, method: str, path: str, **kwargs: Any) -> Any:
+        return rest(self.roz, self.key, method, path, **kwargs)
+
+    def robot(self, **kwargs: Any) -> Robot:
+        robot = Robot(self.roz.listener.target, self.robot_secret, **kwargs)
+        robot.welcome()
+        return robot
+
+    def operator(self, key: str = "") -> Operator:
+        return Operator(self.roz.listener.target, key or self.key)
+
+
+class Agent:
+    """The robot's agent, as the test drives it over a grpcio robot: numbers its updates and
+    reads what the server sends it, acknowledging every delivery."""
+
+    def __init__(self, robot: Robot) -> None:
+        self.robot = robot
+        self.sequence: dict[str, int] = {}
+        # Deliveries that came while an update waited for its answer.
+        self.early: list[link.Delivery] = []
+
+    def update(self, session_id: str, sequence: int | None = None, **event: Any) -> link.SessionAck:
+        if sequence is None:
+            sequence = self.sequence.get(session_id, 0) + 1
+        self.sequence[session_id] = max(sequence, self.sequence.get(session_id, 0))
+        self.robot.send(
+            session_update=link.SessionUpdate(session_id=session_id, sequence=sequence, **event)
+        )
+        while True:
+            response = self.robot.receive("session_ack", "delivery")
+            if response.WhichOneof("message") == "session_ack":
+                return response.session_ack
+            self.early.append(response.delivery)
+
+    def say(self, session_id: str, text: str) -> link.SessionAck:
+        return self.update(session_id, text_delta=pb.TextDelta(text=text))
+
+    def propose(self, session_id: str, call_id: str, type_: str, **params: Any) -> link.SessionAck:
+        struct = struct_pb2.Struct()
+        struct.update(params)
+        return self.update(
+            session_id,
+            action_proposed=pb.ProposedAction(call_id=call_id, type=type_, params=struct),
+        )
+
+    def finish(self, session_id: str, tokens: tuple[int, int] = (0, 0)) -> link.SessionAck:
+        return self.update(
+            session_id,
+            turn_finished=pb.TurnFinished(
+                stop_reason="end_turn", input_tokens=tokens[0], output_tokens=tokens[1]
+            ),
+        )
+
+    def heard(self) -> pb.SessionEvent:
+        """The next session event delivered (acknowledged)."""
+        delivery = self.delivered()
+        assert delivery.WhichOneof("item") == "session_event", delivery
+        return delivery.session_event
+
+    def delivered(self) -> link.Delivery:
+        delivery = self.early.pop(0) if self.early else self.robot.delivery()
+        self.robot.ack(delivery.sequence)
+        return delivery
+
+
+def kinds(events: list[pb.SessionEvent]) -> list[str]:
+    return [event.type for event in events]
+
+
+@pytest.fixture
+def cell(roz: Roz) -> Cell:
+    return Cell(roz)
+
+
+def test_a_full_session_over_native_grpc(cell: Cell) -> None:
+    with cell.robot() as robot, cell.operator() as operator:
+        agent = Agent(robot)
+        operator.start(cell.host_id)
+        started = operator.event()
+        assert started.type == "session_started"
+        assert started.sequence == 1
+        session_id = started.session_id
+        assert started.session_started.host_id == cell.host_id
+        assert agent.heard().type == "session_started"
+
+        operator.say("move to 0.5 0.5 0.5", message_id="m-1")
+        said = operator.until("turn_started")
+        assert kinds(said) == ["user_message", "turn_started"]
+        assert [e.sequence for e in said] == [2, 3]
+        assert all(e.turn == 1 and e.correlation_id == "m-1" for e in said)
+        heard = agent.heard()
+        assert heard.type == "user_message"
+        assert heard.user_message.content == "move to 0.5 0.5 0.5"
+
+        assert agent.say(session_id, "Moving to (0.5, 0.5, 0.5).").accepted
+        ack = agent.propose(
+            session_id, "call-1", "move_to", velocity=0.2, target={"x": 0.5, "y": 0.5, "z": 0.5}
+        )
+        assert ack.accepted
+        assert ack.sequence == 2
+        events = operator.until("approval_requested")
+        assert kinds(events) == ["text_delta", "action_requested", "approval_requested"]
+        assert events[0].origin == pb.SessionEvent.ORIGIN_AGENT
+        requested = events[1].action_requested
+        assert requested.call_id == "call-1"
+        assert requested.command.state == commands_pb2.Command.STATE_AWAITING_APPROVAL
+        command_id = requested.command.id
+        approval = events[2].approval_requested
+        assert approval.approval_id == command_id
+        assert approval.type == "move_to"
+
+        # Nothing runs before the operator approves.
+        robot.nothing_for(0.3)
+        operator.decide(command_id, True, "looks safe")
+        resolved = operator.until("approval_resolved")[-1].approval_resolved
+        assert resolved.approved
+        assert resolved.call_id == "call-1"
+        assert agent.heard().type == "approval_resolved"
+        command = agent.delivered().command
+        assert command.id == command_id
+        assert command.session_id == session_id
+        assert command.session_call_id == "call-1"
+
+        robot.send(command_report=link.CommandReport(command_id=command_id, state=RUNNING))
+        robot.receive("report_result")
+        result = struct_pb2.Struct()
+        result.update({"position": {"x": 0.5, "y": 0.5, "z": 0.5}})
+        robot.send(
+            command_report=link.CommandReport(
+                command_id=command_id, state=COMPLETED, result=result, reason="arrived"
+            )
+        )
+        # The report's answer and the agent's outcome, in either order.
+        answers = [robot.receive("report_result", "delivery") for _ in range(2)]
+        assert sorted(a.WhichOneof("message") for a in answers) == ["delivery", "report_result"]
+        (outcome,) = [a.delivery for a in answers if a.WhichOneof("message") == "delivery"]
+        robot.ack(outcome.sequence)
+        assert outcome.session_event.action_finished.state == COMPLETED
+        events = operator.until("action_finished")
+        assert kinds(events) == ["action_started", "action_finished"]
+        finished = events[-1].action_finished
+        assert finished.state == COMPLETED
+        assert finished.command_id == command_id
+        assert finished.result["position"]["x"] == 0.5
+
+        assert agent.say(session_id, "Done.").accepted
+        assert agent.finish(session_id, tokens=(12, 30)).accepted
+        events = operator.until("turn_finished")
+        assert kinds(events) == ["text_delta", "turn_finished"]
+        assert events[-1].turn_finished.output_tokens == 30
+
+        operator.send(cancel_session=pb.CancelSession(reason="all done"))
+        completed = operator.until("session_completed")[-1].session_completed
+        assert completed.reason == "OPERATOR_ENDED"
+        assert completed.input_tokens == 12
+        assert completed.output_tokens == 30
+        assert operator.ended() == grpc.StatusCode.OK
+        assert agent.heard().type == "session_completed"
+
+    session = cell.rest("GET", f"/api/v1/sessions/{session_id}")
+    assert session["state"] == "STATE_ENDED"
+    assert session["end_reason"] == "OPERATOR_ENDED"
+    assert session["turn_count"] == 1
+    assert session["output_tokens"] == "30"
+    turns = cell.rest("GET", f"/api/v1/sessions/{session_id}/turns")["turns"]
+    assert [(t["index"], t["state"], t["message_id"]) for t in turns] == [
+        (1, "STATE_FINISHED", "m-1")
+    ]
+    stored = cell.rest("GET", f"/api/v1/commands/{command_id}")
+    assert stored["session_id"] == session_id
+    assert stored["state"] == "STATE_COMPLETED"
+    # The trail: the session's start and end, and its action's entries naming the session.
+    eventually(lambda: len(audit_entries(cell.roz, cell.key, subject_id=session_id)) == 2)
+    trail = audit_entries(cell.roz, cell.key, subject_id=session_id)
+    assert [e["kind"] for e in trail] == ["session.started", "session.ended"]
+    assert trail[1]["detail"]["reason"] == "OPERATOR_ENDED"
+    eventually(lambda: len(audit_entries(cell.roz, cell.key, subject_id=command_id)) >= 6)
+    action = audit_entries(cell.roz, cell.key, subject_id=command_id)
+    moves = {e["kind"]: e["detail"].get("session_id") for e in action}
+    for kind in ("command.created", "command.approved", "command.running", "command.ended"):
+        assert moves[kind] == session_id
+
+
+def test_the_same_session_over_rest_with_server_sent_events(cell: Cell) -> None:
+    with cell.robot() as robot:
+        agent = Agent(robot)
+        created = cell.rest("POST", "/api/v1/sessions", json={"host_id": cell.host_id})
+        session_id = created["id"]
+        assert created["state"] == "STATE_ACTIVE"
+        assert created["started_by"]
+        assert agent.heard().type == "session_started"
+        events = sse(cell, f"/api/v1/sessions/{session_id}/events")
+        first_id, first = next(events)
+        assert (first_id, first["type"]) == ("1", "session_started")
+
+        said = cell.rest(
+            "POST", f"/api/v1/sessions/{session_id}/messages", json={"content": "move a bit"}
+        )
+        assert said["type"] == "user_message"
+        assert said["sequence"] == "2"
+        message_id = said["correlation_id"]
+        assert message_id  # generated when the client names none
+        assert agent.heard().user_message.content == "move a bit"
+        agent.say(session_id, "Moving.")
+        agent.propose(
+            session_id, "c-1", "move_to", velocity=0.2, target={"x": 0.1, "y": 0.1, "z": 0.1}
+        )
+        seen = [next(events) for _ in range(5)]
+        assert [event["type"] for _, event in seen] == [
+            "user_message",
+            "turn_started",
+            "text_delta",
+            "action_requested",
+            "approval_requested",
+        ]
+        assert [event_id for event_id, _ in seen] == ["2", "3", "4", "5", "6"]
+        approval_id = seen[-1][1]["approval_requested"]["approval_id"]
+        events.close()
+
+        decided = cell.rest(
+            "POST",
+            f"/api/v1/sessions/{session_id}/decisions",
+            json={"approval_id": approval_id, "approved": False, "reason": "not now"},
+        )
+        assert decided["approval_resolved"] == {
+            "approval_id": approval_id,
+            "call_id": "c-1",
+            "approved": False,
+            "reason": "not now",
+            "actor": decided["approval_resolved"]["actor"],
+        }
+        # Resumed after what it saw: the rest, nothing twice.
+        resumed = sse(cell, f"/api/v1/sessions/{session_id}/events", last_event_id="6")
+        rest_of = [next(resumed) for _ in range(2)]
+        resumed.close()
+        assert [(i, e["type"]) for i, e in rest_of] == [
+            ("7", "approval_resolved"),
+            ("8", "action_finished"),
+        ]
+        assert rest_of[1][1]["action_finished"]["state"] == "STATE_REJECTED"
+        # The agent hears the denial and the action's end; nothing runs.
+        assert agent.heard().approval_resolved.approved is False
+        assert agent.heard().action_finished.state == commands_pb2.Command.STATE_REJECTED
+        agent.finish(session_id)
+
+        ended = cell.rest("POST", f"/api/v1/sessions/{session_id}:end", json={"reason": "bye"})
+        assert ended["state"] == "STATE_ENDED"
+        assert ended["end_reason"] == "OPERATOR_ENDED"
+        assert ended["end_message"] == "bye"
+        # An ended session's stream ends after its last event.
+        tail = list(sse(cell, f"/api/v1/sessions/{session_id}/events", last_event_id="8"))
+        assert [e["type"] for _, e in tail] == ["turn_finished", "session_completed"]
+        again = cell.rest("POST", f"/api/v1/sessions/{session_id}:end", json={})
+        assert again["end_message"] == "bye"  # ending an ended session changes nothing
+
+
+def test_the_session_events_over_grpc_web(cell: Cell) -> None:
+    with cell.robot() as robot:
+        agent = Agent(robot)
+        session_id = cell.rest("POST", "/api/v1/sessions", json={"host_id": cell.host_id})["id"]
+        agent.heard()
+        events = grpc_web_stream(
+            cell,
+            "/roz.v1.SessionService/WatchSession",
+            pb.WatchSessionRequest(session_id=session_id),
+            pb.SessionEvent.FromString,
+        )
+        assert next(events).type == "session_started"
+        cell.rest("POST", f"/api/v1/sessions/{session_id}/messages", json={"content": "hi"})
+        agent.heard()
+        agent.say(session_id, "hello")
+        seen = [next(events) for _ in range(3)]
+        assert [e.type for e in seen] == ["user_message", "turn_started", "text_delta"]
+        assert seen[-1].text_delta.text == "hello"
+        events.close()
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+
+def rejection(event: pb.SessionEvent) -> tuple[str, bool]:
+    assert event.type == "session_rejected", event
+    assert event.sequence == 0
+    assert not event.id
+    return event.session_rejected.code, event.session_rejected.retryable
+
+
+def test_the_stream_refuses_what_comes_out_of_order_and_stays_open(cell: Cell) -> None:
+    other = Cell(cell.roz, "someone-else")
+    with cell.robot() as robot, other.robot(), cell.operator() as operator:
+        operator.say(
+            "hello?",
+        )
+        assert rejection(operator.event()) == ("NO_SESSION", False)
+        operator.send(request_id="r-1", ping=pb.Ping())
+        pong = operator.event()
+        assert pong.type == "pong"
+        assert pong.correlation_id == "r-1"
+        # Another tenant's host is no host at all.
+        operator.start(other.host_id)
+        assert rejection(operator.event()) == ("NOT_FOUND", False)
+        operator.start("not-a-uuid")
+        code, _ = rejection(operator.event())
+        assert code == "INVALID_ARGUMENT"
+        operator.send()
+        assert rejection(operator.event())[0] == "INVALID_ARGUMENT"
+
+        operator.start(cell.host_id)
+        session_id = operator.event().session_id
+        operator.start(cell.host_id)
+        assert rejection(operator.event()) == ("ALREADY_STARTED", False)
+        operator.say("  ")
+        refused = operator.event()
+        assert rejection(refused)[0] == "INVALID_ARGUMENT"
+        assert "content" in refused.session_rejected.message
+        operator.say("first")
+        assert kinds(operator.until("turn_started")) == ["user_message", "turn_started"]
+        operator.say("second, too soon")
+        assert rejection(operator.event()) == ("TURN_IN_PROGRESS", True)
+        operator.decide(str(uuid.uuid4()), True)
+        assert rejection(operator.event()) == ("UNKNOWN_APPROVAL", False)
+        operator.send(tool_result=pb.ToolResult(call_id="never-asked", success=True))
+        assert rejection(operator.event()) == ("UNKNOWN_CALL", False)
+        # Nothing refused reached the log: it holds the start, the message and its turn.
+        log = cell.rest("GET", f"/api/v1/sessions/{session_id}")
+        assert log["last_sequence"] == "3"
+        assert log["turn_count"] == 1
+        del robot
+
+
+def test_a_session_needs_its_robot_online_and_not_stopped(cell: Cell) -> None:
+    offline = cell.roz.rest(cell.key).post("/api/v1/sessions", json={"host_id": cell.host_id})
+    assert offline.status_code == 400
+    assert offline.json()["details"][0]["reason"] == "ROBOT_OFFLINE"
+    with cell.robot():
+        cell.rest("POST", f"/api/v1/hosts/{cell.host_id}/estop", json={"reason": "test"})
+        stopped = cell.roz.rest(cell.key).post("/api/v1/sessions", json={"host_id": cell.host_id})
+        assert stopped.status_code == 400
+        assert stopped.json()["details"][0]["reason"] == "ESTOP_ENGAGED"
+        with cell.operator() as operator:
+            operator.start(cell.host_id)
+            assert rejection(operator.event()) == ("ESTOP_ENGAGED", True)
+    assert cell.rest("GET", "/api/v1/sessions").get("sessions", []) == []
+
+
+def test_an_action_the_policy_forbids_is_refused_and_the_agent_hears_why(cell: Cell) -> None:
+    with cell.robot() as robot, cell.operator() as operator:
+        agent = Agent(robot)
+        operator.start(cell.host_id)
+        session_id = operator.event().session_id
+        agent.heard()
+        operator.say("go fast")
+        agent.heard()
+        ack = agent.propose(
+            session_id, "too-fast", "move_to", velocity=5.0, target={"x": 2, "y": 0.5, "z": 0.5}
+        )
+        assert ack.accepted  # the update is recorded; the action is refused
+        refused = operator.until("action_refused")[-1]
+        assert refused.correlation_id == "too-fast"
+        assert refused.action_refused.code == "SAFETY_VIOLATION"
+        reasons = {v["reason"] for v in refused.action_refused.violations}
+        assert reasons == {"SAFETY_LIMIT_EXCEEDED", "OUTSIDE_WORKSPACE"}, reasons
+        heard = agent.heard()
+        assert heard.type == "action_refused"
+        assert heard.action_refused.message
+        # No command was made.
+        assert cell.rest("GET", "/api/v1/commands").get("commands", []) == []
+        robot.nothing_for(0.3)
+
+
+def test_deciding_needs_the_right_to_approve_commands(cell: Cell) -> None:
+    chat_only, _ = new_key(cell.roz, cell.key, "sessions:write", "commands:read")
+    with cell.robot() as robot, cell.operator(chat_only) as operator:
+        agent = Agent(robot)
+        operator.start(cell.host_id)
+        session_id = operator.event().session_id
+        agent.heard()
+        operator.say("move")
+        agent.heard()
+        agent.propose(
+            session_id, "c", "move_to", velocity=0.1, target={"x": 0.2, "y": 0.2, "z": 0.2}
+        )
+        approval_id = operator.until("approval_requested")[-1].approval_requested.approval_id
+        operator.decide(approval_id, True)
+        assert rejection(operator.event()) == ("SCOPE_MISSING", False)
+        denied = cell.roz.rest(chat_only).post(
+            f"/api/v1/sessions/{session_id}/decisions",
+            json={"approval_id": approval_id, "approved": True},
+        )
+        assert denied.status_code == 403
+        command = cell.rest("GET", f"/api/v1/commands/{approval_id}")
+        assert command["state"] == "STATE_AWAITING_APPROVAL"
+
+
+def test_sessions_are_the_tenants_own(cell: Cell) -> None:
+    other = Cell(cell.roz, "other-tenant")
+    with cell.robot() as robot, other.robot() as other_robot:
+        session_id = cell.rest("POST", "/api/v1/sessions", json={"host_id": cell.host_id})["id"]
+        Agent(robot).heard()
+        client = cell.roz.rest(other.key)
+        for method, path, body in (
+            ("GET", f"/api/v1/sessions/{session_id}", None),
+            ("GET", f"/api/v1/sessions/{session_id}/turns", None),
+            ("POST", f"/api/v1/sessions/{session_id}/messages", {"content": "hi"}),
+            ("POST", f"/api/v1/sessions/{session_id}:end", {}),
+        ):
+            response = client.request(method, path, json=body)
+            assert response.status_code == 404, (path, response.text)
+        assert client.get(f"/api/v1/sessions/{session_id}/events").status_code == 404
+        assert client.get("/api/v1/sessions").json().get("sessions", []) == []
+        # Another host's robot cannot speak in the session.
+        ack = Agent(other_robot).say(session_id, "let me in")
+        assert not ack.accepted
+        assert ack.reason == "no such session on this host"
+        assert cell.rest("GET", f"/api/v1/sessions/{session_id}")["last_sequence"] == "1"
+        # A host with sessions keeps its history: it cannot be deleted under them.
+        gone = cell.roz.rest(cell.key).delete(f"/api/v1/hosts/{cell.host_id}")
+        assert gone.status_code == 400
+        assert gone.json()["details"][0]["reason"] == "HOST_IN_USE"
