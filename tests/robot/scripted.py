@@ -1,22 +1,25 @@
 """A RobotLinkService on grpc.aio's own server whose every stream the test scripts: it sees
 exactly what the robot sends and says exactly what the server would, including the things a
-real server does rarely or only when broken (a takeover, a drain, silence, a refusal).
+real server does rarely or only when broken (a takeover, a drain, silence, a refusal, an
+update refused as out of order).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
-from roz.v1 import commands_pb2, robot_link_pb2, robot_link_pb2_grpc, tasks_pb2
+from roz.v1 import commands_pb2, robot_link_pb2, robot_link_pb2_grpc, sessions_pb2, tasks_pb2
 
 HOST = "4f0c2a9e-5d61-4c47-9b1a-0000000000a1"
 OTHER_HOST = "4f0c2a9e-5d61-4c47-9b1a-0000000000b2"
+SESSION = "7d2e4b10-8c3f-4e5a-a1b2-0000000000c1"
+OTHER_SESSION = "7d2e4b10-8c3f-4e5a-a1b2-0000000000c2"
 # What the robot sends that a test usually does not wait for.
 CHATTER = frozenset({"heartbeat", "telemetry", "ack"})
 WAIT = 10.0
@@ -74,6 +77,21 @@ class ScriptedStream:
         else:
             result.task.CopyFrom(tasks_pb2.Task(id=report.task_id, state=state))
         self.send(report_result=result)
+
+    def deliver_event(self, sequence: int, event: Any) -> None:
+        """Delivers a SessionEvent (see `session_event()`) as delivery `sequence`."""
+        self.deliver(sequence, session_event=event)
+
+    def answer_update(self, update: Any, *, accepted: bool = True, reason: str = "") -> None:
+        """Answers a SessionUpdate (and with it every earlier one of its session)."""
+        self.send(
+            session_ack=robot_link_pb2.SessionAck(
+                session_id=update.session_id,
+                sequence=update.sequence,
+                accepted=accepted,
+                reason=reason,
+            )
+        )
 
     def end(self, code: grpc.StatusCode | None = None, details: str = "") -> None:
         """Ends the stream: with a status, or cleanly (None)."""
@@ -148,6 +166,28 @@ async def scripted_server() -> AsyncIterator[ScriptedLink]:
         await server.stop(0)
 
 
+async def linked(server: ScriptedLink, **welcome: Any) -> tuple[ScriptedStream, Any]:
+    """The next stream, its hello, welcomed."""
+    stream = await server.next_stream()
+    hello = await stream.expect("hello")
+    stream.welcome(**welcome)
+    return stream, hello
+
+
+def scenario(test: Callable[[ScriptedLink], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with scripted_server() as server:
+            await asyncio.wait_for(test(server), 30)
+
+    asyncio.run(main())
+
+
+async def until(check: Callable[[], bool], seconds: float = 10) -> None:
+    async with asyncio.timeout(seconds):
+        while not check():  # noqa: ASYNC110  (state of the client under test, polled)
+            await asyncio.sleep(0.01)
+
+
 def duration(seconds: float) -> duration_pb2.Duration:
     made = duration_pb2.Duration()
     made.FromNanoseconds(round(seconds * 1e9))
@@ -166,4 +206,17 @@ def command(command_id: str = "c1", type_: str = "wave", state: int | None = Non
 def task(task_id: str = "t1") -> Any:
     return tasks_pb2.Task(
         id=task_id, host_id=HOST, prompt="tidy", state=tasks_pb2.Task.STATE_QUEUED
+    )
+
+
+def session_event(sequence: int, *, session_id: str = SESSION, turn: int = 0, **event: Any) -> Any:
+    """Event `sequence` of a session, with its one event given as a keyword (`user_message=…`)."""
+    (kind,) = event
+    return sessions_pb2.SessionEvent(
+        id=f"{session_id}/{sequence}",
+        session_id=session_id,
+        sequence=sequence,
+        type=kind,
+        turn=turn,
+        **event,
     )

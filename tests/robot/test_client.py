@@ -5,7 +5,7 @@ takeovers, refusals, silence, and telemetry, each exactly as it goes over the wi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,12 @@ from tests.robot.scripted import (
     HOST,
     OTHER_HOST,
     ScriptedLink,
-    ScriptedStream,
     command,
     duration,
-    scripted_server,
+    linked,
+    scenario,
     task,
+    until,
 )
 from tests.support.server import free_port
 
@@ -84,28 +85,6 @@ async def running(robot: Robot) -> AsyncIterator[asyncio.Task[None]]:
         await asyncio.wait_for(robot.client.stop(), 10)
         if run.done() and not run.cancelled():
             run.exception()  # retrieved: a test that expected it has checked it
-
-
-async def linked(server: ScriptedLink, **welcome: Any) -> tuple[ScriptedStream, Any]:
-    """The next stream, its hello, welcomed."""
-    stream = await server.next_stream()
-    hello = await stream.expect("hello")
-    stream.welcome(**welcome)
-    return stream, hello
-
-
-def scenario(test: Callable[[ScriptedLink], Awaitable[None]]) -> None:
-    async def main() -> None:
-        async with scripted_server() as server:
-            await asyncio.wait_for(test(server), 30)
-
-    asyncio.run(main())
-
-
-async def until(check: Callable[[], bool], seconds: float = 10) -> None:
-    async with asyncio.timeout(seconds):
-        while not check():  # noqa: ASYNC110  (state of the client under test, polled)
-            await asyncio.sleep(0.01)
 
 
 # -- the hello and the welcome ---------------------------------------------------------------
