@@ -1,9 +1,9 @@
 """The robot side of the robot link: a client that holds a robot's stream to the control plane
 and runs what arrives on it exactly once in effect, and a simulated robot built on it.
 
-The public surface is `RobotClient` and the types its handlers use; everything else is private
-to the package. Like `roz_cli`, it imports nothing of the server: only the generated `roz.v1`
-modules, grpcio and protobuf.
+The public surface is `RobotClient`, the types its handlers use, and an agent's side of
+sessions (`Agent`, `AgentSession`); everything else is private to the package. Like `roz_cli`,
+it imports nothing of the server: only the generated `roz.v1` modules, grpcio and protobuf.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
+from roz_robot.agent import Agent, AgentSession, SessionEnded, UpdateRefused
 from roz_robot.client import LinkRefused, LinkStats, LinkTerms, RobotClient
 from roz_robot.work import (
     CommandHandler,
@@ -26,6 +27,8 @@ from roz_robot.work import (
 )
 
 __all__ = [
+    "Agent",
+    "AgentSession",
     "CommandHandler",
     "LinkRefused",
     "LinkStats",
@@ -33,7 +36,9 @@ __all__ = [
     "Outcome",
     "Progress",
     "RobotClient",
+    "SessionEnded",
     "StopHook",
     "TaskHandler",
+    "UpdateRefused",
     "__version__",
 ]

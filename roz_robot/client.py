@@ -7,6 +7,10 @@ it ahead of anything else; while it is engaged the client runs nothing: what ran
 once (the hook, then each item recorded as the server ended it: commands FAILED, tasks
 SAFETY_STOPPED), and each state is acknowledged. `raise_estop()` is the robot's own button.
 
+A robot may run an agent (`roz_robot.agent`): the events of its host's sessions come as
+deliveries like any other, and what the agent says goes out as numbered session updates, kept
+until the server answers them and sent again on the next link.
+
 A link goes through hello → welcome → deliveries, reports, heartbeats and telemetry → an end
 (the stream closes, the server drains, the link goes quiet, the connection breaks), then the
 client waits (backoff with full jitter, or what a drain asks) and opens the next one. What must
@@ -34,6 +38,7 @@ from grpc import aio
 from roz.v1 import robot_link_pb2_grpc
 
 from roz_robot import __version__, messages
+from roz_robot.agent import Agent, AgentSessions
 from roz_robot.backoff import Backoff
 from roz_robot.endpoint import auth_metadata, parse_server
 from roz_robot.messages import EOF, SUCCESS_STATE, TERMINAL_STATES, seconds, state_name
@@ -161,7 +166,8 @@ class RobotClient:
     `run()` connects and reconnects until `stop()` (or a refusal it cannot fix: `LinkRefused`).
     Commands go to `on_command`, tasks to `on_task`; each returns an `Outcome`. `on_stop` is
     called with a reason whenever motion must stop: the running item was cancelled, the link was
-    lost (the deadman), the client is stopping.
+    lost (the deadman), the client is stopping. `agent` hears the events of the host's sessions
+    and speaks in them (`roz_robot.agent`); without one, they are acknowledged and ignored.
 
     `state_dir` holds the record that makes deliveries exactly once in effect; give each robot
     its own. `host_id` empty means the host the key is bound to (the usual case).
@@ -177,6 +183,7 @@ class RobotClient:
         on_command: CommandHandler | None = None,
         on_task: TaskHandler | None = None,
         on_stop: StopHook | None = None,
+        agent: Agent | None = None,
         client_name: str = DEFAULT_CLIENT_NAME,
         backoff: Backoff | None = None,
     ) -> None:
@@ -192,6 +199,7 @@ class RobotClient:
             ItemKind.TASK: on_task,
         }
         self._on_stop = on_stop
+        self._sessions = AgentSessions(agent) if agent is not None else None
         self._client_name = client_name
         self._backoff = backoff or Backoff()
         # Takeovers (ABORTED) back off on their own, not reset by the welcome that preceded
@@ -504,6 +512,8 @@ class RobotClient:
                 outbox.signal(_TELEMETRY)
         if welcome.HasField("estop"):
             await self._on_estop(welcome.estop, outbox)
+        if self._sessions is not None:
+            await self._sessions.relink(outbox)
         self.stats.links += 1
         async with self._changed:
             self._changed.notify_all()
@@ -572,6 +582,8 @@ class RobotClient:
                 await self._on_estop(response.estop, self._outbox)
             elif which == "report_result":
                 await self._on_report_result(response.report_result)
+            elif which == "session_ack" and self._sessions is not None:
+                await self._sessions.on_ack(response.session_ack)
             elif which == "drain":
                 wait = self._backoff.after_drain(seconds(response.drain.reconnect_after))
                 return _LinkEnd(_Ending.DRAINED, response.drain.reason, delay=wait)
@@ -628,6 +640,8 @@ class RobotClient:
             await self._receive_item(ItemKind.TASK, delivery.task, sequence)
         elif which == "cancellation":
             await self._receive_cancellation(delivery.cancellation, sequence)
+        elif which == "session_event":
+            await self._receive_session_event(delivery.session_event, sequence)
         else:
             log.warning("%s: delivery %d carries nothing this robot reads", self._label, sequence)
             await asyncio.to_thread(record.acknowledge, self._host_id, sequence)
@@ -703,6 +717,22 @@ class RobotClient:
         )
         if known is None or not known.finished:
             await self._interrupt(kind, item_id, f"{kind.value} {item_id} cancelled: {reason}")
+
+    async def _receive_session_event(self, event: Any, sequence: int) -> None:
+        record = self._require_record()
+        if self._sessions is None:
+            log.debug(
+                "%s: delivery %d: a %s event of session %s; this robot runs no agent",
+                self._label,
+                sequence,
+                event.WhichOneof("event"),
+                event.session_id,
+            )
+        else:
+            # Handed over before it is recorded: a robot that stops in between is sent the
+            # event again rather than never.
+            self._sessions.receive(event, self._host_id)
+        await asyncio.to_thread(record.acknowledge, self._host_id, sequence)
 
     async def _interrupt(self, kind: ItemKind, item_id: str, reason: str) -> None:
         """Stops a running item that the server has ended: no terminal report from here."""
@@ -785,6 +815,8 @@ class RobotClient:
 
     async def _wind_down(self) -> None:
         """The end of run(), however it ends: nothing may keep running behind the caller."""
+        if self._sessions is not None:
+            await self._sessions.close()
         if self._record is not None:
             await self._finish_running(INTERRUPTED_BY_STOP)
         self._outbox = None

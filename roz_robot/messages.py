@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from grpc import aio
 from roz.v1 import commands_pb2, estop_pb2, robot_link_pb2, tasks_pb2
 
@@ -94,6 +94,15 @@ def report(
     )
 
 
+def session_update(session_id: str, sequence: int, **event: Any) -> Any:
+    """A SessionUpdate in its ConnectRequest; `event` is its one event (`text_delta=…`)."""
+    return robot_link_pb2.ConnectRequest(
+        session_update=robot_link_pb2.SessionUpdate(
+            session_id=session_id, sequence=sequence, **event
+        )
+    )
+
+
 def to_struct(mapping: Mapping[str, Any]) -> struct_pb2.Struct:
     """A JSON-like mapping as a google.protobuf.Struct; TypeError/ValueError if it is not."""
     struct = struct_pb2.Struct()
@@ -118,6 +127,12 @@ def state_name(kind: ItemKind, value: int) -> str:
 
 def seconds(duration: Any) -> float:
     return float(duration.seconds + duration.nanos / 1e9)
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    made = duration_pb2.Duration()
+    made.FromNanoseconds(round(seconds * 1e9))
+    return made
 
 
 def now() -> timestamp_pb2.Timestamp:
