@@ -9,7 +9,8 @@ log after its place, so a lost wake-up costs at most RECHECK_SECONDS and nothing
 repeated. An action the operator approves is a command: its approval is CommandRepository's
 transition, with the same rules and the same record as TransitionCommand.
 
-Time comes in: `clock` is the wall clock of the sweep's "robot gone" and "idle" measures.
+Time comes in: `clock` is the wall clock of the sweep's "robot gone" measure, the clock the robot
+link stamps presence with; "idle" is measured on the database's clock, which stamps events.
 """
 
 from __future__ import annotations
@@ -227,12 +228,11 @@ class Sessions:
         repository = self._sessions()
         ended = 0
         robot_before = now - self._robot_grace
-        idle_before = now - self._idle_timeout
         for found in await repository.to_end(
-            robot_before=robot_before, idle_before=idle_before, limit=SWEEP_BATCH
+            robot_before=robot_before, idle=self._idle_timeout, limit=SWEEP_BATCH
         ):
             if await repository.end_abandoned(
-                found, robot_before=robot_before, idle_before=idle_before
+                found, robot_before=robot_before, idle=self._idle_timeout
             ):
                 ended += 1
                 self._wake(found.session_id)

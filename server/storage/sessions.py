@@ -17,7 +17,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -136,10 +136,11 @@ _END = (
     "UPDATE roz.sessions SET state = 'ended', end_reason = %s, end_message = %s,"
     " end_time = now(), active_turn = 0 WHERE id = %s"
 )
-# Since when the session's robot has been away (NULL: a stream holds it), and its last event.
+# Since when the session's robot has been away (NULL: a stream holds it), and whether nothing
+# happened in it for the idle time.
 _STILL_ABANDONED = (
     "SELECT CASE WHEN l.link_id IS NULL THEN coalesce(l.seen_time, l.connect_time, s.create_time)"
-    " END, s.activity_time FROM roz.sessions AS s"
+    " END, s.activity_time < now() - %s FROM roz.sessions AS s"
     " LEFT JOIN roz.robot_links AS l ON l.host_id = s.host_id WHERE s.id = %s"
 )
 _ADVANCE_AGENT = "UPDATE roz.sessions SET agent_sequence = %s WHERE id = %s"
@@ -418,7 +419,7 @@ class SessionRepository:
             return await _one(conn, _GET, session_uuid)
 
     async def end_abandoned(
-        self, found: ToEnd, *, robot_before: datetime, idle_before: datetime
+        self, found: ToEnd, *, robot_before: datetime, idle: timedelta
     ) -> bool:
         """The sweep's end of one session it found, if it is still abandoned now that it is
         locked (the robot may have come back, an operator may have spoken)."""
@@ -427,13 +428,13 @@ class SessionRepository:
             session = await _maybe(conn, _LOCK, found.session_id)
             if session is None or not session.active:
                 return False
-            row = await (await conn.execute(_STILL_ABANDONED, (session.id,))).fetchone()
+            row = await (await conn.execute(_STILL_ABANDONED, (idle, session.id))).fetchone()
             assert row is not None
-            robot_since, activity = row
+            robot_since, idle_now = row
             if found.reason is EndReason.ROBOT_GONE:
                 if robot_since is None or robot_since >= robot_before:
                     return False
-            elif activity >= idle_before:
+            elif not idle_now:
                 return False
             await _end(conn, session, found.reason, "", None, unstarted)
         return True
@@ -489,13 +490,11 @@ class SessionRepository:
     # -- the sweep -------------------------------------------------------------------------------
 
     async def to_end(
-        self, *, robot_before: datetime, idle_before: datetime, limit: int
+        self, *, robot_before: datetime, idle: timedelta, limit: int
     ) -> Sequence[ToEnd]:
         """Across tenants: active sessions whose robot stayed away or that went idle."""
         async with self._pool.connection() as conn:
-            rows = await (
-                await conn.execute(_TO_END, (robot_before, idle_before, limit))
-            ).fetchall()
+            rows = await (await conn.execute(_TO_END, (robot_before, idle, limit))).fetchall()
         return [ToEnd(row[0], row[1], EndReason(row[2])) for row in rows]
 
     async def events_by_id(

@@ -4,7 +4,9 @@ action takes, the log's numbering across reconnects, refusals, and the end of se
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -14,7 +16,7 @@ from roz.v1 import commands_pb2
 from roz.v1 import robot_link_pb2 as link
 from roz.v1 import sessions_pb2 as pb
 
-from tests.e2e.conftest import Roz
+from tests.e2e.conftest import Roz, TestClock, roz_servers
 from tests.e2e.test_audit import events as audit_entries
 from tests.e2e.test_commands import new_key, rest
 from tests.e2e.test_robot_keys import robot_key
@@ -482,3 +484,227 @@ def test_sessions_are_the_tenants_own(cell: Cell) -> None:
         gone = cell.roz.rest(cell.key).delete(f"/api/v1/hosts/{cell.host_id}")
         assert gone.status_code == 400
         assert gone.json()["details"][0]["reason"] == "HOST_IN_USE"
+
+
+# -- reconnects and ends -------------------------------------------------------------------------
+
+
+def test_a_session_survives_the_robots_reconnect_with_nothing_lost_or_twice(cell: Cell) -> None:
+    robot = cell.robot()
+    agent = Agent(robot)
+    with cell.operator() as operator:
+        operator.start(cell.host_id)
+        session_id = operator.event().session_id
+        agent.heard()  # the start, acknowledged (delivery 1)
+        robot.cut()
+        # While the robot is away the operator speaks; the message waits in the log.
+        operator.say("are you there?")
+        operator.until("turn_started")
+        robot = cell.robot(last_received=1)
+        agent.robot = robot
+        assert agent.heard().user_message.content == "are you there?"
+        # The agent's first words go out; the link breaks before their answer is read.
+        robot.send(
+            session_update=link.SessionUpdate(
+                session_id=session_id, sequence=1, text_delta=pb.TextDelta(text="yes")
+            )
+        )
+        assert operator.event().text_delta.text == "yes"
+        robot.cut()
+        robot = cell.robot(last_received=2)
+        agent.robot = robot
+        # Resent after the reconnect: answered again, recorded once; then the next one.
+        again = agent.update(session_id, 1, text_delta=pb.TextDelta(text="yes"))
+        assert again.accepted
+        assert again.reason == "recorded before"
+        assert agent.update(session_id, 2, text_delta=pb.TextDelta(text=" I am")).accepted
+        assert operator.event().text_delta.text == " I am"
+        early = agent.update(session_id, 5, text_delta=pb.TextDelta(text="skipped ahead"))
+        assert not early.accepted
+        assert early.reason == "out of order: expected sequence 3"
+        operator.nothing_for(0.3)
+        log = cell.rest("GET", f"/api/v1/sessions/{session_id}")
+        assert log["last_sequence"] == "5"  # started, message, turn, two deltas
+        robot.cut()
+
+
+def test_an_operator_stream_resumes_a_session_and_leaving_ends_it(cell: Cell) -> None:
+    with cell.robot() as robot:
+        agent = Agent(robot)
+        session_id = cell.rest("POST", "/api/v1/sessions", json={"host_id": cell.host_id})["id"]
+        agent.heard()
+        cell.rest("POST", f"/api/v1/sessions/{session_id}/messages", json={"content": "hi"})
+        agent.heard()
+        agent.say(session_id, "hello")
+        with cell.operator() as operator:
+            operator.start(cell.host_id, session_id=session_id, after_sequence=2)
+            assert kinds(operator.until("text_delta")) == ["turn_started", "text_delta"]
+            agent.finish(session_id)
+            assert operator.event().type == "turn_finished"
+            operator.cut()
+        # The stream went away: so does the session, and the agent is told.
+        eventually(
+            lambda: cell.rest("GET", f"/api/v1/sessions/{session_id}")["state"] == "STATE_ENDED"
+        )
+        session = cell.rest("GET", f"/api/v1/sessions/{session_id}")
+        assert session["end_reason"] == "OPERATOR_LEFT"
+        ended = agent.heard()
+        assert ended.session_completed.reason == "OPERATOR_LEFT"
+
+
+def test_a_half_closed_stream_ends_its_session_and_then_the_stream(cell: Cell) -> None:
+    with cell.robot() as robot, cell.operator() as operator:
+        operator.start(cell.host_id)
+        operator.event()
+        Agent(robot).heard()
+        operator.close()
+        completed = operator.until("session_completed")[-1]
+        assert completed.session_completed.reason == "OPERATOR_LEFT"
+        assert operator.ended() == grpc.StatusCode.OK
+
+
+def test_cancelling_a_turn_cancels_its_waiting_actions_and_tells_the_agent(cell: Cell) -> None:
+    with cell.robot() as robot, cell.operator() as operator:
+        agent = Agent(robot)
+        operator.start(cell.host_id)
+        session_id = operator.event().session_id
+        agent.heard()
+        operator.say("move")
+        agent.heard()
+        agent.propose(
+            session_id, "m", "move_to", velocity=0.1, target={"x": 0.2, "y": 0.2, "z": 0.2}
+        )
+        approval = operator.until("approval_requested")[-1].approval_requested
+        operator.send(cancel_turn=pb.CancelTurn())
+        events = operator.until("turn_cancel_requested")
+        assert kinds(events) == ["action_finished", "turn_cancel_requested"]
+        assert events[0].action_finished.state == commands_pb2.Command.STATE_CANCELLED
+        assert agent.heard().action_finished.state == commands_pb2.Command.STATE_CANCELLED
+        assert agent.heard().type == "turn_cancel_requested"
+        agent.update(session_id, turn_finished=pb.TurnFinished(stop_reason="cancelled"))
+        operator.until("turn_finished")
+        # The action can no longer be approved; the turn is recorded as cancelled.
+        operator.decide(approval.approval_id, True)
+        assert rejection(operator.event()) == ("UNKNOWN_APPROVAL", False)
+        turns = cell.rest("GET", f"/api/v1/sessions/{session_id}/turns")["turns"]
+        assert turns[0]["state"] == "STATE_CANCELLED"
+        operator.send(cancel_turn=pb.CancelTurn())
+        assert rejection(operator.event()) == ("NO_ACTIVE_TURN", False)
+
+
+def test_the_agent_may_end_the_session(cell: Cell) -> None:
+    with cell.robot() as robot, cell.operator() as operator:
+        agent = Agent(robot)
+        operator.start(cell.host_id)
+        session_id = operator.event().session_id
+        agent.heard()
+        assert agent.update(session_id, session_ended=link.AgentEnd(message="battery low")).accepted
+        completed = operator.until("session_completed")[-1].session_completed
+        assert (completed.reason, completed.message) == ("AGENT_ENDED", "battery low")
+        assert operator.ended() == grpc.StatusCode.OK
+        late = agent.say(session_id, "one more thing")
+        assert not late.accepted
+        assert late.reason == "the session has ended"
+
+
+def test_an_estop_refuses_the_agents_actions_and_holds_what_the_agent_is_sent(cell: Cell) -> None:
+    with cell.robot() as robot, cell.operator() as operator:
+        agent = Agent(robot)
+        operator.start(cell.host_id)
+        session_id = operator.event().session_id
+        agent.heard()
+        operator.say("move")
+        agent.heard()
+        cell.rest("POST", f"/api/v1/hosts/{cell.host_id}/estop", json={"reason": "person inside"})
+        robot.receive("estop")
+        agent.propose(
+            session_id, "m", "move_to", velocity=0.1, target={"x": 0.2, "y": 0.2, "z": 0.2}
+        )
+        refused = operator.until("action_refused")[-1].action_refused
+        assert refused.code == "ESTOP_ENGAGED"
+        robot.nothing_for(0.3)  # nothing goes to a stopped robot, its session's events neither
+        cell.rest("POST", f"/api/v1/hosts/{cell.host_id}/estop/clear", json={"reason": "clear"})
+        robot.receive("estop")
+        assert agent.heard().action_refused.code == "ESTOP_ENGAGED"
+
+
+@pytest.fixture(scope="module")
+def clocked() -> Iterator[tuple[Roz, TestClock]]:
+    """A server of this module's own on a clock the tests move, whose sweeps the tests run
+    (the interval is an hour), with a two-minute grace for robots."""
+    clock = TestClock()
+    with roz_servers() as start:
+        server = start(
+            clock=clock, sweep_interval_seconds=3600.0, session_robot_grace_seconds=120.0
+        )
+        yield server, clock
+
+
+def sweep(server: Roz) -> int:
+    ended: int = server.listener.call(server.app.sessions.end_abandoned())
+    return ended
+
+
+def offline(cell: Cell) -> bool:
+    return bool(cell.rest("GET", f"/api/v1/hosts/{cell.host_id}")["status"] == "STATUS_OFFLINE")
+
+
+def test_a_session_ends_when_its_robot_stays_away_past_the_grace(
+    clocked: tuple[Roz, TestClock],
+) -> None:
+    server, clock = clocked
+    cell = Cell(server)
+    robot = cell.robot()
+    with cell.operator() as operator:
+        operator.start(cell.host_id)
+        session_id = operator.event().session_id
+        agent = Agent(robot)
+        agent.heard()
+        operator.say("move")
+        agent.heard()
+        agent.propose(
+            session_id, "m", "move_to", velocity=0.1, target={"x": 0.2, "y": 0.2, "z": 0.2}
+        )
+        operator.until("approval_requested")
+        robot.cut()
+        eventually(lambda: offline(cell))
+        clock.advance(100)
+        assert sweep(server) == 0  # within the grace: a reconnect finds the session
+        robot = cell.robot(last_received=2)
+        clock.advance(100)
+        assert sweep(server) == 0  # it came back in time
+        robot.cut()
+        eventually(lambda: offline(cell))
+        clock.advance(121)
+        assert sweep(server) == 1
+        events = operator.until("session_completed")
+        # Its action waiting for approval is cancelled with it.
+        assert kinds(events) == ["action_finished", "session_completed"]
+        assert events[0].action_finished.state == commands_pb2.Command.STATE_CANCELLED
+        assert events[-1].session_completed.reason == "ROBOT_GONE"
+        assert operator.ended() == grpc.StatusCode.OK
+    session = cell.rest("GET", f"/api/v1/sessions/{session_id}")
+    assert session["end_reason"] == "ROBOT_GONE"
+    assert sweep(server) == 0  # ended once
+
+
+def test_a_session_nothing_happens_in_ends_as_idle() -> None:
+    with roz_servers() as start:
+        server = start(sweep_interval_seconds=3600.0, session_idle_seconds=2.0)
+        cell = Cell(server)
+        with cell.robot() as robot:
+            agent = Agent(robot)
+            session_id = cell.rest("POST", "/api/v1/sessions", json={"host_id": cell.host_id})["id"]
+            agent.heard()
+            time.sleep(1.2)
+            cell.rest("POST", f"/api/v1/sessions/{session_id}/messages", json={"content": "hi"})
+            agent.heard()
+            time.sleep(1.2)
+            assert sweep(server) == 0  # the message was news 1.2 s ago
+            time.sleep(1.0)
+            assert sweep(server) == 1
+            session = cell.rest("GET", f"/api/v1/sessions/{session_id}")
+            assert session["end_reason"] == "IDLE"
+            turns = cell.rest("GET", f"/api/v1/sessions/{session_id}/turns")["turns"]
+            assert turns[0]["state"] == "STATE_INTERRUPTED"
+            assert agent.heard().session_completed.reason == "IDLE"

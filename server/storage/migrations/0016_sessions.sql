@@ -325,9 +325,10 @@ $$;
 
 -- The sweep's one query across tenants: active sessions to end, as (tenant, session, reason):
 -- ROBOT_GONE when the host's robot has been away (no stream holds it) since before
--- p_robot_before, IDLE when nothing happened in it since before p_idle_before.
+-- p_robot_before (the link's times are the server's clock), IDLE when nothing happened in it
+-- for p_idle (its events' times are the database's).
 CREATE FUNCTION roz.sessions_to_end(
-    p_robot_before timestamptz, p_idle_before timestamptz, p_limit integer)
+    p_robot_before timestamptz, p_idle interval, p_limit integer)
     RETURNS TABLE (tenant_id uuid, session_id uuid, reason text)
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -341,7 +342,7 @@ AS $$
      WHERE s.state = 'active'
        AND ((l.link_id IS NULL
              AND coalesce(l.seen_time, l.connect_time, s.create_time) < p_robot_before)
-            OR s.activity_time < p_idle_before)
+            OR s.activity_time < now() - p_idle)
      ORDER BY s.activity_time
      LIMIT least(greatest(p_limit, 0), 1000)
 $$;
@@ -350,4 +351,4 @@ REVOKE ALL ON FUNCTION roz.enqueue_robot_delivery(uuid, text, uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION roz.append_session_event(uuid, text, text, integer, text, jsonb, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION roz.session_command_transition() FROM PUBLIC;
 REVOKE ALL ON FUNCTION roz.audit_session() FROM PUBLIC;
-REVOKE ALL ON FUNCTION roz.sessions_to_end(timestamptz, timestamptz, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION roz.sessions_to_end(timestamptz, interval, integer) FROM PUBLIC;
