@@ -1,5 +1,6 @@
 """The `roz-robot` command: `roz-robot simulate` runs one simulated robot (as the host its key is
-bound to) or, with --robots N and an operator's key, a whole simulated fleet in one process.
+bound to) or, with --robots N and an operator's key, a whole simulated fleet in one process; each
+robot answers its sessions with the scripted agent unless --no-agent.
 
 Progress goes to stderr as log lines. Exit codes: 0 stopped by Ctrl-C or SIGTERM, 1 refused
 (a wrong or revoked key, a fleet that cannot be made), 2 usage.
@@ -22,6 +23,7 @@ from roz_robot import __version__
 from roz_robot.client import LinkRefused, RobotClient
 from roz_robot.endpoint import InvalidServer, parse_server
 from roz_robot.fleet import FleetError, create_fleet
+from roz_robot.scripted_agent import ScriptedAgent
 from roz_robot.simulator import DEFAULT_SPEED, SimulatedRobot
 
 # The same variables and default as the `roz` CLI (roz_cli/config.py), read here on their own:
@@ -51,6 +53,8 @@ class SimulateOptions:
     robots: int | None
     environment_id: str
     speed: float
+    # Whether each robot runs the scripted agent in its host's sessions.
+    agent: bool
     log_level: int
 
 
@@ -88,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a simulated robot (or a fleet of them) that executes what the server sends",
         description=(
             "Runs a simulated robot: move_to commands move it at --speed, tasks succeed after "
-            "a moment, anything else fails. With --robots N, creates N hosts and robot keys "
-            "with an operator key and runs them all in this process."
+            "a moment, anything else fails. In a session, its scripted agent answers each "
+            "message by proposing a small move_to. With --robots N, creates N hosts and robot "
+            "keys with an operator key and runs them all in this process."
         ),
         epilog=(
             f"The server is --server, else ${SERVER_ENV}, else {DEFAULT_SERVER}: host:port or "
@@ -123,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how fast move_to moves without a velocity param (default {DEFAULT_SPEED} m/s)",
     )
     simulate_.add_argument(
+        "--no-agent",
+        dest="agent",
+        action="store_false",
+        help="run no agent: session events are acknowledged and ignored",
+    )
+    simulate_.add_argument(
         "--log-level",
         choices=("DEBUG", "INFO", "WARNING"),
         help="default INFO for one robot, WARNING for a fleet",
@@ -154,6 +165,7 @@ def resolve_options(args: argparse.Namespace, env: Mapping[str, str]) -> Simulat
         robots=args.robots,
         environment_id=args.environment_id,
         speed=args.speed,
+        agent=args.agent,
         log_level=getattr(logging, level),
     )
 
@@ -226,6 +238,7 @@ async def _clients(options: SimulateOptions) -> list[RobotClient]:
                 on_command=robot.on_command,
                 on_task=robot.on_task,
                 on_stop=robot.on_stop,
+                agent=ScriptedAgent(robot) if options.agent else None,
                 client_name=client_name,
             )
         ]
@@ -247,6 +260,7 @@ async def _clients(options: SimulateOptions) -> list[RobotClient]:
                 on_command=robot.on_command,
                 on_task=robot.on_task,
                 on_stop=robot.on_stop,
+                agent=ScriptedAgent(robot) if options.agent else None,
                 client_name=client_name,
             )
         )

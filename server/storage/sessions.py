@@ -418,9 +418,7 @@ class SessionRepository:
             )
             return await _one(conn, _GET, session_uuid)
 
-    async def end_abandoned(
-        self, found: ToEnd, *, robot_before: datetime, idle: timedelta
-    ) -> bool:
+    async def end_abandoned(self, found: ToEnd, *, robot_before: datetime, idle: timedelta) -> bool:
         """The sweep's end of one session it found, if it is still abandoned now that it is
         locked (the robot may have come back, an operator may have spoken)."""
         async with tenant_transaction(self._pool, found.tenant_id) as conn:

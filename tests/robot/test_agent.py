@@ -1,7 +1,7 @@
 """A robot's agent in sessions, against the scripted server (tests/robot/scripted.py): updates
 numbered per session, kept until answered and sent again after a reconnect, refusals, events
 handed to the agent in order without holding up the link, outcomes that reach a waiting agent at
-once, the end of a session."""
+once, the end of a session; and the simulator's scripted agent, turn by turn."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ from roz_robot import (
     UpdateRefused,
 )
 from roz_robot.backoff import Backoff
-from roz_robot.messages import from_struct
+from roz_robot.messages import from_struct, to_struct
+from roz_robot.scripted_agent import ScriptedAgent, target_for
+from roz_robot.simulator import Point, SimulatedRobot
 from tests.robot.scripted import (
     HOST,
     OTHER_SESSION,
@@ -40,6 +42,7 @@ from tests.robot.scripted import (
 )
 
 KEY = "roz_sk_" + "a" * 43
+PENDING = commands_pb2.Command.STATE_PENDING
 RUNNING = commands_pb2.Command.STATE_RUNNING
 COMPLETED = commands_pb2.Command.STATE_COMPLETED
 
@@ -420,5 +423,140 @@ def test_a_robot_without_an_agent_acknowledges_session_events_and_works_as_befor
             report = await stream.expect("command_report")  # and no session update before it
             assert (report.command_id, report.state) == ("c3", RUNNING)
             await until(lambda: ran == ["c3"])
+
+    scenario(test)
+
+
+# -- the simulator's scripted agent ----------------------------------------------------------
+
+
+def test_the_scripted_agents_target_is_the_messages_point_else_a_step_along_x() -> None:
+    here = Point(0.3, -1.0, 0.25)
+    assert target_for("move to 1 2 0.5", here) == Point(1.0, 2.0, 0.5)
+    assert target_for("go to (-1.5, .5, +2) and wait 3 s", here) == Point(-1.5, 0.5, 2.0)
+    assert target_for("a bit closer", here) == Point(0.4, -1.0, 0.25)
+    assert target_for("to 1 2", here, step=0.5) == Point(0.8, -1.0, 0.25)
+
+
+async def said_then_proposed(stream: ScriptedStream) -> tuple[str, Any]:
+    """The text the agent says, up to its proposal, and the proposal; each answered."""
+    text = ""
+    while True:
+        (update,) = await updates(stream, 1)
+        stream.answer_update(update)
+        if update.HasField("action_proposed"):
+            return text, update.action_proposed
+        text += update.text_delta.text
+
+
+def test_the_scripted_agent_moves_the_robot_a_step_and_says_how_it_went(tmp_path: Path) -> None:
+    async def test(server: ScriptedLink) -> None:
+        simulated = SimulatedRobot(telemetry_period=0.05)
+        client = robot(
+            server.target,
+            tmp_path,
+            ScriptedAgent(simulated),
+            on_command=simulated.on_command,
+            on_stop=simulated.on_stop,
+        )
+        async with running(client):
+            stream, _ = await linked(server)
+            stream.deliver_event(1, started())
+            stream.deliver_event(2, message(2, "come a little closer"))
+            text, proposal = await said_then_proposed(stream)
+            assert text == "Moving to (0.1, 0, 0)."
+            assert proposal.type == "move_to"
+            assert from_struct(proposal.params) == {
+                "target": {"x": 0.1, "y": 0.0, "z": 0.0},
+                "velocity": 0.2,
+            }
+
+            # The server made it a command of this host, which the simulator runs.
+            move = commands_pb2.Command(
+                id="c1", host_id=HOST, type="move_to", params=proposal.params, state=PENDING
+            )
+            stream.deliver(3, command=move)
+            stream.answer(await stream.expect("command_report"), state=RUNNING)
+            done = await stream.expect("command_report")
+            stream.answer(done, state=COMPLETED)
+            assert done.state == COMPLETED
+            finished = sessions_pb2.ActionFinished(
+                call_id=proposal.call_id, command_id="c1", state=COMPLETED, result=done.result
+            )
+            stream.deliver_event(4, session_event(3, turn=1, action_finished=finished))
+
+            (outcome,) = await updates(stream, 1)
+            assert outcome.text_delta.text == (
+                ' Finished COMPLETED: {"distance": 0.1, '
+                '"position": {"x": 0.1, "y": 0.0, "z": 0.0}}.'
+            )
+            (turn,) = await updates(stream, 1)
+            said = text + outcome.text_delta.text
+            assert (turn.turn_finished.stop_reason, turn.turn_finished.input_tokens) == (
+                "end_turn",
+                4,
+            )
+            assert turn.turn_finished.output_tokens == len(said.split()) == 16
+            assert simulated.position == Point(0.1, 0.0, 0.0)
+
+    scenario(test)
+
+
+def test_the_scripted_agent_goes_where_the_message_says_and_says_why_it_was_refused(
+    tmp_path: Path,
+) -> None:
+    async def test(server: ScriptedLink) -> None:
+        client = robot(server.target, tmp_path, ScriptedAgent(SimulatedRobot()))
+        async with running(client):
+            stream, _ = await linked(server)
+            stream.deliver_event(1, started())
+            stream.deliver_event(2, message(2, "move to 1 2 0.5"))
+            text, proposal = await said_then_proposed(stream)
+            assert text == "Moving to (1, 2, 0.5)."
+            assert from_struct(proposal.params) == {
+                "target": {"x": 1.0, "y": 2.0, "z": 0.5},
+                "velocity": 0.2,
+            }
+            refused = sessions_pb2.ActionRefused(
+                call_id=proposal.call_id,
+                code="SAFETY_VIOLATION",
+                message="the target is outside the workspace",
+                violations=[to_struct({"reason": "workspace"})],
+            )
+            stream.deliver_event(3, session_event(3, turn=1, action_refused=refused))
+            said, turn = await updates(stream, 2)
+            assert said.text_delta.text == (
+                " Refused (SAFETY_VIOLATION): the target is outside the workspace."
+            )
+            assert (turn.turn_finished.stop_reason, turn.turn_finished.input_tokens) == (
+                "end_turn",
+                5,
+            )
+
+    scenario(test)
+
+
+def test_the_scripted_agent_ends_a_cancelled_turn_at_once_and_takes_the_next(
+    tmp_path: Path,
+) -> None:
+    async def test(server: ScriptedLink) -> None:
+        client = robot(server.target, tmp_path, ScriptedAgent(SimulatedRobot()))
+        async with running(client):
+            stream, _ = await linked(server)
+            stream.deliver_event(1, started())
+            stream.deliver_event(2, message(2, "move to 5 5 5"))
+            await said_then_proposed(stream)
+            cancel = sessions_pb2.TurnCancelRequested(reason="wrong place")
+            stream.deliver_event(3, session_event(3, turn=1, turn_cancel_requested=cancel))
+            (turn,) = await updates(stream, 1)
+            assert turn.turn_finished.stop_reason == "cancelled"
+            assert turn.turn_finished.output_tokens == 5  # "Moving to (5, 5, 5)."
+
+            # The next turn is not cancelled: the request was about the one before.
+            stream.deliver_event(4, message(4, "move to 1 1 1", turn=2))
+            text, proposal = await said_then_proposed(stream)
+            assert text == "Moving to (1, 1, 1)."
+            assert proposal.type == "move_to"
+            await stream.nothing_but_chatter(0.2)
 
     scenario(test)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from roz_robot import __version__
 from roz_robot.cli import (
     SimulateOptions,
+    _clients,
     build_parser,
     default_state_dir,
     main,
@@ -79,6 +81,15 @@ def test_one_robot_logs_every_event_and_a_fleet_only_trouble() -> None:
     assert options("--robots", "3", "--log-level", "DEBUG", ROZ_API_KEY=KEY).log_level == (
         logging.DEBUG
     )
+
+
+def test_a_simulated_robot_runs_the_scripted_agent_unless_told_not_to() -> None:
+    with_agent, without = options(ROZ_API_KEY=KEY), options("--no-agent", ROZ_API_KEY=KEY)
+    assert (with_agent.agent, without.agent) == (True, False)
+    (client,) = asyncio.run(_clients(with_agent))
+    assert client._sessions is not None
+    (client,) = asyncio.run(_clients(without))
+    assert client._sessions is None
 
 
 @pytest.fixture
