@@ -4,9 +4,15 @@ action takes, the log's numbering across reconnects, refusals, and the end of se
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -708,3 +714,166 @@ def test_a_session_nothing_happens_in_ends_as_idle() -> None:
             turns = cell.rest("GET", f"/api/v1/sessions/{session_id}/turns")["turns"]
             assert turns[0]["state"] == "STATE_INTERRUPTED"
             assert agent.heard().session_completed.reason == "IDLE"
+
+
+# -- bad input, concurrency ----------------------------------------------------------------------
+
+
+def test_bad_input_is_refused_by_field_and_changes_nothing(cell: Cell) -> None:
+    client = cell.roz.rest(cell.key)
+
+    def refused(method: str, path: str, status: int, **kwargs: Any) -> dict[str, Any]:
+        response = client.request(method, path, **kwargs)
+        assert response.status_code == status, (path, response.status_code, response.text)
+        body: dict[str, Any] = response.json()
+        assert "psycopg" not in response.text
+        assert "SQL" not in response.text
+        return body
+
+    def fields(body: dict[str, Any]) -> list[str]:
+        return [
+            violation["field"]
+            for detail in body["details"]
+            for violation in detail.get("field_violations", [])
+        ]
+
+    assert fields(refused("POST", "/api/v1/sessions", 400, json={})) == ["host_id"]
+    assert fields(refused("POST", "/api/v1/sessions", 400, json={"host_id": "nope"})) == ["host_id"]
+    refused("POST", "/api/v1/sessions", 404, json={"host_id": str(uuid.uuid4())})
+    refused("GET", "/api/v1/sessions/not-an-id", 400)
+    refused("GET", f"/api/v1/sessions/{uuid.uuid4()}", 404)
+    refused("GET", "/api/v1/sessions", 400, params={"state": "STATE_SLEEPING"})
+    with cell.robot() as robot:
+        session_id = cell.rest("POST", "/api/v1/sessions", json={"host_id": cell.host_id})["id"]
+        Agent(robot).heard()
+        base = f"/api/v1/sessions/{session_id}"
+        assert fields(refused("POST", base + "/messages", 400, json={"content": ""})) == ["content"]
+        big = "x" * (33 * 1024)
+        assert fields(refused("POST", base + "/messages", 400, json={"content": big})) == [
+            "content"
+        ]
+        body = {"content": "hi", "message_id": "has spaces"}
+        assert fields(refused("POST", base + "/messages", 400, json=body)) == ["message_id"]
+        refused("POST", base + "/messages", 400, json={"content": 5})
+        refused("POST", base + "/messages", 400, json={"content": "hi", "surprise": 1})
+        decision = {"approval_id": "not-a-command", "approved": True}
+        assert (
+            refused("POST", base + "/decisions", 400, json=decision)["details"][0]["reason"]
+            == "UNKNOWN_APPROVAL"
+        )
+        assert fields(refused("POST", base + "/decisions", 400, json={"approved": True})) == [
+            "approval_id"
+        ]
+        refused("GET", base + "/turns", 400, params={"page_token": "abc"})
+        refused("GET", base + "/turns", 400, params={"page_size": "-1"})
+        refused("GET", base + "/events", 400, headers={"last-event-id": "-3"})
+        refused("POST", base + ":end", 400, json={"reason": "r" * 2000})
+        # Nothing of that was recorded.
+        session = cell.rest("GET", base)
+        assert session["last_sequence"] == "1"
+        assert session["state"] == "STATE_ACTIVE"
+
+
+def test_of_many_messages_at_once_one_starts_the_turn(cell: Cell) -> None:
+    with cell.robot() as robot:
+        session_id = cell.rest("POST", "/api/v1/sessions", json={"host_id": cell.host_id})["id"]
+        Agent(robot).heard()
+
+        def send(index: int) -> int:
+            with cell.roz.rest(cell.key) as client:
+                return client.post(
+                    f"/api/v1/sessions/{session_id}/messages", json={"content": f"m{index}"}
+                ).status_code
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            statuses = sorted(pool.map(send, range(32)))
+        assert statuses == [201] + [400] * 31
+        session = cell.rest("GET", f"/api/v1/sessions/{session_id}")
+        assert session["turn_count"] == 1
+        assert session["last_sequence"] == "3"
+
+
+# -- the simulator's scripted agent --------------------------------------------------------------
+
+
+@contextmanager
+def simulator(cell: Cell, state_dir: Path) -> Iterator[subprocess.Popen[str]]:
+    """`roz-robot simulate` for the cell's host, as a user runs it, until the block ends."""
+    env = {**os.environ, "ROZ_API_KEY": cell.robot_secret}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "roz_robot",
+            "simulate",
+            "--server",
+            cell.roz.listener.target,
+            "--state-dir",
+            str(state_dir),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        eventually(
+            lambda: cell.rest("GET", f"/api/v1/hosts/{cell.host_id}")["status"] == "STATUS_ONLINE"
+        )
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_session_with_the_simulators_agent_over_native_grpc(cell: Cell, tmp_path: Path) -> None:
+    with simulator(cell, tmp_path), cell.operator() as operator:
+        operator.start(cell.host_id)
+        session_id = operator.event().session_id
+        operator.say("move to 0.1 0.1 0.1", message_id="go")
+        events = operator.until("approval_requested", timeout=20)
+        said = "".join(e.text_delta.text for e in events if e.type == "text_delta")
+        assert said == "Moving to (0.1, 0.1, 0.1)."
+        proposed = events[-2].action_requested.command
+        assert proposed.type == "move_to"
+        assert proposed.params["velocity"] == 0.2
+        assert dict(proposed.params["target"]) == {"x": 0.1, "y": 0.1, "z": 0.1}
+        operator.decide(events[-1].approval_requested.approval_id, True)
+        events = operator.until("turn_finished", timeout=20)
+        assert kinds(events)[:3] == ["approval_resolved", "action_started", "action_finished"]
+        finished = events[2].action_finished
+        assert finished.state == COMPLETED
+        assert dict(finished.result["position"]) == pytest.approx({"x": 0.1, "y": 0.1, "z": 0.1})
+        report = "".join(e.text_delta.text for e in events if e.type == "text_delta")
+        assert report.strip().startswith("Finished COMPLETED")
+        turn = events[-1]
+        assert turn.correlation_id == "go"
+        assert turn.turn_finished.input_tokens == 5
+        assert turn.turn_finished.output_tokens > 0
+        operator.send(cancel_session=pb.CancelSession())
+        assert operator.until("session_completed")[-1].session_completed.turn_count == 1
+    session = cell.rest("GET", f"/api/v1/sessions/{session_id}")
+    assert session["input_tokens"] == "5"
+
+
+def test_a_session_with_the_simulators_agent_over_rest_and_sse(cell: Cell, tmp_path: Path) -> None:
+    with simulator(cell, tmp_path):
+        session_id = cell.rest("POST", "/api/v1/sessions", json={"host_id": cell.host_id})["id"]
+        events = sse(cell, f"/api/v1/sessions/{session_id}/events")
+        cell.rest(
+            "POST", f"/api/v1/sessions/{session_id}/messages", json={"content": "move to 2 0 0"}
+        )
+        seen: list[dict[str, Any]] = []
+        for _, event in events:
+            seen.append(event)
+            if event["type"] == "turn_finished":
+                break
+        events.close()
+        types = [event["type"] for event in seen]
+        assert "action_refused" in types
+        assert "action_requested" not in types
+        refused = next(e for e in seen if e["type"] == "action_refused")["action_refused"]
+        assert refused["code"] == "SAFETY_VIOLATION"
+        report = "".join(e["text_delta"]["text"] for e in seen if e["type"] == "text_delta")
+        assert "Refused (SAFETY_VIOLATION)" in report  # the agent heard why and said so
+        assert cell.rest("GET", "/api/v1/commands").get("commands", []) == []
