@@ -236,3 +236,38 @@ def test_the_triggers_walkthrough_runs_as_written(
     (fire,) = history["fires"]
     assert (fire["event_type"], fire["event_state"]) == ("task.ended", "failed")
     assert fire["outcome"] == "OUTCOME_CREATED"
+
+
+def test_the_agent_sessions_walkthrough_runs_as_written(
+    roz_dir: Path, roz_factory_per_test: RozFactory
+) -> None:
+    home = roz_dir / "home"
+    roz = roz_factory_per_test(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    (block,) = shell_blocks("Agent sessions")
+    script = (
+        "set -euo pipefail\nexport ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n" + block
+    ).replace("localhost:8080", roz.listener.target)
+    result = run_as_user(script, home)
+    assert result.returncode == 0, result.stderr + result.stdout
+    over_grpc, over_rest, session = (
+        json.loads(line) for line in result.stdout.strip().splitlines()
+    )
+    assert over_grpc == [
+        "session_started",
+        "user_message",
+        "turn_started",
+        "text_delta",
+        "text_delta",
+        "text_delta",
+        "action_requested",
+        "approval_requested",
+        "action_finished",
+        "session_completed",
+    ]
+    assert over_rest[:8] == over_grpc[:8]
+    assert over_rest[8:11] == ["approval_resolved", "action_started", "action_finished"]
+    assert over_rest[-2:] == ["turn_finished", "session_completed"]
+    assert set(over_rest[11:-2]) == {"text_delta"}
+    assert session["state"] == "STATE_ENDED"
+    assert session["turn_count"] == 1
+    assert int(session["output_tokens"]) > 0
