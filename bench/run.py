@@ -4,11 +4,12 @@ Sides are loaded one at a time while the others idle, in rounds; each round reve
 within a comparison (and of the command scenarios), so a slow drift of the machine (caches, the
 database's own state, thermal) does not always favour the same side. After the rounds, ListTasks
 is walked from the first page to the last over each protocol, alternately. Last, the robot link
-(bench/robots.py), the watch fan-out (bench/watches.py) and then triggers (bench/triggers.py) are
-measured, each on servers and a database of its own. Exits 0 whatever the ratios are; 1 only when
-something broke (a server did not start, a side answered wrongly, requests failed under load, the
-database disagrees with the load, a walk skipped a task, a watcher missed a change, a trigger did
-not fire exactly once).
+(bench/robots.py), the watch fan-out (bench/watches.py), triggers (bench/triggers.py) and then
+agent sessions (bench/sessions.py) are measured, each on servers and a database of its own. Exits
+0 whatever the ratios are; 1 only when something broke (a server did not start, a side answered
+wrongly, requests failed under load, the database disagrees with the load, a walk skipped a task,
+a watcher missed a change, a trigger did not fire exactly once, a session's message was lost or
+echoed twice).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bench import (
     machine,
     report,
     robots,
+    sessions,
     soak,
     tasks,
     triggers,
@@ -243,6 +245,7 @@ def run(settings: BenchSettings, generator: LoadGenerator) -> int:
     robot_settings = robots.RobotBenchSettings.from_env()
     watch_settings = watches.WatchBenchSettings.from_env()
     trigger_settings = triggers.TriggerBenchSettings.from_env()
+    session_settings = sessions.SessionBenchSettings.from_env()
     started = time.monotonic()
     load_before = os.getloadavg()[0]  # another busy process on the machine skews every figure
     with server_process() as endpoints:
@@ -333,10 +336,15 @@ def run(settings: BenchSettings, generator: LoadGenerator) -> int:
         watch_fan_out = watches.run(watch_settings)
         print(watches.render(watch_fan_out))
     trigger_bench = None
-    if trigger_settings.enabled:  # last, likewise on servers and a database of its own
+    if trigger_settings.enabled:  # after it, likewise on servers and a database of its own
         print("bench: triggers", file=sys.stderr, flush=True)
         trigger_bench = triggers.run(trigger_settings)
         print(triggers.render(trigger_bench))
+    session_bench = None
+    if session_settings.enabled:  # last, likewise on servers and a database of its own
+        print("bench: agent sessions", file=sys.stderr, flush=True)
+        session_bench = sessions.run(session_settings)
+        print(sessions.render(session_bench))
     broken = [side.label for side, runs in results.items() if any(run.broken for run in runs)]
     broken += [
         scenario.title for scenario, runs in command_results.items() if any(r.broken for r in runs)
@@ -349,6 +357,8 @@ def run(settings: BenchSettings, generator: LoadGenerator) -> int:
         broken.append(f"the watch fan-out ({'; '.join(watch_fan_out.broken)})")
     if trigger_bench is not None and trigger_bench.broken:
         broken.append(f"triggers ({'; '.join(trigger_bench.broken)})")
+    if session_bench is not None and session_bench.broken:
+        broken.append(f"agent sessions ({'; '.join(session_bench.broken)})")
     if broken:
         print(f"bench: requests failed under load on: {', '.join(broken)}", file=sys.stderr)
         return 1
