@@ -229,10 +229,7 @@ class AgentSessions:
         if session is None:
             if event.HasField("session_started"):
                 host_id = event.session_started.host_id or host_id
-            session = self._sessions[session_id] = AgentSession(session_id, host_id, self)
-            worker = asyncio.create_task(self._serve(session))
-            self._workers.add(worker)
-            worker.add_done_callback(self._workers.discard)
+            session = self._open(session_id, host_id)
         if event.sequence:
             if event.sequence <= session._last_event:
                 log.debug("session %s: event %d again; ignored", session_id, event.sequence)
@@ -253,6 +250,13 @@ class AgentSessions:
             self._resent_from.pop(session_id, None)
             session._end(f"session {session_id} ended ({completed.reason or 'no reason given'})")
 
+    def _open(self, session_id: str, host_id: str) -> AgentSession:
+        session = self._sessions[session_id] = AgentSession(session_id, host_id, self)
+        worker = asyncio.create_task(self._serve(session))
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
+        return session
+
     async def send(self, session: AgentSession, **event: Any) -> None:
         """Numbers an update of `session`, keeps it until answered, and sends it if linked."""
         while len(session._unanswered) >= UNANSWERED_LIMIT and not session.ended:
@@ -268,11 +272,23 @@ class AgentSessions:
             if self._outbox is not None:
                 await self._outbox.put(update)
 
-    async def relink(self, outbox: Outbox) -> None:
-        """A new link: every unanswered update goes out again, in order, before anything new."""
+    async def relink(self, outbox: Outbox, positions: Any = (), host_id: str = "") -> None:
+        """A new link: every unanswered update goes out again, in order, before anything new.
+
+        `positions` (the welcome's) say, for each active session of the host, the last update
+        the server has recorded: those are answered, and a session this client does not know
+        (it restarted) is opened to number its next update after it."""
         async with self._sending:
             self._outbox = outbox
             self._resent_from.clear()
+            for position in positions:
+                session = self._sessions.get(position.session_id)
+                if session is None:
+                    if position.session_id in self._recently_ended:
+                        continue
+                    session = self._open(position.session_id, host_id)
+                _answered(session, through=position.recorded_through)
+                session._next_sequence = max(session._next_sequence, position.recorded_through + 1)
             for session in list(self._sessions.values()):
                 for update in list(session._unanswered.values()):
                     await outbox.put(update)

@@ -513,7 +513,7 @@ class RobotClient:
         if welcome.HasField("estop"):
             await self._on_estop(welcome.estop, outbox)
         if self._sessions is not None:
-            await self._sessions.relink(outbox)
+            await self._sessions.relink(outbox, welcome.sessions, self._host_id)
         self.stats.links += 1
         async with self._changed:
             self._changed.notify_all()

@@ -245,6 +245,10 @@ def _welcome(welcome: Welcome) -> pb.Welcome:
         resume_after_sequence=welcome.resume_after,
         link_id=str(welcome.link_id),
         estop=host_estop_to_proto(welcome.stop, with_acknowledgement=False),
+        sessions=[
+            pb.SessionPosition(session_id=str(session_id), recorded_through=recorded)
+            for session_id, recorded in welcome.sessions
+        ],
     )
 
 

@@ -101,6 +101,8 @@ class Welcome:
     resume_after: int
     link_id: UUID
     stop: HostStop
+    # (session, last agent update recorded) of the host's active sessions.
+    sessions: Sequence[tuple[UUID, int]] = ()
 
 
 @dataclass(frozen=True)
@@ -422,14 +424,14 @@ class RobotLinks:
         # its notification finds the link, and of two reads the newer wins.
         self._live[host_id] = link
         try:
-            read, window = await self._repos.links().hello_terms(tenant_id, host_id)
+            known = await self._repos.links().hello_terms(tenant_id, host_id)
         except BaseException:
             if self._live.get(host_id) is link:
                 del self._live[host_id]
             raise
-        link.terms = held_to(self.terms, window)
-        if read is not None:
-            link.learn(read)
+        link.terms = held_to(self.terms, known.heartbeat_window)
+        if known.stop is not None:
+            link.learn(known.stop)
         stop = link.stop
         if stop is None:  # the host was deleted since the claim
             if self._live.get(host_id) is link:
@@ -444,7 +446,7 @@ class RobotLinks:
             hello.client or "unnamed client",
             claim.resume_after,
         )
-        return link, Welcome(host_id, link.terms, claim.resume_after, link_id, stop)
+        return link, Welcome(host_id, link.terms, claim.resume_after, link_id, stop, known.sessions)
 
     async def serve(
         self, link: LiveLink, messages: AsyncIterator[RobotMessage]

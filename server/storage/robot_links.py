@@ -35,7 +35,7 @@ from server.storage.estop_checks import held_and_stopped, host_stops
 from server.storage.hosts import record_presence
 from server.storage.robot_deliveries import mark_sent, read_deliveries
 from server.storage.safety_policies import heartbeat_window_of_host
-from server.storage.sessions import session_events_by_id
+from server.storage.sessions import session_events_by_id, session_positions
 from server.storage.tasks import tasks_by_id
 from server.storage.tenancy import tenant_transaction
 
@@ -77,6 +77,14 @@ class Claim:
     resume_after: int
     last_sequence: int
     acknowledged: int
+
+
+@dataclass(frozen=True)
+class HelloTerms:
+    stop: HostStop | None
+    heartbeat_window: timedelta | None
+    # (session, the last agent update recorded) of each active session of the host.
+    sessions: list[tuple[UUID, int]]
 
 
 @dataclass(frozen=True)
@@ -132,16 +140,15 @@ class RobotLinkRepository:
             acknowledged=acked,
         )
 
-    async def hello_terms(
-        self, tenant_id: UUID, host_id: UUID
-    ) -> tuple[HostStop | None, timedelta | None]:
+    async def hello_terms(self, tenant_id: UUID, host_id: UUID) -> HelloTerms:
         """What a new stream needs besides its claim, in one transaction: the host's e-stop
-        (None: the host is gone) and the heartbeat window its safety policies set (None:
-        none)."""
+        (None: the host is gone), the heartbeat window its safety policies set (None: none),
+        and where each of its active sessions stands."""
         async with tenant_transaction(self._pool, tenant_id) as conn:
             stops = await host_stops(conn, [host_id])
             window = await heartbeat_window_of_host(conn, host_id)
-        return stops.get(host_id), window
+            sessions = await session_positions(conn, host_id)
+        return HelloTerms(stops.get(host_id), window, sessions)
 
     async def holder(self, tenant_id: UUID, host_id: UUID) -> UUID | None:
         """The link holding the host now; None when none does (or the host is gone)."""

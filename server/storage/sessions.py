@@ -143,6 +143,10 @@ _STILL_ABANDONED = (
     " END, s.activity_time < now() - %s FROM roz.sessions AS s"
     " LEFT JOIN roz.robot_links AS l ON l.host_id = s.host_id WHERE s.id = %s"
 )
+_POSITIONS = (
+    "SELECT id, agent_sequence FROM roz.sessions WHERE host_id = %s AND state = 'active'"
+    " ORDER BY create_time"
+)
 _ADVANCE_AGENT = "UPDATE roz.sessions SET agent_sequence = %s WHERE id = %s"
 _TO_END = "SELECT tenant_id, session_id, reason FROM roz.sessions_to_end(%s, %s, %s)"
 _TURN_COLUMNS = (
@@ -509,6 +513,15 @@ async def session_events_by_id(
     async with conn.cursor(row_factory=kwargs_row(_event)) as cursor:
         await cursor.execute(_EVENTS_BY_ID, (list(event_ids),))
         return {event.id: event for event in await cursor.fetchall()}
+
+
+async def session_positions(
+    conn: AsyncConnection[TupleRow], host_id: UUID
+) -> list[tuple[UUID, int]]:
+    """In the caller's tenant transaction: each active session of the host, with the last update
+    of its agent recorded."""
+    rows = await (await conn.execute(_POSITIONS, (host_id,))).fetchall()
+    return [(row[0], int(row[1])) for row in rows]
 
 
 async def _apply(

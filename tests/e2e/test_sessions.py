@@ -877,3 +877,42 @@ def test_a_session_with_the_simulators_agent_over_rest_and_sse(cell: Cell, tmp_p
         report = "".join(e["text_delta"]["text"] for e in seen if e["type"] == "text_delta")
         assert "Refused (SAFETY_VIOLATION)" in report  # the agent heard why and said so
         assert cell.rest("GET", "/api/v1/commands").get("commands", []) == []
+
+
+def test_a_restarted_robot_carries_on_numbering_where_the_server_is(
+    cell: Cell, tmp_path: Path
+) -> None:
+    with cell.operator() as operator:
+        with simulator(cell, tmp_path) as first:
+            operator.start(cell.host_id)
+            session_id = operator.event().session_id
+            operator.say("move to 2 0 0")  # refused: the agent says so and ends its turn
+            operator.until("turn_finished", timeout=20)
+            first.kill()  # no goodbye: the robot forgets its numbering
+            first.wait()
+        recorded = int(cell.rest("GET", f"/api/v1/sessions/{session_id}")["last_sequence"])
+        with simulator(cell, tmp_path):
+            operator.say("move to 0.1 0 0")
+            events = operator.until("approval_requested", timeout=20)
+            said = "".join(e.text_delta.text for e in events if e.type == "text_delta")
+            assert said == "Moving to (0.1, 0, 0)."
+            assert events[0].sequence > recorded
+
+
+def test_the_welcome_says_where_each_active_session_stands(cell: Cell) -> None:
+    with cell.robot() as robot:
+        agent = Agent(robot)
+        talking = cell.rest("POST", "/api/v1/sessions", json={"host_id": cell.host_id})["id"]
+        agent.heard()
+        over = cell.rest("POST", "/api/v1/sessions", json={"host_id": cell.host_id})["id"]
+        agent.heard()
+        cell.rest("POST", f"/api/v1/sessions/{talking}/messages", json={"content": "hi"})
+        agent.heard()
+        agent.say(talking, "a")
+        agent.say(talking, "b")
+        cell.rest("POST", f"/api/v1/sessions/{over}:end", json={})
+        last = agent.delivered().sequence
+    robot = Robot(cell.roz.listener.target, cell.robot_secret, last_received=last)
+    with robot:
+        positions = [(p.session_id, p.recorded_through) for p in robot.welcome().sessions]
+    assert positions == [(talking, 2)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,9 +61,10 @@ class Operator:
         )
 
     def event(self, timeout: float = 10) -> pb.SessionEvent:
-        """The next event (checkpoints skipped)."""
+        """The next event (checkpoints skipped), within `timeout` seconds (queue.Empty)."""
+        deadline = time.monotonic() + timeout
         while True:
-            item = self._events.get(timeout=timeout)
+            item = self._events.get(timeout=max(deadline - time.monotonic(), 0.001))
             if item is _END:
                 raise EOFError(f"the stream ended: {self.call.code()} {self.call.details()}")
             if item.type:

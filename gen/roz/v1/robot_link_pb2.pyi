@@ -8,9 +8,10 @@ from roz.v1 import commands_pb2 as _commands_pb2
 from roz.v1 import estop_pb2 as _estop_pb2
 from roz.v1 import sessions_pb2 as _sessions_pb2
 from roz.v1 import tasks_pb2 as _tasks_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -130,20 +131,30 @@ class ConnectResponse(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., delivery: _Optional[_Union[Delivery, _Mapping]] = ..., report_result: _Optional[_Union[ReportResult, _Mapping]] = ..., keepalive: _Optional[_Union[Keepalive, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., estop: _Optional[_Union[_estop_pb2.HostEstop, _Mapping]] = ..., session_ack: _Optional[_Union[SessionAck, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("host_id", "heartbeat_interval", "presence_window", "resume_after_sequence", "link_id", "estop")
+    __slots__ = ("host_id", "heartbeat_interval", "presence_window", "resume_after_sequence", "link_id", "estop", "sessions")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     PRESENCE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     RESUME_AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LINK_ID_FIELD_NUMBER: _ClassVar[int]
     ESTOP_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     heartbeat_interval: _duration_pb2.Duration
     presence_window: _duration_pb2.Duration
     resume_after_sequence: int
     link_id: str
     estop: _estop_pb2.HostEstop
-    def __init__(self, host_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., presence_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_after_sequence: _Optional[int] = ..., link_id: _Optional[str] = ..., estop: _Optional[_Union[_estop_pb2.HostEstop, _Mapping]] = ...) -> None: ...
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionPosition]
+    def __init__(self, host_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., presence_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_after_sequence: _Optional[int] = ..., link_id: _Optional[str] = ..., estop: _Optional[_Union[_estop_pb2.HostEstop, _Mapping]] = ..., sessions: _Optional[_Iterable[_Union[SessionPosition, _Mapping]]] = ...) -> None: ...
+
+class SessionPosition(_message.Message):
+    __slots__ = ("session_id", "recorded_through")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_THROUGH_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    recorded_through: int
+    def __init__(self, session_id: _Optional[str] = ..., recorded_through: _Optional[int] = ...) -> None: ...
 
 class Delivery(_message.Message):
     __slots__ = ("sequence", "command", "task", "cancellation", "session_event")
