@@ -85,6 +85,8 @@ log = logging.getLogger(__name__)
 BATCH = 100
 # How long e-stop acknowledgements are gathered before they are written together.
 ACK_DELAY = 0.05
+# How long a stream's end waits for its last delivery acks to be written.
+ACK_WRITE_SECONDS = 2.0
 # Report answers waiting for the robot to read them; a robot that reports faster than it reads
 # is held back here (its stream's flow control does the rest).
 OUTBOX = 64
@@ -194,6 +196,9 @@ class LiveLink:
     stop: HostStop | None = None
     stop_news: bool = False
     stop_sent: tuple[int, int] = (0, 0)
+    # The robot's latest cumulative ack, and the task writing it.
+    ack_to: int = 0
+    ack_writer: asyncio.Task[None] | None = None
 
     @property
     def stopped(self) -> bool:
@@ -463,6 +468,8 @@ class RobotLinks:
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
+            if link.ack_writer is not None:  # the last acks are kept, if the database lets them
+                await asyncio.wait({link.ack_writer}, timeout=ACK_WRITE_SECONDS)
             if self._live.get(link.host_id) is link:
                 del self._live[link.host_id]
                 self.telemetry.pop(link.host_id, None)
@@ -524,9 +531,11 @@ class RobotLinks:
         async for message in messages:
             link.last_heard = self._monotonic()
             if isinstance(message, Ack):
-                await self._repos.deliveries().acknowledge(
-                    link.tenant_id, link.host_id, message.sequence, now=self._clock()
-                )
+                # Written beside the stream, the latest at once and those that come meanwhile
+                # together, so that what the robot sends next is not held up behind it.
+                link.ack_to = max(link.ack_to, message.sequence)
+                if link.ack_writer is None or link.ack_writer.done():
+                    link.ack_writer = asyncio.ensure_future(self._write_acks_of(link))
             elif isinstance(message, Report):
                 await link.outbox.put(await self._report(link, message))
                 link.stirred.set()
@@ -553,6 +562,27 @@ class RobotLinks:
             elif isinstance(message, Heartbeat):
                 pass
             if link.ending is not None:
+                return
+
+    async def _write_acks_of(self, link: LiveLink) -> None:
+        """Records the robot's cumulative ack until the latest is written; an ack of something
+        never sent ends the stream, as the robot's mistake."""
+        written = -1
+        while link.ack_to != written:
+            written = link.ack_to
+            try:
+                await self._repos.deliveries().acknowledge(
+                    link.tenant_id, link.host_id, written, now=self._clock()
+                )
+            except InvalidArgument as exc:
+                link.end(exc, DISCONNECTED)
+                return
+            except Exception as exc:  # the database is away: the stream ends, the robot resends
+                if not isinstance(exc, DATABASE_AWAY):
+                    log.warning("could not record an ack of host %s", link.host_id, exc_info=True)
+                link.end(
+                    Unavailable("could not record the acknowledgement; reconnect"), DISCONNECTED
+                )
                 return
 
     async def _acknowledge_stop(self, link: LiveLink, ack: EstopAck) -> None:

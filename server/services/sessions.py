@@ -16,9 +16,8 @@ link stamps presence with; "idle" is measured on the database's clock, which sta
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -41,8 +40,9 @@ from server.storage.sessions import AgentAnswer, SessionRepository
 
 log = logging.getLogger(__name__)
 
-# Events read per round trip.
+# Events read per round trip, and kept per session for its readers in this process.
 PAGE = 200
+FEED = 256
 # How often a waiting reader looks for itself, in case a notification was lost.
 RECHECK_SECONDS = 5.0
 # A stream quiet this long sends a checkpoint, so that proxies keep it open.
@@ -50,6 +50,38 @@ CHECKPOINT_SECONDS = 15.0
 # Sessions the sweep ends per round.
 SWEEP_BATCH = 100
 APPROVE_SCOPE = "commands:write"
+
+
+class _Feed:
+    """A session's latest events as this process knows them, for its readers here: the ring of
+    the latest FEED events (recorded here, or read from the log by a reader), and the highest
+    sequence a notification said the log holds."""
+
+    def __init__(self) -> None:
+        self.readers: set[asyncio.Event] = set()
+        self.ring: dict[int, SessionEvent] = {}
+        self.known = 0
+        self.last = 0
+
+    def keep(self, events: Sequence[SessionEvent]) -> None:
+        for event in events:
+            self.ring[event.sequence] = event
+            self.known = max(self.known, event.sequence)
+            self.last = max(self.last, event.sequence)
+        while len(self.ring) > FEED:
+            del self.ring[min(self.ring)]
+
+    def after(self, sequence: int) -> list[SessionEvent]:
+        """The events the ring holds right after `sequence`, without a gap."""
+        found: list[SessionEvent] = []
+        while (event := self.ring.get(sequence + 1)) is not None:
+            found.append(event)
+            sequence += 1
+        return found
+
+    def wake(self) -> None:
+        for reader in self.readers:
+            reader.set()
 
 
 @dataclass(frozen=True)
@@ -77,25 +109,36 @@ class Sessions:
         self._clock = clock
         self._robot_grace = robot_grace
         self._idle_timeout = idle_timeout
-        # The readers waiting on each session's log.
-        self._readers: dict[UUID, set[asyncio.Event]] = {}
+        # The feed of each session someone here reads.
+        self._feeds: dict[UUID, _Feed] = {}
 
     # -- wake-ups -----------------------------------------------------------------------------
 
     def on_event(self, payload: str) -> None:
-        """NOTIFY roz_session_events: the session's log grew."""
-        with contextlib.suppress(ValueError):
-            self._wake(UUID(payload))
+        """NOTIFY roz_session_events, '<session>:<sequence>': the session's log holds that
+        event (recorded here or in another process)."""
+        session, _, sequence = payload.partition(":")
+        try:
+            feed = self._feeds.get(UUID(session))
+            number = int(sequence)
+        except ValueError:
+            return
+        if feed is not None:
+            feed.known = max(feed.known, number)
+            feed.wake()
 
     def on_reconnect(self) -> None:
-        """The listener was away: every reader looks."""
-        for readers in self._readers.values():
-            for reader in readers:
-                reader.set()
+        """The listener was away: every reader reads the log."""
+        for feed in self._feeds.values():
+            feed.known = max(feed.known, feed.last + 1)  # more than it holds, so it reads
+            feed.wake()
 
-    def _wake(self, session_id: UUID) -> None:
-        for reader in self._readers.get(session_id, ()):
-            reader.set()
+    def _publish(self, session_id: UUID, events: Sequence[SessionEvent]) -> None:
+        """Events this process just committed, to the session's readers here."""
+        feed = self._feeds.get(session_id)
+        if feed is not None:
+            feed.keep(events)
+            feed.wake()
 
     # -- what operators do ---------------------------------------------------------------------
 
@@ -107,15 +150,15 @@ class Sessions:
     async def send_message(
         self, tenant_id: UUID, session_id: str | UUID, message: UserMessage
     ) -> SessionEvent:
-        event = await self._sessions().send_message(tenant_id, session_id, message)
-        self._wake(event.session_id)
-        return event
+        events = await self._sessions().send_message(tenant_id, session_id, message)
+        self._publish(events[0].session_id, events)
+        return events[0]
 
     async def send_tool_result(
         self, tenant_id: UUID, session_id: str | UUID, result: ToolResult, result_bytes: int
     ) -> SessionEvent:
         event = await self._sessions().send_tool_result(tenant_id, session_id, result, result_bytes)
-        self._wake(event.session_id)
+        self._publish(event.session_id, [event])
         return event
 
     async def decide(
@@ -139,18 +182,12 @@ class Sessions:
         await self._commands().transition(
             tenant_id, command_id, target, reason=decision.reason, actor=actor
         )
-        event = await repository.resolution(tenant_id, UUID(str(session_id)), command_id)
-        self._wake(event.session_id)
-        return event
+        return await repository.resolution(tenant_id, UUID(str(session_id)), command_id)
 
     async def cancel_turn(
         self, tenant_id: UUID, session_id: str | UUID, reason: str, actor: UUID | None
     ) -> Session:
-        session = await self._sessions().cancel_turn(
-            tenant_id, session_id, reason=reason, actor=actor
-        )
-        self._wake(session.id)
-        return session
+        return await self._sessions().cancel_turn(tenant_id, session_id, reason=reason, actor=actor)
 
     async def end(
         self,
@@ -163,7 +200,6 @@ class Sessions:
         session = await self._sessions().end(
             tenant_id, session_id, reason, message=message, actor=actor
         )
-        self._wake(session.id)
         log.info("session %s ended (%s)", session.id, session.end_reason)
         return session
 
@@ -176,7 +212,7 @@ class Sessions:
         self, tenant_id: UUID, host_id: UUID, update: AgentUpdate, actor: UUID | None
     ) -> AgentAnswer:
         answer = await self._sessions().record_agent_update(tenant_id, host_id, update, actor=actor)
-        self._wake(update.session_id)
+        self._publish(update.session_id, answer.events)
         return answer
 
     # -- reading ---------------------------------------------------------------------------------
@@ -186,38 +222,59 @@ class Sessions:
     ) -> AsyncIterator[SessionEvent | Checkpoint]:
         """The session's events after `after`, then each as it is recorded, until the
         `session_completed` event; a checkpoint after CHECKPOINT_SECONDS of quiet. NotFound
-        (before anything is sent) for a session the tenant does not have."""
+        (before anything is sent) for a session the tenant does not have.
+
+        The first read is always the log's, under the tenant's row-level security; after it,
+        events this process recorded come from the session's feed, and the log is read only
+        when a notification names an event the feed does not hold (or at the recheck)."""
         repository = self._sessions()
+        feed = self._feeds.get(session_id)
+        if feed is None:
+            feed = self._feeds[session_id] = _Feed()
         reader = asyncio.Event()
-        self._readers.setdefault(session_id, set()).add(reader)
+        feed.readers.add(reader)
         try:
-            quiet_since = asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
+            quiet_since = loop.time()
+            read_log, first = True, True
             while True:
                 reader.clear()
-                events = await repository.events_after(tenant_id, session_id, after, PAGE)
+                if not read_log and feed.known > after and not feed.after(after):
+                    # Woken by a notification of an event recorded here whose commit has not
+                    # been handed over yet: let the committer go first, sparing a read.
+                    await asyncio.sleep(0)
+                if read_log or (feed.known > after and not feed.after(after)):
+                    events = await repository.events_after(
+                        tenant_id, session_id, after, PAGE, check_exists=first
+                    )
+                    first = False
+                    feed.keep(events)
+                    read_log = len(events) == PAGE
+                else:
+                    events = feed.after(after)
                 for event in events:
                     yield event
                     after = event.sequence
                     if event.kind is EventKind.SESSION_COMPLETED:
                         return
-                if len(events) == PAGE:
+                if read_log or feed.after(after) or feed.known > after:
                     continue
-                now = asyncio.get_running_loop().time()
+                now = loop.time()
                 if events:
                     quiet_since = now
                 elif now - quiet_since >= CHECKPOINT_SECONDS:
                     yield Checkpoint(session_id, after)
                     quiet_since = now
                 wait = min(RECHECK_SECONDS, CHECKPOINT_SECONDS - (now - quiet_since))
-                with contextlib.suppress(TimeoutError):
+                try:
                     async with asyncio.timeout(max(wait, 0.0)):
                         await reader.wait()
+                except TimeoutError:
+                    read_log = True  # the recheck: a notification may have been lost
         finally:
-            readers = self._readers.get(session_id)
-            if readers is not None:
-                readers.discard(reader)
-                if not readers:
-                    del self._readers[session_id]
+            feed.readers.discard(reader)
+            if not feed.readers and self._feeds.get(session_id) is feed:
+                del self._feeds[session_id]
 
     # -- the sweep -------------------------------------------------------------------------------
 
@@ -235,6 +292,5 @@ class Sessions:
                 found, robot_before=robot_before, idle=self._idle_timeout
             ):
                 ended += 1
-                self._wake(found.session_id)
                 log.info("session %s ended (%s)", found.session_id, found.reason.value)
         return ended

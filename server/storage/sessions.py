@@ -147,7 +147,14 @@ _POSITIONS = (
     "SELECT id, agent_sequence FROM roz.sessions WHERE host_id = %s AND state = 'active'"
     " ORDER BY create_time"
 )
-_ADVANCE_AGENT = "UPDATE roz.sessions SET agent_sequence = %s WHERE id = %s"
+_ADVANCE_AGENT = (
+    "UPDATE roz.sessions AS s SET agent_sequence = %(sequence)s"
+    " WHERE s.id = %(session)s AND s.host_id = %(host)s"
+    " AND s.agent_sequence = %(sequence)s - 1 RETURNING "
+    + ", ".join("s." + column.strip() for column in _COLUMNS.split(","))
+    + ", (SELECT t.message_id FROM roz.session_turns AS t"
+    " WHERE t.session_id = s.id AND t.index = s.active_turn) AS turn_message"
+)
 _TO_END = "SELECT tenant_id, session_id, reason FROM roz.sessions_to_end(%s, %s, %s)"
 _TURN_COLUMNS = (
     "session_id, index, message_id, state, stop_reason, input_tokens, output_tokens,"
@@ -168,6 +175,10 @@ def _session(*, state: str, end_reason: str | None, **columns: Any) -> Session:
     )
 
 
+def _session_and_turn(*, turn_message: str | None, **columns: Any) -> tuple[Session, str]:
+    return _session(**columns), turn_message or ""
+
+
 def _event(*, kind: str, origin: str, **columns: Any) -> SessionEvent:
     return SessionEvent(kind=EventKind(kind), origin=Origin(origin), **columns)
 
@@ -181,10 +192,12 @@ _LISTING = Listing("roz.sessions", _COLUMNS, _session, filters=("host_id", "stat
 
 @dataclass(frozen=True)
 class AgentAnswer:
-    """The answer to an agent's update: recorded (or recorded before), or refused and why."""
+    """The answer to an agent's update: recorded (or recorded before), or refused and why; and
+    the events it appended (not those its action's moves appended through their trigger)."""
 
     accepted: bool
     reason: str = ""
+    events: Sequence[SessionEvent] = ()
 
 
 @dataclass(frozen=True)
@@ -237,14 +250,15 @@ class SessionRepository:
         return rows[:limit], len(rows) > limit
 
     async def events_after(
-        self, tenant_id: UUID, session_id: UUID, after: int, limit: int
+        self, tenant_id: UUID, session_id: UUID, after: int, limit: int, *, check_exists: bool
     ) -> Sequence[SessionEvent]:
-        """The session's events numbered above `after`, in order (NotFound: no such session)."""
+        """The session's events numbered above `after`, in order; with `check_exists`, NotFound
+        when there are none because the tenant has no such session."""
         async with tenant_transaction(self._pool, tenant_id) as conn:
             async with conn.cursor(row_factory=kwargs_row(_event)) as cursor:
                 await cursor.execute(_EVENTS_AFTER, (session_id, after, limit))
                 events = await cursor.fetchall()
-            if not events:
+            if not events and check_exists:
                 await _one(conn, _GET, session_id)
         return events
 
@@ -286,9 +300,9 @@ class SessionRepository:
 
     async def send_message(
         self, tenant_id: UUID, session_id: str | UUID, message: UserMessage
-    ) -> SessionEvent:
+    ) -> Sequence[SessionEvent]:
         """Starts a turn with the operator's message (refused while one runs); returns the
-        recorded message, which the agent is sent."""
+        recorded message, which the agent is sent, and the turn's start."""
         session_uuid = resource_id(session_id, RESOURCE)
         message = message.validate(str(uuid.uuid4()))
         async with tenant_transaction(self._pool, tenant_id) as conn:
@@ -310,7 +324,7 @@ class SessionRepository:
                 correlation=message.message_id,
                 payload={"content": message.content, "message_id": message.message_id},
             )
-            await _append(
+            started = await _append(
                 conn,
                 session_uuid,
                 EventKind.TURN_STARTED,
@@ -319,7 +333,7 @@ class SessionRepository:
                 correlation=message.message_id,
                 payload={"message_id": message.message_id},
             )
-        return event
+        return [event, started]
 
     async def send_tool_result(
         self, tenant_id: UUID, session_id: str | UUID, result: ToolResult, result_bytes: int
@@ -470,24 +484,22 @@ class SessionRepository:
         again; an update out of order, of another host's session, of an ended session or out
         of turn is refused and changes nothing but the count of updates answered."""
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            found = await _maybe(conn, _LOCK, update.session_id)
-            if found is None or found.host_id != host_id:
-                return AgentAnswer(False, "no such session on this host")
-            session = found
-            match arrival(update.sequence, session.agent_sequence):
-                case Arrival.REPEAT:
-                    return AgentAnswer(True, "recorded before")
-                case Arrival.EARLY:
-                    return AgentAnswer(
-                        False, f"out of order: expected sequence {session.agent_sequence + 1}"
-                    )
-            await conn.execute(_ADVANCE_AGENT, (update.sequence, session.id))
+            # The common case in one statement: the next update, locked and counted.
+            async with conn.cursor(row_factory=kwargs_row(_session_and_turn)) as cursor:
+                await cursor.execute(
+                    _ADVANCE_AGENT,
+                    {"sequence": update.sequence, "session": update.session_id, "host": host_id},
+                )
+                advanced = await cursor.fetchone()
+            if advanced is None:
+                return await _unrecorded(conn, update, host_id)
+            session, correlation = advanced
             try:
                 check_agent_event(session, update.event)
             except DomainError as exc:
                 return AgentAnswer(False, exc.message)
-            await _apply(conn, tenant_id, session, update.event, actor)
-        return AgentAnswer(True)
+            events = await _apply(conn, tenant_id, session, update.event, actor, correlation)
+        return AgentAnswer(True, events=events)
 
     # -- the sweep -------------------------------------------------------------------------------
 
@@ -530,53 +542,60 @@ async def _apply(
     session: Session,
     event: Any,
     actor: UUID | None,
-) -> None:
+    correlation: str,
+) -> list[SessionEvent]:
+    """Records the agent's event; returns the events appended (not those of its action's
+    moves, which their trigger appends)."""
     turn = session.active_turn
     if isinstance(event, AgentEnd):
         unstarted = await lock_unstarted_actions(conn, session.id)
-        await _end(conn, session, EndReason.AGENT_ENDED, event.message, actor, unstarted)
-        return
-    correlation = await _turn_message(conn, session)
+        return [await _end(conn, session, EndReason.AGENT_ENDED, event.message, actor, unstarted)]
     if isinstance(event, TextDelta):
-        await _append(
-            conn,
-            session.id,
-            EventKind.TEXT_DELTA,
-            Origin.AGENT,
-            turn=turn,
-            correlation=correlation,
-            payload={"text": event.text},
-        )
-    elif isinstance(event, ToolCall):
-        await _append(
-            conn,
-            session.id,
-            EventKind.TOOL_CALL_REQUESTED,
-            Origin.AGENT,
-            turn=turn,
-            correlation=event.call_id,
-            payload={
-                "call_id": event.call_id,
-                "tool_name": event.tool_name,
-                "parameters": dict(event.parameters),
-            },
-        )
-    elif isinstance(event, Proposal):
-        await _propose(conn, tenant_id, session, event, actor)
-    elif isinstance(event, TurnFinish):
-        await conn.execute(
-            _END_TURN,
-            {
-                "state": (
-                    TurnState.CANCELLED if event.stop_reason == "cancelled" else TurnState.FINISHED
-                ).value,
-                "stop": event.stop_reason,
-                "input": event.input_tokens,
-                "output": event.output_tokens,
-                "session": session.id,
-                "turn": turn,
-            },
-        )
+        return [
+            await _append(
+                conn,
+                session.id,
+                EventKind.TEXT_DELTA,
+                Origin.AGENT,
+                turn=turn,
+                correlation=correlation,
+                payload={"text": event.text},
+            )
+        ]
+    if isinstance(event, ToolCall):
+        return [
+            await _append(
+                conn,
+                session.id,
+                EventKind.TOOL_CALL_REQUESTED,
+                Origin.AGENT,
+                turn=turn,
+                correlation=event.call_id,
+                payload={
+                    "call_id": event.call_id,
+                    "tool_name": event.tool_name,
+                    "parameters": dict(event.parameters),
+                },
+            )
+        ]
+    if isinstance(event, Proposal):
+        refused = await _propose(conn, tenant_id, session, event, actor)
+        return [] if refused is None else [refused]
+    assert isinstance(event, TurnFinish)
+    await conn.execute(
+        _END_TURN,
+        {
+            "state": (
+                TurnState.CANCELLED if event.stop_reason == "cancelled" else TurnState.FINISHED
+            ).value,
+            "stop": event.stop_reason,
+            "input": event.input_tokens,
+            "output": event.output_tokens,
+            "session": session.id,
+            "turn": turn,
+        },
+    )
+    return [
         await _append(
             conn,
             session.id,
@@ -590,6 +609,20 @@ async def _apply(
                 "output_tokens": str(event.output_tokens),
             },
         )
+    ]
+
+
+async def _unrecorded(
+    conn: AsyncConnection[TupleRow], update: AgentUpdate, host_id: UUID
+) -> AgentAnswer:
+    """The answer to an update that was not the session's next: a repeat, early, or not this
+    host's session at all."""
+    found = await _maybe(conn, _GET, update.session_id)
+    if found is None or found.host_id != host_id:
+        return AgentAnswer(False, "no such session on this host")
+    if arrival(update.sequence, found.agent_sequence) is Arrival.REPEAT:
+        return AgentAnswer(True, "recorded before")
+    return AgentAnswer(False, f"out of order: expected sequence {found.agent_sequence + 1}")
 
 
 async def _propose(
@@ -598,9 +631,9 @@ async def _propose(
     session: Session,
     proposal: Proposal,
     actor: UUID | None,
-) -> None:
+) -> SessionEvent | None:
     """The agent's action becomes a command through CreateCommand's path; a refusal becomes an
-    `action_refused` event, which the agent is sent."""
+    `action_refused` event (returned), which the agent is sent."""
     draft = CommandDraft(
         host_id=session.host_id,
         type=proposal.type,
@@ -608,6 +641,7 @@ async def _propose(
         timeout=proposal.timeout,
     )
     action = SessionAction(session.id, proposal.call_id, session.active_turn)
+    refusal: DomainError
     await conn.execute("SAVEPOINT proposal")
     try:
         with database_errors("command", COMMAND_CONSTRAINTS):
@@ -617,24 +651,22 @@ async def _propose(
     except pg.UniqueViolation as exc:
         if exc.diag.constraint_name != CALL_CONSTRAINT:
             raise
-        await conn.execute("ROLLBACK TO SAVEPOINT proposal")
-        await _refuse(
-            conn,
-            session,
-            proposal,
-            FailedPrecondition("the call id was used before in this session", reason=CALL_ID_TAKEN),
+        refusal = FailedPrecondition(
+            "the call id was used before in this session", reason=CALL_ID_TAKEN
         )
     except DomainError as exc:
-        await conn.execute("ROLLBACK TO SAVEPOINT proposal")
-        await _refuse(conn, session, proposal, exc)
+        refusal = exc
     else:
         await conn.execute("RELEASE SAVEPOINT proposal")
+        return None
+    await conn.execute("ROLLBACK TO SAVEPOINT proposal")
+    return await _refuse(conn, session, proposal, refusal)
 
 
 async def _refuse(
     conn: AsyncConnection[TupleRow], session: Session, proposal: Proposal, error: DomainError
-) -> None:
-    await _append(
+) -> SessionEvent:
+    return await _append(
         conn,
         session.id,
         EventKind.ACTION_REFUSED,
@@ -675,7 +707,7 @@ async def _end(
     message: str,
     actor: UUID | None,
     unstarted: list[tuple[UUID, UUID, CommandState]],
-) -> None:
+) -> SessionEvent:
     message = message or END_MESSAGES[reason]
     await cancel_actions(conn, unstarted, _why("the session ended", message), actor)
     if session.active_turn:
@@ -685,7 +717,7 @@ async def _end(
             (session.id, session.active_turn),
         )
     await conn.execute(_END, (reason.value, message[:1024], session.id))
-    await _append(
+    return await _append(
         conn,
         session.id,
         EventKind.SESSION_COMPLETED,

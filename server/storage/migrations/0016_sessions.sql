@@ -153,7 +153,7 @@ ALTER TABLE roz.commands
 
 -- Appends an event to a session of the caller's tenant and returns it. p_to_agent also puts
 -- it in the host's delivery log for the robot's agent. NOTIFY roz_session_events at commit
--- carries the session id only.
+-- carries '<session id>:<sequence>' only, so a reader holding that event need not read it.
 CREATE FUNCTION roz.append_session_event(
     p_session_id uuid, p_kind text, p_origin text, p_turn integer, p_correlation_id text,
     p_payload jsonb, p_to_agent boolean)
@@ -181,7 +181,7 @@ BEGIN
     IF p_to_agent THEN
         PERFORM roz.enqueue_robot_delivery(v_host_id, 'session_event', event_id);
     END IF;
-    PERFORM pg_notify('roz_session_events', p_session_id::text);
+    PERFORM pg_notify('roz_session_events', p_session_id::text || ':' || v_sequence);
     RETURN NEXT;
 END
 $$;
