@@ -104,6 +104,14 @@ async def held_and_stopped(conn: AsyncConnection[TupleRow], host_id: UUID) -> bo
     return stop is not None and stop.stopped
 
 
+async def hold_host(conn: AsyncConnection[TupleRow], host_id: UUID) -> None:
+    """Holds the host and its environment against an engage until commit (FOR SHARE), without
+    a check: taken first by work that will lock what an engage locks after them (a command of
+    the host, a session of it, its delivery log), so the two wait in one order, never in a
+    cycle."""
+    await conn.execute(_SHARE_HOST, {"host": host_id})
+
+
 async def lock_host_for_start(conn: AsyncConnection[TupleRow], host_id: UUID, what: str) -> None:
     """Before a command or task of `host_id` moves to RUNNING: holds the host against an engage
     until commit, and refuses the move while the host is stopped. Call it before locking the

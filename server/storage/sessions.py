@@ -6,9 +6,11 @@ under FOR UPDATE and asks the domain's rules (server/domain/sessions.py) before 
 are appended by roz.append_session_event (migration 0016), which numbers them and, for those the
 agent must hear, puts them in the host's delivery log in the same transaction.
 
-Locks: a session's unstarted actions (commands, in id order) before the session row, the order a
-command's move takes (the command, then its session through the move's trigger). A proposal
-locks the session and then inserts a new command, which no one else can hold yet.
+Locks, in the order an e-stop's engage takes them: the session's host and environment (FOR
+SHARE), then its unstarted actions (commands, in id order), then the session row, and last the
+host's delivery log (an event for the agent). A command's move takes the host, the command,
+then its session through the move's trigger. A proposal locks the session and then inserts a
+new command, which no one else can hold yet.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ from server.storage.commands import (
 )
 from server.storage.database import Pool
 from server.storage.errors import database_errors, resource_id
-from server.storage.estop_checks import check_host
+from server.storage.estop_checks import check_host, hold_host
 from server.storage.listing import Listing
 from server.storage.tenancy import tenant_transaction
 
@@ -88,7 +90,16 @@ _GET = "SELECT " + _COLUMNS + " FROM roz.sessions WHERE id = %s"
 _LOCK = _GET + " FOR UPDATE"
 _HOST = (
     "SELECT h.environment_id, l.link_id FROM roz.hosts AS h"
-    " LEFT JOIN roz.robot_links AS l ON l.host_id = h.id WHERE h.id = %s FOR SHARE OF h"
+    " LEFT JOIN roz.robot_links AS l ON l.host_id = h.id WHERE h.id = %s"
+)
+# The session's host and its environment, held against an engage (FOR SHARE) before the
+# session is locked: an engage locks the host, its delivery log, its commands and through
+# their moves its sessions, in that order, and every change here takes the same order.
+_HOLD_SESSION_HOST = (
+    "WITH h AS (SELECT environment_id FROM roz.hosts"
+    " WHERE id = (SELECT host_id FROM roz.sessions WHERE id = %s) FOR SHARE)"
+    " SELECT h.environment_id, (SELECT 1 FROM roz.environments AS e"
+    " WHERE e.id = h.environment_id FOR SHARE) FROM h"
 )
 _INSERT = (
     "INSERT INTO roz.sessions (host_id, tenant_id, environment_id, started_by)"
@@ -269,6 +280,7 @@ class SessionRepository:
         `session_started`, sent to the robot's agent."""
         host_uuid = resource_id(host_id, "host")
         async with tenant_transaction(self._pool, tenant_id) as conn:
+            await hold_host(conn, host_uuid)
             row = await (await conn.execute(_HOST, (host_uuid,))).fetchone()
             if row is None:
                 raise NotFound("host", str(host_uuid))
@@ -306,6 +318,7 @@ class SessionRepository:
         session_uuid = resource_id(session_id, RESOURCE)
         message = message.validate(str(uuid.uuid4()))
         async with tenant_transaction(self._pool, tenant_id) as conn:
+            await conn.execute(_HOLD_SESSION_HOST, (session_uuid,))
             session = await _one(conn, _LOCK, session_uuid)
             session.check_can_start_turn()
             row = await (
@@ -342,6 +355,7 @@ class SessionRepository:
         session_uuid = resource_id(session_id, RESOURCE)
         result.validate(result_bytes)
         async with tenant_transaction(self._pool, tenant_id) as conn:
+            await conn.execute(_HOLD_SESSION_HOST, (session_uuid,))
             session = await _one(conn, _LOCK, session_uuid)
             session.check_active()
             asked = await (
@@ -421,6 +435,7 @@ class SessionRepository:
         """Asks the agent to stop the running turn, and cancels its actions not yet started."""
         session_uuid = resource_id(session_id, RESOURCE)
         async with tenant_transaction(self._pool, tenant_id) as conn:
+            await conn.execute(_HOLD_SESSION_HOST, (session_uuid,))
             unstarted = await lock_unstarted_actions(conn, session_uuid)
             session = await _one(conn, _LOCK, session_uuid)
             session.check_turn_running()
@@ -440,6 +455,7 @@ class SessionRepository:
         """The sweep's end of one session it found, if it is still abandoned now that it is
         locked (the robot may have come back, an operator may have spoken)."""
         async with tenant_transaction(self._pool, found.tenant_id) as conn:
+            await conn.execute(_HOLD_SESSION_HOST, (found.session_id,))
             unstarted = await lock_unstarted_actions(conn, found.session_id)
             session = await _maybe(conn, _LOCK, found.session_id)
             if session is None or not session.active:
@@ -469,6 +485,7 @@ class SessionRepository:
         last event, sent to the agent too."""
         session_uuid = resource_id(session_id, RESOURCE)
         async with tenant_transaction(self._pool, tenant_id) as conn:
+            await conn.execute(_HOLD_SESSION_HOST, (session_uuid,))
             unstarted = await lock_unstarted_actions(conn, session_uuid)
             session = await _one(conn, _LOCK, session_uuid)
             if session.active:
@@ -484,6 +501,7 @@ class SessionRepository:
         again; an update out of order, of another host's session, of an ended session or out
         of turn is refused and changes nothing but the count of updates answered."""
         async with tenant_transaction(self._pool, tenant_id) as conn:
+            await hold_host(conn, host_id)
             # The common case in one statement: the next update, locked and counted.
             async with conn.cursor(row_factory=kwargs_row(_session_and_turn)) as cursor:
                 await cursor.execute(
