@@ -62,7 +62,7 @@ from server.domain.safety import PolicyVersion
 from server.domain.safety_policies import SafetyPolicy
 from server.storage.database import Pool
 from server.storage.errors import ConstraintErrors, database_errors, resource_id
-from server.storage.estop_checks import check_host, hold_host, lock_host_for_start
+from server.storage.estop_checks import check_host, lock_host_for_start
 from server.storage.listing import Listing
 from server.storage.robot_deliveries import enqueue, enqueue_cancellation
 from server.storage.safety_policies import latest_policies_for_environment
@@ -272,7 +272,8 @@ class CommandRepository:
         # A client's request: server-only targets are refused before anything is read.
         check_requested_state(target)
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            await _hold_host_of(conn, command_uuid, starting=target is CommandState.RUNNING)
+            if target is CommandState.RUNNING:
+                await _hold_host_to_start(conn, command_uuid)
             current, host_id = await _locked_state(conn, command_uuid)
             check_transition(current, target)
             await _record(conn, command_uuid, current, target, reason, actor)
@@ -298,12 +299,8 @@ class CommandRepository:
         command_uuid = resource_id(command_id, RESOURCE)
         reason = check_reason(reason)
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            # The host before the command, as an engage takes them (the move may reach the
-            # host's delivery log and a session of it).
             if reported is CommandState.RUNNING:
-                await lock_host_for_start(conn, host_id, "commands starting")
-            else:
-                await hold_host(conn, host_id)
+                await _hold_host_to_start(conn, command_uuid)
             current, owner = await _locked_state(conn, command_uuid)
             if owner != host_id:
                 raise NotFound(RESOURCE, str(command_uuid))
@@ -321,7 +318,6 @@ class CommandRepository:
         """Cancels a pending command (recorded), removes a finished one, refuses a running one."""
         command_uuid = resource_id(command_id, RESOURCE)
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            await _hold_host_of(conn, command_uuid, starting=False)
             current, host_id = await _locked_state(conn, command_uuid)
             if deletion_of(current) is Deletion.CANCEL:
                 check_transition(current, CommandState.CANCELLED)
@@ -341,10 +337,6 @@ class CommandRepository:
         timed_out = 0
         for tenant_id, command_id in due:
             async with tenant_transaction(self._pool, tenant_id) as conn:
-                try:
-                    await _hold_host_of(conn, command_id, starting=False)
-                except NotFound:  # removed meanwhile
-                    continue
                 row = await (await conn.execute(_LOCK_OVERDUE, (command_id,))).fetchone()
                 if row is None:  # finished meanwhile, or another process has it
                     continue
@@ -517,19 +509,13 @@ async def _tell_robot(
         await enqueue_cancellation(conn, host_id, DeliveryKind.COMMAND, command_id)
 
 
-async def _hold_host_of(
-    conn: AsyncConnection[TupleRow], command_id: UUID, *, starting: bool
-) -> None:
-    """Before a command is locked to move: its host held against an e-stop, first, as an engage
-    takes them (server/storage/estop_checks.py); a move to RUNNING is refused while the host
-    is stopped."""
+async def _hold_host_to_start(conn: AsyncConnection[TupleRow], command_id: UUID) -> None:
+    """Before a command moves to RUNNING: its host held against an e-stop, and the move
+    refused while the host is stopped (server/storage/estop_checks.py)."""
     row = await (await conn.execute(_HOST_OF, (command_id,))).fetchone()
     if row is None:
         raise NotFound(RESOURCE, str(command_id))
-    if starting:
-        await lock_host_for_start(conn, row[0], "commands starting")
-    else:
-        await hold_host(conn, row[0])
+    await lock_host_for_start(conn, row[0], "commands starting")
 
 
 async def stop_commands(

@@ -106,9 +106,9 @@ async def held_and_stopped(conn: AsyncConnection[TupleRow], host_id: UUID) -> bo
 
 async def hold_host(conn: AsyncConnection[TupleRow], host_id: UUID) -> None:
     """Holds the host and its environment against an engage until commit (FOR SHARE), without
-    a check: taken first by work that will lock what an engage locks after them (a command of
-    the host, a session of it, its delivery log), so the two wait in one order, never in a
-    cycle."""
+    a check: taken first by work that would otherwise lock, after something an engage locks
+    late (a session of the host), something it locks early (the host, the host's commands), so
+    the two queue in one order instead of waiting for each other in a cycle."""
     await conn.execute(_SHARE_HOST, {"host": host_id})
 
 

@@ -6,11 +6,11 @@ under FOR UPDATE and asks the domain's rules (server/domain/sessions.py) before 
 are appended by roz.append_session_event (migration 0016), which numbers them and, for those the
 agent must hear, puts them in the host's delivery log in the same transaction.
 
-Locks, in the order an e-stop's engage takes them: the session's host and environment (FOR
-SHARE), then its unstarted actions (commands, in id order), then the session row, and last the
-host's delivery log (an event for the agent). A command's move takes the host, the command,
-then its session through the move's trigger. A proposal locks the session and then inserts a
-new command, which no one else can hold yet.
+Locks, in the order an e-stop's engage takes them (the host, the commands it ends, through their
+moves' trigger their sessions, then the host's delivery log): a session's unstarted actions
+(commands, in id order) before the session row, and the delivery log last (an event for the
+agent). A proposal and an agent's end need the host or the session's commands after the
+session row, so they hold the host (FOR SHARE) first.
 """
 
 from __future__ import annotations
@@ -91,15 +91,6 @@ _LOCK = _GET + " FOR UPDATE"
 _HOST = (
     "SELECT h.environment_id, l.link_id FROM roz.hosts AS h"
     " LEFT JOIN roz.robot_links AS l ON l.host_id = h.id WHERE h.id = %s"
-)
-# The session's host and its environment, held against an engage (FOR SHARE) before the
-# session is locked: an engage locks the host, its delivery log, its commands and through
-# their moves its sessions, in that order, and every change here takes the same order.
-_HOLD_SESSION_HOST = (
-    "WITH h AS (SELECT environment_id FROM roz.hosts"
-    " WHERE id = (SELECT host_id FROM roz.sessions WHERE id = %s) FOR SHARE)"
-    " SELECT h.environment_id, (SELECT 1 FROM roz.environments AS e"
-    " WHERE e.id = h.environment_id FOR SHARE) FROM h"
 )
 _INSERT = (
     "INSERT INTO roz.sessions (host_id, tenant_id, environment_id, started_by)"
@@ -318,7 +309,6 @@ class SessionRepository:
         session_uuid = resource_id(session_id, RESOURCE)
         message = message.validate(str(uuid.uuid4()))
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            await conn.execute(_HOLD_SESSION_HOST, (session_uuid,))
             session = await _one(conn, _LOCK, session_uuid)
             session.check_can_start_turn()
             row = await (
@@ -355,7 +345,6 @@ class SessionRepository:
         session_uuid = resource_id(session_id, RESOURCE)
         result.validate(result_bytes)
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            await conn.execute(_HOLD_SESSION_HOST, (session_uuid,))
             session = await _one(conn, _LOCK, session_uuid)
             session.check_active()
             asked = await (
@@ -435,7 +424,6 @@ class SessionRepository:
         """Asks the agent to stop the running turn, and cancels its actions not yet started."""
         session_uuid = resource_id(session_id, RESOURCE)
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            await conn.execute(_HOLD_SESSION_HOST, (session_uuid,))
             unstarted = await lock_unstarted_actions(conn, session_uuid)
             session = await _one(conn, _LOCK, session_uuid)
             session.check_turn_running()
@@ -455,7 +443,6 @@ class SessionRepository:
         """The sweep's end of one session it found, if it is still abandoned now that it is
         locked (the robot may have come back, an operator may have spoken)."""
         async with tenant_transaction(self._pool, found.tenant_id) as conn:
-            await conn.execute(_HOLD_SESSION_HOST, (found.session_id,))
             unstarted = await lock_unstarted_actions(conn, found.session_id)
             session = await _maybe(conn, _LOCK, found.session_id)
             if session is None or not session.active:
@@ -485,7 +472,6 @@ class SessionRepository:
         last event, sent to the agent too."""
         session_uuid = resource_id(session_id, RESOURCE)
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            await conn.execute(_HOLD_SESSION_HOST, (session_uuid,))
             unstarted = await lock_unstarted_actions(conn, session_uuid)
             session = await _one(conn, _LOCK, session_uuid)
             if session.active:
@@ -501,7 +487,10 @@ class SessionRepository:
         again; an update out of order, of another host's session, of an ended session or out
         of turn is refused and changes nothing but the count of updates answered."""
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            await hold_host(conn, host_id)
+            if isinstance(update.event, (Proposal, AgentEnd)):
+                # Before the session: these lock the host or the session's commands, which an
+                # engage locks before it reaches the session (through its moves' triggers).
+                await hold_host(conn, host_id)
             # The common case in one statement: the next update, locked and counted.
             async with conn.cursor(row_factory=kwargs_row(_session_and_turn)) as cursor:
                 await cursor.execute(

@@ -5,8 +5,10 @@ action takes, the log's numbering across reconnects, refusals, and the end of se
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from google.protobuf import struct_pb2
 from roz.v1 import commands_pb2
@@ -916,3 +919,82 @@ def test_the_welcome_says_where_each_active_session_stands(cell: Cell) -> None:
     with robot:
         positions = [(p.session_id, p.recorded_through) for p in robot.welcome().sessions]
     assert positions == [(talking, 2)]
+
+
+def drain(robot: Robot, quiet: float = 0.3) -> None:
+    """Reads whatever the robot is sent until it goes quiet, acknowledging deliveries."""
+    while True:
+        try:
+            response = robot.receive(timeout=quiet)
+        except queue.Empty:
+            return
+        if response.WhichOneof("message") == "delivery":
+            robot.ack(response.delivery.sequence)
+
+
+def post(cell: Cell, path: str, body: dict[str, Any], statuses: list[tuple[str, int]]) -> None:
+    """A REST POST whose status is kept in `statuses` (for a thread)."""
+    with cell.roz.rest(cell.key) as client:
+        statuses.append((path, client.post(path, json=body).status_code))
+
+
+def test_an_engage_and_an_agents_proposal_never_wait_for_each_other(cell: Cell) -> None:
+    """An engage locks the host, the commands in hand and, through their moves' trigger, their
+    sessions; a proposal locks its session and then (for its command's checks) the host's
+    environment and the host. The test holds the environment so that the proposal waits there
+    while the engage ends a running action of the same session: without the proposal taking the
+    host first, that is a lock cycle, which PostgreSQL breaks by aborting one of the two."""
+    with cell.robot() as robot:
+        agent = Agent(robot)
+        session_id = cell.rest("POST", "/api/v1/sessions", json={"host_id": cell.host_id})["id"]
+        cell.rest("POST", f"/api/v1/sessions/{session_id}/messages", json={"content": "go"})
+        drain(robot)
+        agent.early.clear()
+        proposal = pb.ProposedAction(call_id="first", type="wave")
+        assert agent.update(session_id, action_proposed=proposal).accepted
+        deliveries, agent.early = list(agent.early), []
+        while not any(d.HasField("command") for d in deliveries):
+            deliveries.append(robot.delivery())
+        for delivery in deliveries:
+            robot.ack(delivery.sequence)
+        command = next(d.command for d in deliveries if d.HasField("command"))
+        robot.send(command_report=link.CommandReport(command_id=command.id, state=RUNNING))
+        while robot.receive("report_result", "delivery").WhichOneof("message") != "report_result":
+            pass
+        statuses: list[tuple[str, int]] = []
+        with psycopg.connect(cell.roz.app.database.owner_dsn) as blocker:
+            blocker.execute(
+                "SELECT 1 FROM roz.environments WHERE id = %s FOR NO KEY UPDATE",
+                (cell.environment_id,),
+            )
+            second = pb.ProposedAction(call_id="second", type="wave")
+            robot.send(
+                session_update=link.SessionUpdate(
+                    session_id=session_id, sequence=2, action_proposed=second
+                )
+            )
+            time.sleep(0.5)  # the proposal is waiting for the environment
+            engage = threading.Thread(
+                target=post,
+                args=(
+                    cell,
+                    f"/api/v1/hosts/{cell.host_id}/estop",
+                    {"reason": "stop"},
+                    statuses,
+                ),
+            )
+            engage.start()
+            time.sleep(0.5)  # the engage is under way
+            blocker.rollback()
+        engage.join(timeout=30)
+        while (answer := robot.receive(timeout=30)).WhichOneof("message") != "session_ack":
+            pass
+        assert statuses == [(f"/api/v1/hosts/{cell.host_id}/estop", 200)]
+        assert answer.session_ack.accepted
+        # The second action was made (before the engage, which then found it unsent and left
+        # it held) or refused (after it): either way, once.
+        commands = cell.rest("GET", "/api/v1/commands", params={"host_id": cell.host_id})
+        assert sorted(c["session_call_id"] for c in commands["commands"]) in (
+            ["first", "second"],
+            ["first"],
+        )
