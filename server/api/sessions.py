@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -64,6 +65,9 @@ _RETRYABLE = frozenset(
 )
 # Events waiting for an operator's stream to read them: a reader that stops holds the log back.
 _OUTBOX = 256
+# Events converted lately, by id.
+CONVERTED = 4096
+_converted: OrderedDict[UUID, pb.SessionEvent] = OrderedDict()
 
 
 def session_to_proto(session: Session) -> pb.Session:
@@ -86,6 +90,17 @@ def session_to_proto(session: Session) -> pb.Session:
 
 
 def event_to_proto(event: SessionEvent) -> pb.SessionEvent:
+    """The event's message; converted once and shared (an event never changes, and the
+    operator's stream and the robot's delivery send the same one). Never mutate it."""
+    message = _converted.get(event.id)
+    if message is None:
+        message = _converted[event.id] = _event_to_proto(event)
+        if len(_converted) > CONVERTED:
+            _converted.popitem(last=False)
+    return message
+
+
+def _event_to_proto(event: SessionEvent) -> pb.SessionEvent:
     message = pb.SessionEvent(
         id=str(event.id),
         session_id=str(event.session_id),

@@ -42,6 +42,7 @@ from server.domain.sessions import (
     CALL_ID_TAKEN,
     END_MESSAGES,
     ROBOT_OFFLINE,
+    TURN_IN_PROGRESS,
     UNKNOWN_APPROVAL,
     UNKNOWN_CALL,
     AgentEnd,
@@ -119,7 +120,9 @@ _CALL_ASKED = (
 )
 _START_TURN = (
     "WITH turn AS (UPDATE roz.sessions SET turn_count = turn_count + 1,"
-    " active_turn = turn_count + 1 WHERE id = %(session)s RETURNING tenant_id, id, turn_count)"
+    " active_turn = turn_count + 1"
+    " WHERE id = %(session)s AND state = 'active' AND active_turn = 0"
+    " RETURNING tenant_id, id, turn_count)"
     " INSERT INTO roz.session_turns (tenant_id, session_id, index, message_id)"
     " SELECT tenant_id, id, turn_count, %(message)s FROM turn RETURNING index"
 )
@@ -309,14 +312,19 @@ class SessionRepository:
         session_uuid = resource_id(session_id, RESOURCE)
         message = message.validate(str(uuid.uuid4()))
         async with tenant_transaction(self._pool, tenant_id) as conn:
-            session = await _one(conn, _LOCK, session_uuid)
-            session.check_can_start_turn()
+            # Locked, checked and begun in one statement when the session may take a turn.
             row = await (
                 await conn.execute(
                     _START_TURN, {"session": session_uuid, "message": message.message_id}
                 )
             ).fetchone()
-            assert row is not None
+            if row is None:  # it may not: say why
+                session = await _one(conn, _GET, session_uuid)
+                session.check_can_start_turn()
+                # The turn that was running ended meanwhile: as if this came a moment earlier.
+                raise FailedPrecondition(
+                    "a turn was running; send the message again", reason=TURN_IN_PROGRESS
+                )
             turn = int(row[0])
             event = await _append(
                 conn,
