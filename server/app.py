@@ -246,13 +246,16 @@ class RozServer:
             )
         )
 
+        # Each tenant's bucket, per process: calls take a token, and so does each message an
+        # operator sends on a session's stream.
+        self.rate_limits = TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst)
         self.access_rules = rules = AccessRules()
         chain = InterceptorChain(
             [
                 Authenticate(rules, self._authenticate),
                 RecordActor(),
                 Authorize(rules),
-                RateLimit(TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst)),
+                RateLimit(self.rate_limits),
             ],
             translate_error=status_for,
         )
@@ -312,7 +315,11 @@ class RozServer:
         )
         watch_pb2_grpc.add_WatchServiceServicer_to_server(WatchServicer(self.watches), registry)
         sessions_pb2_grpc.add_SessionServiceServicer_to_server(
-            SessionServicer(self.sessions, lambda: SessionRepository(self.database.pool)),
+            SessionServicer(
+                self.sessions,
+                lambda: SessionRepository(self.database.pool),
+                self.rate_limits,
+            ),
             registry,
         )
         robot_link_pb2_grpc.add_RobotLinkServiceServicer_to_server(

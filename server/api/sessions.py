@@ -22,6 +22,7 @@ from server.api.principal import current_principal
 from server.api.watches import resume_after
 from server.domain.api_keys import Principal
 from server.domain.errors import DomainError, FieldViolation, InvalidArgument
+from server.domain.rate_limits import TokenBuckets
 from server.domain.sessions import (
     ALREADY_STARTED,
     NO_SESSION,
@@ -143,14 +144,21 @@ def _tool_result(call_id: str, success: bool, result: Any, has: bool) -> tuple[T
 
 
 class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):  # type: ignore[misc]
-    def __init__(self, sessions: Sessions, repository: Callable[[], SessionRepository]) -> None:
+    def __init__(
+        self,
+        sessions: Sessions,
+        repository: Callable[[], SessionRepository],
+        rate_limits: TokenBuckets,
+    ) -> None:
         self._sessions = sessions
         self._repository = repository
+        # The tenants' buckets the interceptor chain's RateLimit takes from.
+        self._rate_limits = rate_limits
 
     async def StreamSession(
         self, request_iterator: AsyncIterator[pb.StreamSessionRequest], context: Any
     ) -> AsyncIterator[pb.SessionEvent]:
-        stream = _OperatorStream(self._sessions, current_principal())
+        stream = _OperatorStream(self._sessions, current_principal(), self._rate_limits)
         async for event in stream.run(aiter(request_iterator)):
             yield event
 
@@ -289,9 +297,10 @@ class _OperatorStream:
     """One StreamSession call: the requests applied in order, the session's events and the
     answers to refused requests interleaved on the way out."""
 
-    def __init__(self, sessions: Sessions, principal: Principal) -> None:
+    def __init__(self, sessions: Sessions, principal: Principal, rate_limits: TokenBuckets) -> None:
         self._sessions = sessions
         self._principal = principal
+        self._rate_limits = rate_limits
         self._tenant = principal.tenant_id
         self._outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=_OUTBOX)
         self._session_id: UUID | None = None
@@ -350,6 +359,16 @@ class _OperatorStream:
 
     async def _handle(self, request: pb.StreamSessionRequest) -> None:
         which = request.WhichOneof("message")
+        # Each message takes a token of the tenant's bucket, as a call does.
+        wait = self._rate_limits.take(self._tenant)
+        if wait > 0:
+            await self._reject(
+                request,
+                "RESOURCE_EXHAUSTED",
+                f"rate limit exceeded, retry after {wait:.3f}s",
+                retryable=True,
+            )
+            return
         try:
             if which == "ping":
                 await self._outbox.put(self._answer(request, pong=pb.Pong()))

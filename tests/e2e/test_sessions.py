@@ -998,3 +998,19 @@ def test_an_engage_and_an_agents_proposal_never_wait_for_each_other(cell: Cell) 
             ["first", "second"],
             ["first"],
         )
+
+
+def test_each_message_on_a_sessions_stream_takes_from_the_tenants_rate_limit() -> None:
+    with roz_servers() as start:
+        cell = Cell(start(rate_limit_rps=0.5, rate_limit_burst=30))
+        with cell.operator() as operator:
+            for index in range(40):
+                operator.send(request_id=str(index), ping=pb.Ping())
+            answers = [operator.event() for _ in range(40)]
+        pongs = [a.correlation_id for a in answers if a.type == "pong"]
+        refused = [a for a in answers if a.type == "session_rejected"]
+        # The setup's calls and the stream's open took their tokens first.
+        assert 10 <= len(pongs) < 30
+        assert pongs == [str(i) for i in range(len(pongs))]
+        assert len(refused) == 40 - len(pongs)
+        assert {rejection(a) for a in refused} == {("RESOURCE_EXHAUSTED", True)}
