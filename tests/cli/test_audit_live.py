@@ -11,7 +11,12 @@ import psycopg
 import pytest
 
 from tests.cli.test_login_live import roz
-from tests.e2e.conftest import Roz, RozFactory, roz_factory  # noqa: F401  (the fixture)
+from tests.e2e.conftest import (  # noqa: F401  (the fixtures)
+    Roz,
+    RozFactory,
+    postgres,
+    roz_factory,
+)
 from tests.e2e.test_commands import Cell, rest
 
 HEAD = re.compile(r"Head: (\d+:[0-9a-f]{64})")

@@ -24,7 +24,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Roz, RozFactory, roz_factory  # noqa: F401  (the fixture)
+from tests.e2e.conftest import (  # noqa: F401  (the fixtures)
+    Roz,
+    RozFactory,
+    postgres,
+    roz_factory,
+)
 from tests.e2e.test_device_page import chromium, on_page  # noqa: F401  (the fixture)
 
 USER_CODE = re.compile(r"enter the code (\S+)")

@@ -127,23 +127,35 @@ def roz_dir() -> Iterator[Path]:
 
 
 @contextmanager
-def roz_servers() -> Iterator[RozFactory]:
-    """Starts servers with settings overrides; all are stopped when the block ends."""
+def postgres_server() -> Iterator[Callable[[], str]]:
+    """Where new test databases are made: ROZ_TEST_DATABASE_URL's server, or an embedded
+    PostgreSQL started on first use and stopped when the block ends."""
+    with ExitStack() as root:
+        cluster: list[str] = []
+
+        def server_dsn() -> str:
+            if TEST_DATABASE_URL is not None:
+                return TEST_DATABASE_URL
+            if not cluster:
+                place = root.enter_context(private_directory())
+                embedded = get_server(place / "cluster", cleanup_mode="stop")
+                root.callback(embedded.cleanup)
+                cluster.append(embedded.get_uri())
+            return cluster[0]
+
+        yield server_dsn
+
+
+@contextmanager
+def roz_servers(server_dsn: Callable[[], str] | None = None) -> Iterator[RozFactory]:
+    """Starts servers with settings overrides; all are stopped when the block ends. Their
+    databases are made on `server_dsn`'s server (by default a PostgreSQL of the block's own)."""
     stack: list[Any] = []
     databases: list[str] = []
     root = ExitStack()
     scratch = root.enter_context(private_directory())
-
-    cluster: list[str] = []  # the session's embedded PostgreSQL, started on first use
-
-    def server_dsn() -> str:
-        if TEST_DATABASE_URL is not None:
-            return TEST_DATABASE_URL
-        if not cluster:
-            embedded = get_server(scratch / "cluster", cleanup_mode="stop")
-            root.callback(embedded.cleanup)
-            cluster.append(embedded.get_uri())
-        return cluster[0]
+    if server_dsn is None:
+        server_dsn = root.enter_context(postgres_server())
 
     def start(**overrides: Any) -> Roz:
         own_data_dir = overrides.pop("data_dir", None)
@@ -187,9 +199,17 @@ def roz_servers() -> Iterator[RozFactory]:
 
 
 @pytest.fixture(scope="session")
-def roz_factory() -> Iterator[RozFactory]:
-    """Servers that live until the end of the session."""
-    with roz_servers() as start:
+def postgres() -> Iterator[Callable[[], str]]:
+    """The session's PostgreSQL server, on which every test database is made."""
+    with postgres_server() as server_dsn:
+        yield server_dsn
+
+
+@pytest.fixture(scope="module")
+def roz_factory(postgres: Callable[[], str]) -> Iterator[RozFactory]:
+    """Servers that live until the end of the module: servers (each with its pool and its
+    listener) that lingered to the session's end added up to PostgreSQL's connection limit."""
+    with roz_servers(postgres) as start:
         yield start
 
 
@@ -201,9 +221,10 @@ def roz_factory_per_test() -> Iterator[RozFactory]:
 
 
 @pytest.fixture(scope="session")
-def roz(roz_factory: RozFactory) -> Roz:
+def roz(postgres: Callable[[], str]) -> Iterator[Roz]:
     """The session's shared server, with generous rate limits."""
-    return roz_factory(rate_limit_rps=100_000.0, rate_limit_burst=100_000)
+    with roz_servers(postgres) as start:
+        yield start(rate_limit_rps=100_000.0, rate_limit_burst=100_000)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -17,9 +17,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, settings
 
-from tests.e2e.conftest import Roz, RozFactory, roz_factory
+from tests.e2e.conftest import Roz, postgres, roz_servers
 
-__all__ = ["roz_factory"]  # the e2e tier's server factory, for this tier's one server
+__all__ = ["postgres"]  # the e2e tier's PostgreSQL, on which this tier's one server runs
 
 _OVERRIDE = os.environ.get("ROZ_FUZZ_EXAMPLES")
 
@@ -40,9 +40,10 @@ def fuzz_settings(default: int) -> Callable[[Any], Any]:
 
 
 @pytest.fixture(scope="session")
-def fuzzed(roz_factory: RozFactory) -> Roz:
+def fuzzed(postgres: Callable[[], str]) -> Iterator[Roz]:
     """The tier's server; rate limits out of the way so every request reaches the code."""
-    return roz_factory(rate_limit_rps=1_000_000.0, rate_limit_burst=1_000_000)
+    with roz_servers(postgres) as start:
+        yield start(rate_limit_rps=1_000_000.0, rate_limit_burst=1_000_000)
 
 
 def assert_healthy(roz: Roz) -> None:

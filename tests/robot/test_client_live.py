@@ -30,7 +30,12 @@ import pytest
 from roz_robot import LinkRefused, RobotClient
 from roz_robot.record import Record
 from roz_robot.simulator import SimulatedRobot
-from tests.e2e.conftest import Roz, RozFactory, roz_factory  # noqa: F401  (the fixture)
+from tests.e2e.conftest import (  # noqa: F401  (the fixtures)
+    Roz,
+    RozFactory,
+    postgres,
+    roz_factory,
+)
 from tests.support.forwarder import Forwarder, forwarding
 
 T = TypeVar("T")
