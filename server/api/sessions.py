@@ -504,7 +504,4 @@ def _refusal(exc: DomainError) -> tuple[str, str]:
     code = getattr(exc, "reason", "") or (
         code_pb2.Code.Name(status.code) if status is not None else "INVALID_ARGUMENT"
     )
-    message = exc.message
-    if isinstance(exc, InvalidArgument) and exc.violations:
-        message += ": " + "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
-    return code, message
+    return code, exc.explained() if isinstance(exc, InvalidArgument) else exc.message

@@ -30,6 +30,15 @@ class InvalidArgument(DomainError):
         super().__init__(message)
         self.violations = tuple(violations)
 
+    def explained(self) -> str:
+        """The message with each bad field, for answers that carry text only (a stream's
+        refusal event, a robot's ack)."""
+        if not self.violations:
+            return self.message
+        return (
+            self.message + ": " + "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        )
+
 
 class NotFound(DomainError):
     def __init__(self, resource: str, resource_id: str = "") -> None:

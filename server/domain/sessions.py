@@ -9,6 +9,7 @@ constraints only back them up. Refusals carry a reason code, which the streaming
 from __future__ import annotations
 
 import enum
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -336,8 +337,10 @@ def check_agent_event(session: Session, event: AgentEvent) -> None:
             violations.append(
                 FieldViolation("tool_call_requested.tool_name", "1 to 128 characters")
             )
+        _check_size(event.parameters, "tool_call_requested.parameters", violations)
     elif isinstance(event, Proposal):
         _check_id(event.call_id, "action_proposed.call_id", violations, required=True)
+        _check_size(event.params, "action_proposed.params", violations)
     elif isinstance(event, TurnFinish):
         if len(event.stop_reason) > MAX_STOP_REASON_LENGTH:
             violations.append(
@@ -355,6 +358,13 @@ def check_agent_event(session: Session, event: AgentEvent) -> None:
         raise InvalidArgument("invalid session update", violations)
     if not isinstance(event, AgentEnd):
         session.check_turn_running()
+
+
+def _check_size(value: Mapping[str, Any], name: str, violations: list[FieldViolation]) -> None:
+    """A struct the log keeps: at most MAX_STRUCT_BYTES as JSON."""
+    size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
+    if size > MAX_STRUCT_BYTES:
+        violations.append(FieldViolation(name, f"at most {MAX_STRUCT_BYTES} bytes, not {size}"))
 
 
 def _check_id(value: str, name: str, violations: list[FieldViolation], *, required: bool) -> None:

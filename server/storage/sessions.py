@@ -46,6 +46,7 @@ from server.domain.sessions import (
     UNKNOWN_APPROVAL,
     UNKNOWN_CALL,
     AgentEnd,
+    AgentEvent,
     AgentUpdate,
     Arrival,
     Decision,
@@ -511,6 +512,8 @@ class SessionRepository:
             session, correlation = advanced
             try:
                 check_agent_event(session, update.event)
+            except InvalidArgument as exc:
+                return AgentAnswer(False, exc.explained())
             except DomainError as exc:
                 return AgentAnswer(False, exc.message)
             events = await _apply(conn, tenant_id, session, update.event, actor, correlation)
@@ -525,12 +528,6 @@ class SessionRepository:
         async with self._pool.connection() as conn:
             rows = await (await conn.execute(_TO_END, (robot_before, idle, limit))).fetchall()
         return [ToEnd(row[0], row[1], EndReason(row[2])) for row in rows]
-
-    async def events_by_id(
-        self, tenant_id: UUID, event_ids: Sequence[UUID]
-    ) -> dict[UUID, SessionEvent]:
-        async with tenant_transaction(self._pool, tenant_id) as conn:
-            return await session_events_by_id(conn, event_ids)
 
 
 async def session_events_by_id(
@@ -555,7 +552,7 @@ async def _apply(
     conn: AsyncConnection[TupleRow],
     tenant_id: UUID,
     session: Session,
-    event: Any,
+    event: AgentEvent,
     actor: UUID | None,
     correlation: str,
 ) -> list[SessionEvent]:
