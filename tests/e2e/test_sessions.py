@@ -1014,3 +1014,58 @@ def test_each_message_on_a_sessions_stream_takes_from_the_tenants_rate_limit() -
         assert pongs == [str(i) for i in range(len(pongs))]
         assert len(refused) == 40 - len(pongs)
         assert {rejection(a) for a in refused} == {("RESOURCE_EXHAUSTED", True)}
+
+
+def test_an_oversized_agent_update_is_refused_and_the_link_goes_on(cell: Cell) -> None:
+    with cell.robot() as robot, cell.operator() as operator:
+        agent = Agent(robot)
+        operator.start(cell.host_id)
+        session_id = operator.event().session_id
+        agent.heard()
+        operator.say("go")
+        agent.heard()
+        big = struct_pb2.Struct()
+        big.update({"blob": "x" * (200 * 1024)})
+        for update in (
+            {
+                "tool_call_requested": pb.ToolCallRequested(
+                    call_id="t", tool_name="n", parameters=big
+                )
+            },
+            {"action_proposed": pb.ProposedAction(call_id="a", type="wave", params=big)},
+        ):
+            refused = agent.update(session_id, **update)
+            assert not refused.accepted
+            assert "at most 131072 bytes" in refused.reason
+        assert agent.say(session_id, "still here").accepted
+        events = operator.until("text_delta")
+        assert kinds(events) == ["user_message", "turn_started", "text_delta"]
+        assert cell.rest("GET", "/api/v1/commands").get("commands", []) == []
+
+
+def test_an_operator_that_stops_reading_holds_only_its_own_place(cell: Cell) -> None:
+    with (
+        cell.robot() as robot,
+        Operator(cell.roz.listener.target, cell.key, small_window=True) as operator,
+    ):
+        agent = Agent(robot)
+        operator.start(cell.host_id)
+        session_id = operator.event().session_id
+        agent.heard()
+        operator.say("talk a lot")
+        agent.heard()
+        operator.pause()
+        # Far more than the stream's window and the server's outbox: the agent is never held up.
+        chunk = "y" * 2048
+        for _ in range(600):
+            assert agent.say(session_id, chunk).accepted
+        watched = cell.rest("GET", f"/api/v1/sessions/{session_id}")
+        assert watched["last_sequence"] == str(3 + 600)
+        # Another operator is served meanwhile.
+        other = sse(cell, f"/api/v1/sessions/{session_id}/events", last_event_id="600")
+        assert [next(other)[0] for _ in range(3)] == ["601", "602", "603"]
+        other.close()
+        operator.resume()
+        deltas = [e for e in operator.until("turn_started") if e.type == "text_delta"]
+        deltas += [operator.event(timeout=20) for _ in range(600)]
+        assert [e.sequence for e in deltas] == list(range(4, 604))

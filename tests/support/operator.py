@@ -17,8 +17,18 @@ _END = object()
 
 
 class Operator:
-    def __init__(self, target: str, key: str, *, channel: grpc.Channel | None = None) -> None:
-        self._channel = channel or grpc.insecure_channel(target)
+    def __init__(
+        self,
+        target: str,
+        key: str,
+        *,
+        channel: grpc.Channel | None = None,
+        small_window: bool = False,
+    ) -> None:
+        # small_window: HTTP/2's initial 64 KiB receive window, never grown by grpcio's
+        # bandwidth probe, so that an operator that stops reading soon stops the server's sends.
+        options = [("grpc.http2.bdp_probe", 0)] if small_window else []
+        self._channel = channel or grpc.insecure_channel(target, options=options)
         self._own_channel = channel is None
         self._requests: queue.Queue[Any] = queue.Queue()
         self._events: queue.Queue[Any] = queue.Queue()
@@ -26,6 +36,8 @@ class Operator:
         self.call = stub.StreamSession(
             self._outgoing(), metadata=(("authorization", f"Bearer {key}"),)
         )
+        self._reading = threading.Event()
+        self._reading.set()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -40,9 +52,17 @@ class Operator:
         try:
             for event in self.call:
                 self._events.put(event)
+                self._reading.wait()
         except grpc.RpcError:
             pass
         self._events.put(_END)
+
+    def pause(self) -> None:
+        """Stops reading the stream (after at most one more event), as a stuck client would."""
+        self._reading.clear()
+
+    def resume(self) -> None:
+        self._reading.set()
 
     def send(self, request_id: str = "", **message: Any) -> None:
         self._requests.put(pb.StreamSessionRequest(request_id=request_id, **message))
