@@ -1,9 +1,12 @@
 """The top-level ASGI app: picks the protocol by content-type, stamps request ids, answers CORS.
 
-One Hypercorn port carries three protocols. `application/grpc` and `application/grpc+<codec>` go to
-the native gRPC app, `application/grpc-web*` to the gRPC-web app, everything else to REST. Work
-done here happens on every request, so headers are scanned once and every constant header value
-is built once, at construction.
+One Hypercorn port carries four protocols. `application/grpc` and `application/grpc+<codec>` go to
+the native gRPC app, `application/grpc-web*` to the gRPC-web app. Any other request on an RPC path
+(`/pkg.Service/Method`) that no REST binding claims goes to the Connect app when there is one
+(`application/proto`, `application/json`, `application/connect+*`, Connect's GET, and whatever a
+confused client sends there, which Connect refuses in its own terms); everything else to REST.
+Work done here happens on every request, so headers are scanned once and every constant header
+value is built once, at construction.
 
 Mounts: a non-gRPC HTTP request whose path is a mount's prefix, or starts with prefix + "/", goes
 to that ASGI app (e.g. HTML pages) with its scope unchanged, full path included; the longest
@@ -73,6 +76,7 @@ _CORS_RESPONSE_HEADERS = frozenset(
     }
 )
 _GRPC_WEB_METHODS = b"POST, OPTIONS"
+_RPC_METHODS = b"GET, POST, OPTIONS"  # Connect's GET for side-effect-free methods
 _MAX_AGE = str(PREFLIGHT_MAX_AGE_SECONDS).encode()
 # A preflight's answer depends on all three request headers, so caches must key on them.
 _PREFLIGHT_VARY = (
@@ -96,8 +100,10 @@ class GatewayRouter:
         allowed_origins: Sequence[str] = (),
         lifespan: ASGIApp | LifespanContext | None = None,
         mounts: Mapping[str, ASGIApp] = _NO_MOUNTS,
+        connect_app: ASGIApp | None = None,
     ) -> None:
         self._grpc = grpc_app
+        self._connect = connect_app
         self._grpc_web = grpc_web_app
         self._rest = rest_app
         self._mounts = dict(mounts)
@@ -160,6 +166,8 @@ class GatewayRouter:
             receive, send = _closing_unless_read(receive, send)
 
         app = self._app_for(content_type)
+        if app is self._rest and self._connect is not None and self._is_rpc(scope["path"]):
+            app = self._connect
         if self._mount_path is not None and app is self._rest:
             mounted = self._mount_path.match(scope["path"])
             if mounted is not None:
@@ -199,6 +207,10 @@ class GatewayRouter:
                 return self._grpc
         return self._rest
 
+    def _is_rpc(self, path: str) -> bool:
+        """An RPC path no REST binding claims (REST paths are the proto's own, e.g. /api/v1/…)."""
+        return _RPC_PATH.fullmatch(path) is not None and self._rest.allowed_methods(path) is None
+
     async def _preflight(
         self,
         scope: Scope,
@@ -215,8 +227,10 @@ class GatewayRouter:
             await _respond(send, 403, [(REQUEST_ID, request_id), vary])
             return
         requested = {h.strip() for h in request_headers.lower().split(b",")}
-        if b"x-grpc-web" in requested or _RPC_PATH.fullmatch(path):
+        if b"x-grpc-web" in requested or (self._connect is None and _RPC_PATH.fullmatch(path)):
             methods = _GRPC_WEB_METHODS
+        elif self._connect is not None and self._is_rpc(path):
+            methods = _RPC_METHODS
         else:
             # The raw path, so that an escaped "/" inside a {name=**} capture stays one segment.
             raw_path = scope.get("raw_path")
@@ -240,7 +254,7 @@ class GatewayRouter:
             (b"access-control-allow-methods", methods),
             (b"access-control-max-age", _MAX_AGE),
         ]
-        if methods is not _GRPC_WEB_METHODS:
+        if methods is not _GRPC_WEB_METHODS and methods is not _RPC_METHODS:
             headers.append((b"allow", methods))
         if request_headers:
             # Echoed as asked: which metadata a call carries (authorization, grpc-timeout,

@@ -33,6 +33,7 @@ from roz.v1 import (
 )
 
 from gateway.chain import InterceptorChain
+from gateway.connect import ConnectApp
 from gateway.grpc_native import NativeGrpcApp
 from gateway.grpc_web import GrpcWebApp
 from gateway.health import add_health_to
@@ -361,6 +362,7 @@ class RozServer:
                 method_options=rest_options() | trigger_rest_options(),
             ),
             allowed_origins=settings.cors_origins,
+            connect_app=ConnectApp(registry, max_message_bytes=settings.max_message_bytes),
             lifespan=self.lifespan,
             mounts={
                 "/device": DevicePage(
