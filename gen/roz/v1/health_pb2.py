@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from roz.v1 import access_pb2 as roz_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13roz/v1/health.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x13roz/v1/access.proto\"\x12\n\x10GetHealthRequest\"+\n\x11GetHealthResponse\x12\x16\n\x06status\x18\x01 \x01(\tR\x06status\"\x15\n\x13GetReadinessRequest\"\xab\x01\n\x14GetReadinessResponse\x12\x16\n\x06status\x18\x01 \x01(\tR\x06status\x12@\n\x06\x63hecks\x18\x02 \x03(\x0b\x32(.roz.v1.GetReadinessResponse.ChecksEntryR\x06\x63hecks\x1a\x39\n\x0b\x43hecksEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x32\xe6\x01\n\x13ServerHealthService\x12\x63\n\tGetHealth\x12\x18.roz.v1.GetHealthRequest\x1a\x19.roz.v1.GetHealthResponse\"!\xea\xf9\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x15\x12\x07/healthZ\n\x12\x08/healthz\x12j\n\x0cGetReadiness\x12\x1b.roz.v1.GetReadinessRequest\x1a\x1c.roz.v1.GetReadinessResponse\"\x1f\xea\xf9\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x13\x12\x06/readyZ\t\x12\x07/readyzb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13roz/v1/health.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x13roz/v1/access.proto\"\x12\n\x10GetHealthRequest\"+\n\x11GetHealthResponse\x12\x16\n\x06status\x18\x01 \x01(\tR\x06status\"\x15\n\x13GetReadinessRequest\"\xab\x01\n\x14GetReadinessResponse\x12\x16\n\x06status\x18\x01 \x01(\tR\x06status\x12@\n\x06\x63hecks\x18\x02 \x03(\x0b\x32(.roz.v1.GetReadinessResponse.ChecksEntryR\x06\x63hecks\x1a\x39\n\x0b\x43hecksEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x32\xec\x01\n\x13ServerHealthService\x12\x66\n\tGetHealth\x12\x18.roz.v1.GetHealthRequest\x1a\x19.roz.v1.GetHealthResponse\"$\x90\x02\x01\xea\xf9\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x15\x12\x07/healthZ\n\x12\x08/healthz\x12m\n\x0cGetReadiness\x12\x1b.roz.v1.GetReadinessRequest\x1a\x1c.roz.v1.GetReadinessResponse\"\"\x90\x02\x01\xea\xf9\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x13\x12\x06/readyZ\t\x12\x07/readyzb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREADINESSRESPONSE_CHECKSENTRY']._loaded_options = None
   _globals['_GETREADINESSRESPONSE_CHECKSENTRY']._serialized_options = b'8\001'
   _globals['_SERVERHEALTHSERVICE'].methods_by_name['GetHealth']._loaded_options = None
-  _globals['_SERVERHEALTHSERVICE'].methods_by_name['GetHealth']._serialized_options = b'\352\371\030\002\020\001\202\323\344\223\002\025\022\007/healthZ\n\022\010/healthz'
+  _globals['_SERVERHEALTHSERVICE'].methods_by_name['GetHealth']._serialized_options = b'\220\002\001\352\371\030\002\020\001\202\323\344\223\002\025\022\007/healthZ\n\022\010/healthz'
   _globals['_SERVERHEALTHSERVICE'].methods_by_name['GetReadiness']._loaded_options = None
-  _globals['_SERVERHEALTHSERVICE'].methods_by_name['GetReadiness']._serialized_options = b'\352\371\030\002\020\001\202\323\344\223\002\023\022\006/readyZ\t\022\007/readyz'
+  _globals['_SERVERHEALTHSERVICE'].methods_by_name['GetReadiness']._serialized_options = b'\220\002\001\352\371\030\002\020\001\202\323\344\223\002\023\022\006/readyZ\t\022\007/readyz'
   _globals['_GETHEALTHREQUEST']._serialized_start=82
   _globals['_GETHEALTHREQUEST']._serialized_end=100
   _globals['_GETHEALTHRESPONSE']._serialized_start=102
@@ -50,5 +50,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREADINESSRESPONSE_CHECKSENTRY']._serialized_start=285
   _globals['_GETREADINESSRESPONSE_CHECKSENTRY']._serialized_end=342
   _globals['_SERVERHEALTHSERVICE']._serialized_start=345
-  _globals['_SERVERHEALTHSERVICE']._serialized_end=575
+  _globals['_SERVERHEALTHSERVICE']._serialized_end=581
 # @@protoc_insertion_point(module_scope)

@@ -29,7 +29,7 @@ from roz.v1 import access_pb2 as roz_dot_v1_dot_access__pb2
 from roz.v1 import tasks_pb2 as roz_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14roz/v1/metrics.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a\x12roz/v1/tasks.proto\"\xc9\x01\n\x15GetTaskMetricsRequest\x12%\n\x0e\x65nvironment_id\x18\x01 \x01(\tR\renvironmentId\x12\x17\n\x07host_id\x18\x02 \x01(\tR\x06hostId\x12\x39\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\"\x9c\x02\n\x0bTaskMetrics\x12\x35\n\x0cstate_counts\x18\x01 \x03(\x0b\x32\x12.roz.v1.StateCountR\x0bstateCounts\x12\x14\n\x05total\x18\x02 \x01(\x03R\x05total\x12\x44\n\x10\x61verage_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0f\x61verageDuration\x12<\n\x0cp50_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0bp50Duration\x12<\n\x0cp95_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0bp95Duration\"L\n\nStateCount\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x12.roz.v1.Task.StateR\x05state\x12\x14\n\x05\x63ount\x18\x02 \x01(\x03R\x05\x63ount2\x87\x01\n\x0eMetricsService\x12u\n\x0eGetTaskMetrics\x12\x1d.roz.v1.GetTaskMetricsRequest\x1a\x13.roz.v1.TaskMetrics\"/\xea\xf9\x18\x0e\n\x0cmetrics:read\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/metrics/tasksb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14roz/v1/metrics.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a\x12roz/v1/tasks.proto\"\xc9\x01\n\x15GetTaskMetricsRequest\x12%\n\x0e\x65nvironment_id\x18\x01 \x01(\tR\renvironmentId\x12\x17\n\x07host_id\x18\x02 \x01(\tR\x06hostId\x12\x39\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\"\x9c\x02\n\x0bTaskMetrics\x12\x35\n\x0cstate_counts\x18\x01 \x03(\x0b\x32\x12.roz.v1.StateCountR\x0bstateCounts\x12\x14\n\x05total\x18\x02 \x01(\x03R\x05total\x12\x44\n\x10\x61verage_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0f\x61verageDuration\x12<\n\x0cp50_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0bp50Duration\x12<\n\x0cp95_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0bp95Duration\"L\n\nStateCount\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x12.roz.v1.Task.StateR\x05state\x12\x14\n\x05\x63ount\x18\x02 \x01(\x03R\x05\x63ount2\x8a\x01\n\x0eMetricsService\x12x\n\x0eGetTaskMetrics\x12\x1d.roz.v1.GetTaskMetricsRequest\x1a\x13.roz.v1.TaskMetrics\"2\x90\x02\x01\xea\xf9\x18\x0e\n\x0cmetrics:read\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/metrics/tasksb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,7 +37,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'roz.v1.metrics_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_METRICSSERVICE'].methods_by_name['GetTaskMetrics']._loaded_options = None
-  _globals['_METRICSSERVICE'].methods_by_name['GetTaskMetrics']._serialized_options = b'\352\371\030\016\n\014metrics:read\202\323\344\223\002\027\022\025/api/v1/metrics/tasks'
+  _globals['_METRICSSERVICE'].methods_by_name['GetTaskMetrics']._serialized_options = b'\220\002\001\352\371\030\016\n\014metrics:read\202\323\344\223\002\027\022\025/api/v1/metrics/tasks'
   _globals['_GETTASKMETRICSREQUEST']._serialized_start=169
   _globals['_GETTASKMETRICSREQUEST']._serialized_end=370
   _globals['_TASKMETRICS']._serialized_start=373
@@ -45,5 +45,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATECOUNT']._serialized_start=659
   _globals['_STATECOUNT']._serialized_end=735
   _globals['_METRICSSERVICE']._serialized_start=738
-  _globals['_METRICSSERVICE']._serialized_end=873
+  _globals['_METRICSSERVICE']._serialized_end=876
 # @@protoc_insertion_point(module_scope)
