@@ -1,4 +1,9 @@
-"""gRPC-web (binary and base64 text) for the registry's wrapped handlers, on sonora's foundations.
+"""gRPC-web (binary and base64 text, proto or JSON messages) for the registry's wrapped handlers.
+
+Built on sonora's foundations. Messages are protobuf (`application/grpc-web[-text][+proto]`) or
+proto3 JSON (`…+json`, connect-web's JSON format): the REST gateway's codec, so proto field names
+out, both spellings in, and a malformed message is INVALID_ARGUMENT with a BadRequest detail
+naming the field. Framing is the same either way.
 
 sonora 0.2.3 supplies the handler table (`grpcASGI` acts as a `grpc.Server`); the wire (framing,
 grpc-timeout, metadata, status headers) is gateway.wire, shared with the native adapter. sonora's
@@ -36,6 +41,9 @@ from gateway import wire
 from gateway.asgi import Receive, Scope, Send
 from gateway.context import GatewayContext, MetadataItems
 from gateway.registry import MethodRegistry
+from gateway.rest import codec as json_codec
+from gateway.rest.printer import to_jsonable
+from gateway.rest.status import RestError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 _BINARY = b"application/grpc-web+proto"
 _TEXT = b"application/grpc-web-text+proto"
+_ACCEPTED = b", ".join(
+    (_BINARY, _TEXT, b"application/grpc-web+json", b"application/grpc-web-text+json")
+)
 
 # Request headers that are HTTP transport, not call metadata: the native gRPC adapter's set, plus
 # accept / accept-encoding, which on gRPC-web only negotiate the wire format. x-grpc-web,
@@ -80,10 +91,11 @@ _PADDED_SEGMENT_END = re.compile(rb"(?<==)(?=[^=])")
 class _Refused(Exception):
     """The call is answered with this status before any handler runs."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, trailing: MetadataItems = ()) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.trailing = trailing
 
 
 class GrpcWebApp(grpcASGI):  # type: ignore[misc]
@@ -99,6 +111,7 @@ class GrpcWebApp(grpcASGI):  # type: ignore[misc]
     ) -> None:
         super().__init__(application=None, enable_cors=False)
         self.add_generic_rpc_handlers([registry.generic_handler()])
+        self._registry = registry
         self._max_message_bytes = max_message_bytes
         # gRPC-web has no client streaming in browsers: a body is one framed message, so the
         # limit on the (decoded) body is the message limit plus its frame header.
@@ -114,10 +127,10 @@ class GrpcWebApp(grpcASGI):  # type: ignore[misc]
         headers = _header_map(scope["headers"])
         modes = _negotiate(headers.get(b"content-type", b""), headers.get(b"accept", b""))
         if modes is None:
-            await _plain_response(send, 415, [(b"accept-post", _BINARY + b", " + _TEXT)])
+            await _plain_response(send, 415, [(b"accept-post", _ACCEPTED)])
             return
-        text_in, text_out = modes
-        response = _Response(send, text_out)
+        text_in, text_out, json_messages = modes
+        response = _Response(send, text_out, json_messages)
         try:
             handler = self._get_rpc_handler(scope["path"])
             if handler is None:
@@ -134,11 +147,15 @@ class GrpcWebApp(grpcASGI):  # type: ignore[misc]
             body = await self._read_body(receive, text_in)
             if body is None:
                 return  # the client left before it finished sending
-            requests = _deserialize(handler, _messages(body))
+            if json_messages:
+                requests = _from_json(self._registry, scope["path"], _messages(body))
+            else:
+                requests = _deserialize(handler, _messages(body))
         except _Refused as refused:
-            await response.finish(refused.code, refused.message, ())
+            await response.finish(refused.code, refused.message, refused.trailing)
             return
-        await _serve_until_disconnect(handler, requests, context, response, receive)
+        serialize = _to_json if json_messages else handler.response_serializer
+        await _serve_until_disconnect(handler, serialize, requests, context, response, receive)
 
     # -- the request body --------------------------------------------------------------------
 
@@ -180,13 +197,14 @@ class GrpcWebApp(grpcASGI):  # type: ignore[misc]
 
 async def _serve_until_disconnect(
     handler: AioHandler,
+    serialize: Any,
     requests: list[Any],
     context: GatewayContext,
     response: _Response,
     receive: Receive,
 ) -> None:
     """Runs the call; a client that goes away cancels it (Watch streams would never end)."""
-    work = asyncio.create_task(_run(handler, requests, context, response))
+    work = asyncio.create_task(_run(handler, serialize, requests, context, response))
     watcher = asyncio.create_task(_disconnected(receive))
     try:
         await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
@@ -208,11 +226,11 @@ async def _disconnected(receive: Receive) -> None:
 
 async def _run(
     handler: AioHandler,
+    serialize: Any,
     requests: list[Any],
     context: GatewayContext,
     response: _Response,
 ) -> None:
-    serialize = handler.response_serializer
     payload: bytes | None = None
     try:
         if handler.request_streaming:
@@ -265,10 +283,12 @@ class _Response:
     clients read it (given CORS exposes it) without a body.
     """
 
-    def __init__(self, send: Send, text: bool) -> None:
+    def __init__(self, send: Send, text: bool, json_messages: bool = False) -> None:
         self._send = send
         self._text = text
         self._content_type = _TEXT if text else _BINARY
+        if json_messages:
+            self._content_type = self._content_type.replace(b"+proto", b"+json")
         self._started = False
 
     async def start(self, initial_metadata: MetadataItems = ()) -> None:
@@ -351,11 +371,12 @@ def _header_map(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     return found
 
 
-def _negotiate(content_type: bytes, accept: bytes) -> tuple[bool, bool] | None:
-    """(text request, text response), or None for a message codec other than protobuf."""
+def _negotiate(content_type: bytes, accept: bytes) -> tuple[bool, bool, bool] | None:
+    """(text request, text response, JSON messages), or None for a codec other than protobuf
+    and JSON."""
     media = content_type.split(b";", 1)[0].strip().lower()
     base, _, codec = media.partition(b"+")
-    if codec not in (b"", b"proto") or base not in (
+    if codec not in (b"", b"proto", b"json") or base not in (
         b"application/grpc-web",
         b"application/grpc-web-text",
     ):
@@ -372,7 +393,7 @@ def _negotiate(content_type: bytes, accept: bytes) -> tuple[bool, bool] | None:
         if wanted.startswith(b"application/grpc-web"):
             text_out = False
             break
-    return text_in, text_out
+    return text_in, text_out, codec == b"json"
 
 
 def _metadata(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str | bytes]]:
@@ -410,6 +431,30 @@ def _deserialize(
     except Exception:
         # grpcio's own server answers an unparsable request with INTERNAL as well.
         raise _Refused(grpc.StatusCode.INTERNAL, "could not parse the request message") from None
+
+
+def _from_json(registry: MethodRegistry, path: str, messages: list[bytes]) -> list[Any]:
+    """JSON request messages, read as the REST gateway reads a body."""
+    method = registry.lookup(path)
+    if method is None:
+        raise _Refused(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path}")
+    requests = []
+    for payload in messages:
+        request = method.request_class()
+        try:
+            if payload.strip():
+                json_codec.parse_into(json_codec.load_json(payload), request, None, True)
+        except RestError as error:
+            rich = error.status
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            trailing = ((wire.STATUS_DETAILS_KEY, rich.SerializeToString()),)
+            raise _Refused(code, rich.message, trailing) from None
+        requests.append(request)
+    return requests
+
+
+def _to_json(message: Any) -> bytes:
+    return json_codec.dumps(to_jsonable(message))
 
 
 def _messages(body: bytes) -> list[bytes]:

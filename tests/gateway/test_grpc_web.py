@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import socket
 import struct
@@ -259,9 +260,52 @@ def test_text_mode_streaming_is_one_base64_chunk_per_flush(server: RunningServer
     assert [flags for flags, _ in _frames(decoded)] == [0x00, 0x00, 0x80]
 
 
-def test_json_codec_is_refused_with_415(server: RunningServer) -> None:
-    response = _post(server, "Echo", b"{}", **{"content-type": "application/grpc-web+json"})
+def _json_frame(document: bytes, flags: int = 0) -> bytes:
+    return struct.pack(">BI", flags, len(document)) + document
+
+
+def test_json_messages_are_proto3_json_with_proto_field_names_out(server: RunningServer) -> None:
+    body = _json_frame(b'{"message": "hi", "pageToken": "t", "big": "12345678901234"}')
+    response = _post(server, "Echo", body, **{"content-type": "application/grpc-web+json"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/grpc-web+json"
+    (flags, message), (trailer_flags, trailer) = _frames(response.content)
+    assert (flags, trailer_flags) == (0x00, 0x80)
+    echoed = json.loads(message)["echoed"]
+    assert (echoed["message"], echoed["page_token"], echoed["big"]) == ("hi", "t", "12345678901234")
+    assert _trailers(trailer)["grpc-status"] == "0"
+
+
+def test_json_text_mode_streams_each_message_as_json(server: RunningServer) -> None:
+    body = base64.b64encode(_json_frame(b'{"count": 2}'))
+    response = _post(server, "Expand", body, **{"content-type": "application/grpc-web-text+json"})
+    assert response.headers["content-type"] == "application/grpc-web-text+json"
+    decoded = b"".join(
+        base64.b64decode(part) for part in re.split(rb"(?<==)(?=[^=])", response.content)
+    )
+    frames = _frames(decoded)
+    assert [json.loads(payload)["index"] for _, payload in frames[:2]] == [0, 1]
+    assert frames[2][0] == 0x80
+
+
+def test_a_json_message_with_an_unknown_field_is_invalid_argument_naming_it(
+    server: RunningServer,
+) -> None:
+    body = _json_frame(b'{"mesage": "typo"}')
+    response = _post(server, "Echo", body, **{"content-type": "application/grpc-web+json"})
+    assert response.headers["grpc-status"] == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    details = status_pb2.Status.FromString(
+        base64.b64decode(response.headers["grpc-status-details-bin"])
+    )
+    bad = error_details_pb2.BadRequest()
+    assert details.details[0].Unpack(bad)
+    assert bad.field_violations[0].field == "mesage"
+
+
+def test_a_codec_other_than_proto_and_json_is_refused_with_415(server: RunningServer) -> None:
+    response = _post(server, "Echo", b"{}", **{"content-type": "application/grpc-web+thrift"})
     assert response.status_code == 415
+    assert "application/grpc-web+json" in response.headers["accept-post"]
 
 
 # -- limits, deadlines, unknown methods, odd requests ----------------------------------------
