@@ -59,6 +59,7 @@ gen: third_party
 	rm gen/.descriptors.binpb
 	find gen -type d -exec touch {}/__init__.py \;
 	rm -f gen/__init__.py
+	$(PY) -m server.openapi gen
 
 lint: third_party
 	$(VENV)/bin/ruff check .

@@ -37,6 +37,7 @@ from gateway.connect import ConnectApp
 from gateway.grpc_native import NativeGrpcApp
 from gateway.grpc_web import GrpcWebApp
 from gateway.health import add_health_to
+from gateway.openapi import DOCS_PATH, DOCUMENT_PATH, OpenApiPages
 from gateway.reflection import add_reflection_to
 from gateway.registry import MethodRegistry
 from gateway.rest.app import RestApp
@@ -74,6 +75,9 @@ from server.domain.api_keys import Principal
 from server.domain.device_auth import GuessLimiter
 from server.domain.rate_limits import TokenBuckets
 from server.domain.robot_link import SILENT, LinkTerms
+from server.openapi import TITLE as OPENAPI_TITLE
+from server.openapi import load_comments, roz_document
+from server.observability import Observability, RozState
 from server.services.firing import FiringStore, TriggerFiring
 from server.services.robot_link import Repositories, RobotLinks
 from server.services.sealing import AuditSealer
@@ -353,23 +357,40 @@ class RozServer:
             max_buffered_bytes_per_call=settings.max_buffered_bytes_per_call,
             max_buffered_bytes_per_connection=settings.max_buffered_bytes_per_connection,
         )
-        self.asgi = GatewayRouter(
+        self.rest = RestApp(
+            registry,
+            max_body_bytes=settings.max_body_bytes,
+            method_options=rest_options() | trigger_rest_options(),
+        )
+        api_reference = OpenApiPages(
+            roz_document(self.rest, rules, load_comments()), title=OPENAPI_TITLE
+        )
+        self.observability = Observability(settings, chain, [m.path for m in registry.methods()])
+        self.observability.watch(
+            RozState(
+                robots_connected=self.robot_links.count,
+                database=self.database,
+                sweeps=self.sweeper.stats,
+            )
+        )
+        router = GatewayRouter(
             grpc_app=self.grpc,
             grpc_web_app=GrpcWebApp(registry, max_message_bytes=settings.max_message_bytes),
-            rest_app=RestApp(
-                registry,
-                max_body_bytes=settings.max_body_bytes,
-                method_options=rest_options() | trigger_rest_options(),
-            ),
+            rest_app=self.rest,
             allowed_origins=settings.cors_origins,
             connect_app=ConnectApp(registry, max_message_bytes=settings.max_message_bytes),
             lifespan=self.lifespan,
-            mounts={
-                "/device": DevicePage(
-                    self.device_logins, self._authenticate, base_url=settings.base_url
-                )
-            },
+            mounts=self.observability.pages(
+                {
+                    "/device": DevicePage(
+                        self.device_logins, self._authenticate, base_url=settings.base_url
+                    ),
+                    DOCUMENT_PATH: api_reference,
+                    DOCS_PATH: api_reference,
+                }
+            ),
         )
+        self.asgi = self.observability.observe(router)
 
     def _api_keys(self) -> ApiKeyRepository:
         return ApiKeyRepository(self.database.pool, self._recorder)
@@ -417,6 +438,7 @@ class RozServer:
             if self._recorder is not None:
                 await self._recorder.close()
             await self.database.close()
+            await self.observability.close()
 
     async def start_draining(self) -> None:
         """Readiness off at once (/ready 503, every grpc.health.v1 status NOT_SERVING, Watch

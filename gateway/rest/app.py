@@ -112,6 +112,10 @@ class RestApp:
         ):
             self._routes.add(Route(binding.http_method, binding.template, binding, binding.origin))
 
+    def bindings(self) -> list[Binding]:
+        """Every binding the routes serve, in registration order (the OpenAPI document's)."""
+        return [route.target for route in self._routes]
+
     def allowed_methods(self, path: str) -> set[str] | None:
         """What `Allow` lists for a path: the bound methods, HEAD with GET, and OPTIONS.
 
