@@ -25,7 +25,16 @@ tests/js/node_modules/.installed: tests/js/package-lock.json tests/js/package.js
 	elif [ "$$CI" = true ]; then echo "install: npm is missing" >&2; exit 1; \
 	else echo "install: no npm, so tests/js is not installed and its test skips"; fi
 
-install: $(VENV)/.installed tests/js/node_modules/.installed
+# The TypeScript client's plugin (protoc-gen-es) and the browser test's bundler and transports,
+# the same way. Without npm `make gen` leaves clients/typescript/src/gen as it is.
+TS_CLIENT := clients/typescript
+$(TS_CLIENT)/node_modules/.installed: $(TS_CLIENT)/package-lock.json $(TS_CLIENT)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(TS_CLIENT) --ignore-scripts --no-audit --no-fund --loglevel=error && touch $@; \
+	elif [ "$$CI" = true ]; then echo "install: npm is missing" >&2; exit 1; \
+	else echo "install: no npm, so $(TS_CLIENT) is not installed and its tests skip"; fi
+
+install: $(VENV)/.installed tests/js/node_modules/.installed $(TS_CLIENT)/node_modules/.installed
 
 run: install
 	$(VENV)/bin/roz-server serve
@@ -43,10 +52,13 @@ lock: install
 		--strip-extras --no-emit-index-url --no-emit-find-links \
 		--output-file requirements/dev.txt pyproject.toml
 
-# googleapis' protos come from the installed googleapis-common-protos, never from a registry.
+# googleapis' protos come from the installed googleapis-common-protos, never from a registry:
+# google/api for the HTTP annotations, google/rpc for the error model (Status, its details, Code)
+# that clients decode.
 third_party: install
 	rm -rf third_party && mkdir -p third_party/google
-	cp -r "$$($(PY) -c 'import google.api.http_pb2 as m, os; print(os.path.dirname(m.__file__))')" third_party/google/api
+	cp -r $$($(PY) -c 'import os, google.api.http_pb2 as a, google.rpc.status_pb2 as r; \
+		print(*(os.path.dirname(m.__file__) for m in (a, r)))') third_party/google/
 	find third_party -type f ! -name '*.proto' -delete
 	find third_party -type d -empty -delete
 
@@ -59,6 +71,10 @@ gen: third_party
 	rm gen/.descriptors.binpb
 	find gen -type d -exec touch {}/__init__.py \;
 	rm -f gen/__init__.py
+	@if [ -x $(TS_CLIENT)/node_modules/.bin/protoc-gen-es ]; then \
+		echo '$(BUF) generate --template buf.gen.ts.yaml'; $(BUF) generate --template buf.gen.ts.yaml; \
+	elif [ "$$CI" = true ]; then echo "gen: protoc-gen-es is missing (make install)" >&2; exit 1; \
+	else echo "gen: no protoc-gen-es (npm), so $(TS_CLIENT)/src/gen is left as it is"; fi
 	$(PY) -m server.openapi gen
 
 lint: third_party
