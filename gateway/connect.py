@@ -635,7 +635,12 @@ class ConnectApp:
             try:
                 async for message in requests.each(receive, gone):
                     await queue.put(message)
+                if gone.is_set():
+                    return
                 await queue.put(None)
+                # Keeps reading after the request ended, so that a disconnect is noticed.
+                await _disconnected(receive)
+                gone.set()
             except ConnectError as error:
                 # A bad request message ends the call with its error, whatever the servicer does.
                 failure.append(error.status)
@@ -934,24 +939,18 @@ class _Envelopes:
                 return messages
 
     async def each(self, receive: Receive, gone: asyncio.Event) -> AsyncIterator[Message]:
-        """Messages as they arrive; sets `gone` if the client leaves (and keeps watching after
-        the request ends, so that a bidirectional call notices a disconnect)."""
-        ended = False
+        """Messages as they arrive, until the request ends; sets `gone` if the client leaves."""
         while True:
             event = await receive()
             if event["type"] == "http.disconnect":
                 gone.set()
                 return
-            if ended:
-                continue
             ended = not event.get("more_body", False)
             for item in self._feed(event.get("body", b"")):
                 yield await self._decode(*item)
             if ended:
                 self._finish()
-                break
-        await _disconnected(receive)
-        gone.set()
+                return
 
     def _feed(self, data: bytes) -> list[tuple[int, bytes]]:
         self._buffer += data
