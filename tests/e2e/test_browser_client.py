@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -61,13 +62,42 @@ def installed_client() -> Path:
     return bin_dir
 
 
-def test_the_generated_client_and_the_page_type_check_and_index_exports_every_file() -> None:
+def readme_samples(tmp: Path) -> Path:
+    """A TypeScript project of the READMEs' samples, importing the client as "@roz/client"."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## TypeScript and browser clients\n", 1)[1].split("\n## ", 1)[0]
+    samples = [section, (CLIENT / "README.md").read_text()]
+    for number, text in enumerate(samples):
+        (block,) = re.findall(r"```ts\n(.*?)```", text, flags=re.DOTALL)
+        free = "declare const apiKey: string;\ndeclare const taskId: string;\nexport {};\n"
+        (tmp / f"sample{number}.ts").write_text(free + block)
+    modules = CLIENT / "node_modules"
+    config = {
+        "extends": str(CLIENT / "tsconfig.json"),
+        "compilerOptions": {
+            "noUnusedLocals": False,
+            "paths": {
+                "@roz/client": [str(CLIENT / "src" / "index.ts")],
+                "@bufbuild/*": [f"{modules}/@bufbuild/*"],
+                "@connectrpc/*": [f"{modules}/@connectrpc/*"],
+            },
+        },
+        "include": ["*.ts"],
+    }
+    (tmp / "tsconfig.json").write_text(json.dumps(config))
+    return tmp
+
+
+def test_the_client_the_page_and_the_readme_samples_type_check(tmp_path: Path) -> None:
     tsc = installed_client() / "tsc"
-    for project in (CLIENT, PAGE):
+    for project in (CLIENT, PAGE, readme_samples(tmp_path)):
         checked = subprocess.run(
             [str(tsc), "-p", str(project)], capture_output=True, text=True, timeout=120, check=False
         )
-        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert checked.returncode == 0, f"{project}: {checked.stdout}{checked.stderr}"
+
+
+def test_index_exports_every_roz_and_google_rpc_file() -> None:
     index = (CLIENT / "src" / "index.ts").read_text()
     generated = sorted((CLIENT / "src" / "gen").rglob("*_pb.ts"))
     wanted = [p for p in generated if p.parts[-3:-1] in (("roz", "v1"), ("google", "rpc"))]
