@@ -25,6 +25,7 @@ from grpc import aio
 from grpc_status import rpc_status
 
 from gateway.metadata import Metadata
+from gateway.observability.exchange import CURRENT_EXCHANGE
 
 if TYPE_CHECKING:
     from gateway.registry import Method
@@ -64,11 +65,12 @@ ErrorTranslator = Callable[[Exception], status_pb2.Status | None]
 
 
 class _InFlight:
-    """One call the chain is running: its task, and whether a shutdown is ending it."""
+    """One call the chain is running: its method, its task, and whether a shutdown is ending it."""
 
-    __slots__ = ("closing", "parked", "task")
+    __slots__ = ("closing", "method", "parked", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, method: Method) -> None:
+        self.method = method
         self.task = asyncio.current_task()
         # True while the task waits inside the chain (interceptors, the servicer, the next
         # response); False while a protocol adapter has it (sending what was yielded).
@@ -98,6 +100,11 @@ class InterceptorChain:
     def active_calls(self) -> int:
         return len(self._in_flight)
 
+    def active_methods(self) -> list[Method]:
+        """The method of each call in flight (a method once per call), read when metrics are
+        scraped rather than counted on every call."""
+        return [entry.method for entry in self._in_flight]
+
     async def wait_idle(self) -> None:
         """Returns once no call is in flight (at once if none is)."""
         await self._idle.wait()
@@ -120,8 +127,8 @@ class InterceptorChain:
                 entry.task.cancel()
         return len(self._in_flight)
 
-    def _enter(self) -> _InFlight:
-        entry = _InFlight()
+    def _enter(self, method: Method) -> _InFlight:
+        entry = _InFlight(method)
         self._in_flight.add(entry)
         self._idle.clear()
         return entry
@@ -151,7 +158,7 @@ class InterceptorChain:
             async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
                 call = self._start(method, context)
                 outcome = _Outcome()
-                entry = self._enter()
+                entry = self._enter(method)
                 try:
                     await self._before(call)
                     responses = (
@@ -189,7 +196,7 @@ class InterceptorChain:
         async def unary(request: Any, context: Any) -> Any:
             call = self._start(method, context)
             outcome = _Outcome()
-            entry = self._enter()
+            entry = self._enter(method)
             try:
                 await self._before(call)
                 deadline = _deadline(context)
@@ -260,6 +267,11 @@ class InterceptorChain:
         return status
 
     def _log(self, call: Call, outcome: _Outcome) -> None:
+        exchange = CURRENT_EXCHANGE.get()
+        if exchange is not None:
+            # The request's one line, written by the middleware when the request ends.
+            exchange.called(call.protocol, call.method.path, outcome.code.name, call.log_fields)
+            return
         if not access_log.isEnabledFor(logging.INFO):
             return
         elapsed_ms = (time.perf_counter() - outcome.started) * 1000
