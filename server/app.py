@@ -75,9 +75,9 @@ from server.domain.api_keys import Principal
 from server.domain.device_auth import GuessLimiter
 from server.domain.rate_limits import TokenBuckets
 from server.domain.robot_link import SILENT, LinkTerms
+from server.observability import Observability, RozState
 from server.openapi import TITLE as OPENAPI_TITLE
 from server.openapi import load_comments, roz_document
-from server.observability import Observability, RozState
 from server.services.firing import FiringStore, TriggerFiring
 from server.services.robot_link import Repositories, RobotLinks
 from server.services.sealing import AuditSealer

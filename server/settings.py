@@ -72,6 +72,10 @@ class Settings:
     device_guesses_per_minute_total: int = 100
     log_level: str = "INFO"
     log_format: str = "text"
+    # Tracing, off unless configured with the standard OTEL_* variables: where spans go over
+    # OTLP/HTTP (None: no tracing at all), and the service name they carry.
+    otel_traces_endpoint: str | None = None
+    otel_service_name: str = "roz"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -167,6 +171,8 @@ class Settings:
                 "ROZ_LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
             log_format=reader.choice("ROZ_LOG_FORMAT", cls.log_format, ("text", "json")),
+            otel_traces_endpoint=_traces_endpoint(env),
+            otel_service_name=env.get("OTEL_SERVICE_NAME") or cls.otel_service_name,
         )
         window = settings.robot_presence_window_seconds
         if window <= max(settings.robot_heartbeat_seconds, settings.robot_keepalive_seconds):
@@ -191,6 +197,30 @@ class Settings:
         if ":" in host:
             host = f"[{host}]"
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+
+def _traces_endpoint(env: Mapping[str, str]) -> str | None:
+    """Where spans go, from the standard variables: on when OTEL_TRACES_EXPORTER says otlp or an
+    OTLP endpoint is set; off when neither is, or the exporter is "none", or the SDK disabled."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    exporters = {e.strip().lower() for e in env.get("OTEL_TRACES_EXPORTER", "").split(",")} - {""}
+    if exporters - {"otlp", "none"}:
+        raw = env["OTEL_TRACES_EXPORTER"]
+        raise SettingsError(f"OTEL_TRACES_EXPORTER must be otlp or none, not {raw!r}")
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = env.get(name)
+        if protocol and protocol != "http/protobuf":
+            raise SettingsError(f"{name} must be http/protobuf (OTLP over HTTP), not {protocol!r}")
+    traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if "none" in exporters or (not exporters and not traces and not base):
+        return None
+    if traces:
+        return traces
+    if base:
+        return base.rstrip("/") + "/v1/traces"
+    return "http://localhost:4318/v1/traces"
 
 
 class _Reader:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from server.storage.availability import DATABASE_AWAY
 from server.storage.database import Pool
@@ -24,6 +26,25 @@ from server.storage.database import Pool
 log = logging.getLogger(__name__)
 
 Sweep = Callable[[Pool], Awaitable[int]]
+
+
+@dataclass
+class SweepStats:
+    """One sweep's tally since the process started, read by the metrics when scraped."""
+
+    runs: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    moved: int = 0
+
+    def record(self, moved: int, seconds: float) -> None:
+        """One run that moved `moved` rows (-1: it failed) in `seconds`."""
+        self.runs += 1
+        self.seconds += seconds
+        if moved < 0:
+            self.failures += 1
+        else:
+            self.moved += moved
 
 
 class Sweeper:
@@ -34,6 +55,7 @@ class Sweeper:
             raise ValueError("interval_seconds must be positive")
         self._interval = interval_seconds
         self._sweeps: dict[str, Sweep] = {}
+        self.stats: dict[str, SweepStats] = {}
         self._task: asyncio.Task[None] | None = None
 
     def add(self, name: str, sweep: Sweep) -> Sweeper:
@@ -43,6 +65,7 @@ class Sweeper:
         if self._task is not None:
             raise RuntimeError("add sweeps before starting the sweeper")
         self._sweeps[name] = sweep
+        self.stats[name] = SweepStats()
         return self
 
     @property
@@ -53,16 +76,17 @@ class Sweeper:
         """Every sweep once, in registration order: how many rows each moved (-1: it failed)."""
         moved: dict[str, int] = {}
         for name, sweep in self._sweeps.items():
+            started = time.perf_counter()
             try:
-                moved[name] = count = await sweep(pool)
+                count = await sweep(pool)
             except DATABASE_AWAY:  # logged once, by availability; the next round retries
-                moved[name] = -1
-                continue
+                count = -1
             except Exception:  # the next round retries; one sweep must not stop the others
                 log.warning("sweep %r failed", name, exc_info=True, extra={"sweep": name})
-                moved[name] = -1
-                continue
-            if count:
+                count = -1
+            self.stats[name].record(count, time.perf_counter() - started)
+            moved[name] = count
+            if count > 0:
                 log.info("sweep %r moved %d", name, count, extra={"sweep": name, "moved": count})
         return moved
 

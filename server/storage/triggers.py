@@ -16,6 +16,7 @@ A task the template cannot make (the host e-stopped, say) leaves a FAILED fire, 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -55,6 +56,9 @@ RESOURCE = "trigger"
 CHANNEL = "roz_triggers"
 EVENTS_CHANNEL = "roz_trigger_events"
 BATCH_SIZE = 50
+# Fires this process recorded, by (source, outcome), since it started: read by the metrics when
+# scraped. Counted as written, inside the firing transaction.
+FIRES_RECORDED: Counter[tuple[str, str]] = Counter()
 
 _COLUMNS = (
     "id, tenant_id, name, environment_id, host_id, task_prompt, task_timeout, enabled, kind,"
@@ -596,6 +600,7 @@ async def _fire(
             )
             for fire in await cursor.fetchall():
                 fired[fire.id] = fire
+    FIRES_RECORDED.update((fire.source.value, fire.outcome.value) for fire in fired.values())
     return [fired.get(fire_id) for fire_id in fire_ids]
 
 

@@ -651,6 +651,10 @@ async def test_the_sweeper_runs_every_sweep_and_survives_a_failing_one(
     with pytest.raises(ValueError, match="already"):
         sweeper.add("counting", counting)
     assert await sweeper.run_once(database.pool) == {"failing": -1, "counting": 2}
+    # What /metrics reads: each sweep's runs, failures and rows moved.
+    failing_stats, counting_stats = sweeper.stats["failing"], sweeper.stats["counting"]
+    assert (failing_stats.runs, failing_stats.failures, failing_stats.moved) == (1, 1, 0)
+    assert (counting_stats.runs, counting_stats.failures, counting_stats.moved) == (1, 0, 2)
     calls.clear()
     sweeper.start(database.pool)
     try:
