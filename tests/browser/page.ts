@@ -23,7 +23,9 @@ const TRANSPORTS: Record<string, (baseUrl: string, interceptors: Interceptor[]) 
   "grpc-web": (baseUrl, interceptors) => createGrpcWebTransport({ baseUrl, interceptors }),
   "grpc-web+json": (baseUrl, interceptors) =>
     createGrpcWebTransport({ baseUrl, interceptors, useBinaryFormat: false }),
-  connect: (baseUrl, interceptors) => createConnectTransport({ baseUrl, interceptors }),
+  // Side-effect-free methods (GetEnvironment) as Connect's GET, the request in the query.
+  connect: (baseUrl, interceptors) =>
+    createConnectTransport({ baseUrl, interceptors, useHttpGet: true }),
   "connect+proto": (baseUrl, interceptors) =>
     createConnectTransport({ baseUrl, interceptors, useBinaryFormat: true }),
 };

@@ -37,13 +37,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WAIT_SECONDS = 20
 
-# connect-web's transports by the page's names for them, and the content types of their calls
-# (unary, server stream).
+# connect-web's transports by the page's names for them: the content types of their POSTs
+# (unary, server stream), and how many calls went as GET (the page's Connect JSON transport
+# gets an environment with Connect's GET, with and without a key).
 TRANSPORTS = {
-    "grpc-web": {"application/grpc-web+proto"},
-    "grpc-web+json": {"application/grpc-web+json"},
-    "connect": {"application/json", "application/connect+json"},
-    "connect+proto": {"application/proto", "application/connect+proto"},
+    "grpc-web": ({"application/grpc-web+proto"}, 0),
+    "grpc-web+json": ({"application/grpc-web+json"}, 0),
+    "connect": ({"application/json", "application/connect+json"}, 2),
+    "connect+proto": ({"application/proto", "application/connect+proto"}, 0),
 }
 
 
@@ -280,7 +281,7 @@ def test_a_page_on_another_origin_uses_the_generated_client(
     # Cross-origin, with an Authorization header: Chromium asked roz first, and roz said yes.
     made = exchanges(chromium, cors_roz.url)
     preflights = [x for x in made if x.method == "OPTIONS"]
-    calls = [x for x in made if x.method == "POST"]
+    calls = [x for x in made if x.method in ("GET", "POST")]
     assert preflights
     for preflight in preflights:
         assert preflight.answered["access-control-allow-origin"] == page_origin
@@ -292,4 +293,8 @@ def test_a_page_on_another_origin_uses_the_generated_client(
     keys = [call.sent.get("authorization") for call in calls]
     assert keys.count(f"Bearer {key}") == len(calls) - 1  # all but the anonymous call
     assert keys.count(None) == 1
-    assert {call.sent["content-type"] for call in calls} == TRANSPORTS[transport]
+    content_types, gets = TRANSPORTS[transport]
+    assert {call.sent["content-type"] for call in calls if call.method == "POST"} == content_types
+    assert [call.url.split("?")[0] for call in calls if call.method == "GET"] == [
+        f"{cors_roz.url}/roz.v1.EnvironmentService/GetEnvironment"
+    ] * gets
