@@ -378,7 +378,9 @@ class RozServer:
             grpc_web_app=GrpcWebApp(registry, max_message_bytes=settings.max_message_bytes),
             rest_app=self.rest,
             allowed_origins=settings.cors_origins,
-            connect_app=ConnectApp(registry, max_message_bytes=settings.max_message_bytes),
+            connect_app=self.observability.connect(
+                ConnectApp(registry, max_message_bytes=settings.max_message_bytes)
+            ),
             lifespan=self.lifespan,
             mounts=self.observability.pages(
                 {

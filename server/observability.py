@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from gateway.asgi import ASGIApp
 from gateway.chain import InterceptorChain
 from gateway.observability.metrics import InFlightCollector, MetricsPage, RequestMetrics
-from gateway.observability.middleware import Observed, as_pages
+from gateway.observability.middleware import Observed, as_pages, carrying
 from gateway.observability.tracing import Tracing, otlp_tracing
 from server.settings import Settings
 from server.storage.database import Database
@@ -146,6 +146,11 @@ class Observability:
     def pages(self, mounts: Mapping[str, ASGIApp]) -> dict[str, ASGIApp]:
         """The router's mounts, `/metrics` added, each logged and counted as plain HTTP."""
         return as_pages({**mounts, METRICS_PATH: MetricsPage(self.registry)})
+
+    @staticmethod
+    def connect(app: ASGIApp) -> ASGIApp:
+        """The Connect app, whose refusals are counted as Connect's even before any call."""
+        return carrying("connect", app)
 
     def observe(self, router: ASGIApp) -> Observed:
         observed = Observed(

@@ -184,45 +184,41 @@ class _Response:
         self.request_id = b""
 
 
-def as_page(app: ASGIApp) -> ASGIApp:
-    """`app` (a mounted page or endpoint that is no RPC) logged and counted as protocol "http"."""
+def carrying(protocol: str, app: ASGIApp) -> ASGIApp:
+    """`app`, whose requests are logged and counted as `protocol` even when no call runs: for
+    the apps the router picks by more than content-type (Connect: any RPC path no REST binding
+    claims; mounted pages: "http")."""
 
-    async def page(scope: Scope, receive: Receive, send: Send) -> None:
+    async def carried(scope: Scope, receive: Receive, send: Send) -> None:
         exchange = CURRENT_EXCHANGE.get()
         if exchange is not None:
-            exchange.protocol = "http"
+            exchange.protocol = protocol
         await app(scope, receive, send)
 
-    return page
+    return carried
 
 
 def as_pages(mounts: Mapping[str, ASGIApp]) -> dict[str, ASGIApp]:
-    """Every mount of a router, as `as_page` makes it."""
-    return {prefix: as_page(app) for prefix, app in mounts.items()}
+    """Every mount of a router (pages, /metrics: no RPC), logged and counted as "http"."""
+    return {prefix: carrying("http", app) for prefix, app in mounts.items()}
 
 
 def _protocol_of(scope: Scope) -> str:
-    """What carried a request no RPC ran for, from its headers alone (the router's choice by
-    content-type, and Connect's own markers); a CORS preflight is plain HTTP."""
+    """What carried a request no call ran for and no `carrying` app claimed: the router's choice
+    by content-type; a CORS preflight (which the router answers itself) is plain HTTP."""
     content_type = b""
-    preflight = connect = False
+    preflight = False
     for name, value in scope["headers"]:
         if name == b"content-type":
             content_type = value.split(b";", 1)[0].strip().lower()
         elif name == b"access-control-request-method":
             preflight = True
-        elif name == b"connect-protocol-version":
-            connect = True
     if preflight and scope["method"] == "OPTIONS":
         return "http"
     if content_type.startswith(b"application/grpc-web"):
         return "grpc-web"
     if content_type == b"application/grpc" or content_type.startswith(b"application/grpc+"):
         return "grpc"
-    if connect or content_type.startswith(b"application/connect+"):
-        return "connect"
-    if scope["method"] == "GET" and b"connect=v1" in scope.get("query_string", b""):
-        return "connect"
     return "rest"
 
 

@@ -264,6 +264,34 @@ def test_grpc_web_call(server: Roz, fleet: Fleet, access_log: AccessLog) -> None
     )
 
 
+def test_connect_calls_and_refusals(server: Roz, fleet: Fleet, access_log: AccessLog) -> None:
+    ok, refused = rid(), rid()
+    url = f"{server.url}{ENVIRONMENTS}/ListEnvironments"
+    headers = {
+        "content-type": "application/json",
+        "connect-protocol-version": "1",
+        "authorization": f"Bearer {fleet.key}",
+    }
+    response = httpx.post(url, content=b"{}", headers={**headers, "x-request-id": ok})
+    assert response.status_code == 200, response.text
+    line = access_log.line(ok)
+    assert (line["protocol"], line["rpc"], line["status"], line["code"]) == (
+        "connect",
+        f"{ENVIRONMENTS}/ListEnvironments",
+        200,
+        "OK",
+    )
+    # Refused by the Connect adapter before any call: still Connect's, and still this RPC's.
+    response = httpx.post(url, content=b"{not json", headers={**headers, "x-request-id": refused})
+    assert response.status_code >= 400
+    line = access_log.line(refused)
+    assert (line["protocol"], line["rpc"], line["status"]) == (
+        "connect",
+        f"{ENVIRONMENTS}/ListEnvironments",
+        response.status_code,
+    )
+
+
 def test_a_stream_logs_once_at_its_end(server: Roz, fleet: Fleet, access_log: AccessLog) -> None:
     host_id, secret = fleet.robot()
     request_id = rid()
