@@ -1,0 +1,154 @@
+"""roz's OpenAPI document, built from the real descriptors and route table (nothing started)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openapi_spec_validator import validate
+
+from server.app import RozServer
+from server.openapi import load_comments, roz_document
+from server.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+STATUS = {"$ref": "#/components/schemas/google.rpc.Status"}
+OAUTH = {"$ref": "#/components/schemas/roz.OAuthError"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    server = RozServer(Settings(data_dir=tmp_path_factory.mktemp("data")))
+    return roz_document(server.rest, server.access_rules, load_comments())
+
+
+@pytest.fixture(scope="module")
+def document(built: bytes) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(built)
+    return loaded
+
+
+def op(document: dict[str, Any], method: str, path: str) -> dict[str, Any]:
+    found: dict[str, Any] = document["paths"][path][method]
+    return found
+
+
+def schema(document: dict[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any] = document["components"]["schemas"][name]
+    return found
+
+
+def test_the_document_is_valid_and_is_the_committed_one(built: bytes) -> None:
+    validate(json.loads(built))
+    assert built == (ROOT / "gen" / "openapi.json").read_bytes(), "run `make gen`"
+
+
+def test_creates_answer_201_and_deletes_204_without_a_body(document: dict[str, Any]) -> None:
+    create = op(document, "post", "/api/v1/environments")["responses"]
+    assert "201" in create
+    assert "200" not in create
+    assert create["201"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/roz.v1.Environment"
+    }
+    delete = op(document, "delete", "/api/v1/environments/{id}")["responses"]
+    assert "204" in delete
+    assert "200" not in delete
+    assert "content" not in delete["204"]
+
+
+def test_path_templates_become_required_path_parameters(document: dict[str, Any]) -> None:
+    estop = op(document, "get", "/api/v1/hosts/{host_id}/estop")
+    (parameter,) = [p for p in estop["parameters"] if p["in"] == "path"]
+    assert parameter == {
+        "name": "host_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1},
+        **({"description": parameter["description"]} if "description" in parameter else {}),
+    }
+
+
+def test_list_filters_are_query_parameters_with_enums_by_name(document: dict[str, Any]) -> None:
+    listing = op(document, "get", "/api/v1/commands")
+    names = [p["name"] for p in listing["parameters"]]
+    assert {"page_size", "page_token", "state"} <= set(names)
+    state = next(p for p in listing["parameters"] if p["name"] == "state")
+    enum = schema(document, state["schema"]["$ref"].rsplit("/", 1)[-1])
+    assert enum["type"] == "string"
+    assert "STATE_AWAITING_APPROVAL" in enum["enum"]
+    assert all(isinstance(value, str) for value in enum["enum"])  # names, never numbers
+
+
+def test_field_behaviours_proto_names_and_json_forms(document: dict[str, Any]) -> None:
+    trigger = schema(document, "roz.v1.Trigger")
+    assert trigger["required"] == ["name", "environment_id", "task_prompt"]
+    properties = trigger["properties"]
+    assert properties["id"]["readOnly"] is True  # OUTPUT_ONLY
+    assert "task_prompt" in properties
+    assert "taskPrompt" not in properties
+    assert properties["create_time"]["format"] == "date-time"
+    assert "oneof `condition`" in trigger["description"]
+    sequence = schema(document, "roz.v1.WatchEvent")["properties"]["sequence"]
+    assert sequence["type"] == "string"
+    assert sequence["format"] == "int64"
+
+
+def test_proto_comments_are_summaries_and_descriptions(document: dict[str, Any]) -> None:
+    get = op(document, "get", "/api/v1/environments/{id}")
+    assert get["summary"] == "Returns one environment."
+    trigger = schema(document, "roz.v1.Trigger")
+    assert trigger["properties"]["enabled"]["description"].startswith("A disabled trigger")
+
+
+def test_each_operation_names_its_scope_and_public_ones_need_no_key(
+    document: dict[str, Any],
+) -> None:
+    scheme = document["components"]["securitySchemes"]["apiKey"]
+    assert scheme["type"] == "http"
+    assert scheme["scheme"] == "bearer"
+    assert op(document, "get", "/api/v1/hosts")["security"] == [{"apiKey": ["hosts:read"]}]
+    assert op(document, "post", "/api/v1/hosts")["security"] == [{"apiKey": ["hosts:write"]}]
+    clear = op(document, "post", "/api/v1/hosts/{host_id}/estop/clear")
+    assert clear["security"] == [{"apiKey": ["hosts:admin"]}]
+    assert op(document, "get", "/api/v1/caller")["security"] == [{"apiKey": []}]
+    health = op(document, "get", "/health")
+    assert health["security"] == []
+    assert "401" not in health["responses"]
+    webhook = op(document, "post", "/api/v1/triggers/{trigger_id}/webhook")
+    assert webhook["security"] == []
+    assert "401" in webhook["responses"]  # the signature is the credential
+
+
+def test_device_login_takes_forms_and_answers_oauth_errors(document: dict[str, Any]) -> None:
+    token = op(document, "post", "/api/v1/device/token")
+    content = token["requestBody"]["content"]
+    assert {"application/json", "application/x-www-form-urlencoded"} <= set(content)
+    responses = token["responses"]
+    assert responses["400"]["content"]["application/json"]["schema"] == OAUTH
+    assert responses["429"]["content"]["application/json"]["schema"] == OAUTH
+    assert "401" not in responses
+    oauth = schema(document, "roz.OAuthError")
+    assert oauth["required"] == ["error"]
+    assert "authorization_pending" in oauth["properties"]["error"]["enum"]
+    # Approving is an ordinary JSON method with google.rpc.Status errors.
+    approve = op(document, "post", "/api/v1/device/approve")
+    assert approve["responses"]["403"]["content"]["application/json"]["schema"] == STATUS
+    assert "application/x-www-form-urlencoded" not in approve["requestBody"]["content"]
+
+
+def test_watches_are_ndjson_and_event_streams(document: dict[str, Any]) -> None:
+    watch = op(document, "get", "/api/v1/hosts/{host_id}/watch")
+    content = watch["responses"]["200"]["content"]
+    assert set(content) == {"application/x-ndjson", "text/event-stream"}
+    line = content["application/x-ndjson"]["schema"]
+    assert line["properties"]["result"] == {"$ref": "#/components/schemas/roz.v1.WatchEvent"}
+    assert "after_sequence" in [p["name"] for p in watch["parameters"]]
+
+
+def test_methods_without_rest_bindings_are_left_out(document: dict[str, Any]) -> None:
+    methods = {o["x-grpc-method"] for item in document["paths"].values() for o in item.values()}
+    assert "/roz.v1.SessionService/StreamSession" not in methods
+    assert not [m for m in methods if m.startswith("/roz.v1.RobotLinkService/")]
+    assert "/roz.v1.SessionService/CreateSession" in methods
