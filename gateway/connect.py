@@ -600,9 +600,10 @@ class ConnectApp:
                 if messages is None:
                     return  # the client left
                 if len(messages) != 1:
+                    # UNIMPLEMENTED, as connect-go answers and the conformance suite expects.
                     raise ConnectError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"expected 1 request message, got {len(messages)}",
+                        grpc.StatusCode.UNIMPLEMENTED,
+                        f"a server stream takes 1 request message, not {len(messages)}",
                     )
             except ConnectError as error:
                 await _refuse(receive, response.finish, error.status)
