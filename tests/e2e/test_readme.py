@@ -271,3 +271,18 @@ def test_the_agent_sessions_walkthrough_runs_as_written(
     assert session["state"] == "STATE_ENDED"
     assert session["turn_count"] == 1
     assert int(session["output_tokens"]) > 0
+
+
+def test_the_openapi_examples_run_as_written(roz_factory: RozFactory) -> None:
+    roz = roz_factory()
+    (block,) = shell_blocks("API reference (OpenAPI)")
+    script = ("set -euo pipefail\n" + block).replace("localhost:8080", roz.listener.target)
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    lines = result.stdout.splitlines()
+    assert "DELETE /api/v1/environments/{id} environments:write" in lines
+    assert "POST /api/v1/environments environments:write" in lines
+    assert "GET /api/v1/environments/{id} environments:read" in lines
+    assert lines[-1] == "304"
