@@ -286,3 +286,26 @@ def test_the_openapi_examples_run_as_written(roz_factory: RozFactory) -> None:
     assert "POST /api/v1/environments environments:write" in lines
     assert "GET /api/v1/environments/{id} environments:read" in lines
     assert lines[-1] == "304"
+
+
+def test_the_connect_examples_run_as_written(
+    roz_dir: Path, roz_factory_per_test: RozFactory
+) -> None:
+    home = roz_dir / "home"
+    roz = roz_factory_per_test(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    (block,) = shell_blocks("The Connect protocol and gRPC-web JSON")
+    script = (
+        "set -euo pipefail\nexport ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n" + block
+    ).replace("localhost:8080", roz.listener.target)
+    result = run_as_user(script, home)
+    assert result.returncode == 0, result.stderr + result.stdout
+    decoder = json.JSONDecoder()
+    answers, position = [], 0
+    while (start := result.stdout.find("{", position)) != -1:
+        answer, position = decoder.raw_decode(result.stdout, start)
+        answers.append(answer)
+    created, listed, refused = answers
+    assert (created["name"], created["allowed_tools"]) == ("connect-cell", ["camera"])
+    assert [e["id"] for e in listed["environments"]] == [created["id"]]
+    assert refused["code"] == "invalid_argument"
+    assert refused["details"][0]["type"] == "google.rpc.BadRequest"
