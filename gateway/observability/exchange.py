@@ -12,6 +12,10 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
+import grpc
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
 
 class Exchange:
     """What one request's layers learn about it; read by the middleware when it ends."""
@@ -34,6 +38,15 @@ class Exchange:
         self.rpc = rpc
         self.code = code
         self.log_fields = log_fields
+
+
+def refused_before_call(rpc: str, code: int) -> None:
+    """An adapter answered the request itself with `code` (a google.rpc.Code number), having
+    chosen `rpc` ("/pkg.Service/Method", or "" when it found none); no call will run."""
+    exchange = CURRENT_EXCHANGE.get()
+    if exchange is not None:
+        exchange.rpc = rpc
+        exchange.code = _CODE_NAMES.get(code, "UNKNOWN")
 
 
 CURRENT_EXCHANGE: ContextVar[Exchange | None] = ContextVar("gateway_exchange", default=None)

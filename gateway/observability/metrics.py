@@ -3,8 +3,9 @@
 Each server has a `CollectorRegistry` of its own (never prometheus-client's global one), so
 several servers in one process each count only their own requests. Labels are bounded: `method`
 is a registered RPC ("roz.v1.HostService/GetHost") or `unknown` (an unknown route, a page, a
-preflight: never a raw path); `code` is a gRPC status code's name, or empty when none applies (a
-request refused before any RPC was chosen); no tenant or key is ever a label.
+preflight: never a raw path); `code` is a gRPC status code's name (REST's refusals included: the code of
+their google.rpc.Status), or empty when none applies (a page, a preflight); no tenant or key is
+ever a label.
 
 What can be read when scraped is read then: calls in flight (and open streams) by method from
 the interceptor chain, requests in flight from the middleware's own count. Only the request

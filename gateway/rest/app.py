@@ -26,6 +26,7 @@ from grpc import aio
 
 from gateway.asgi import Headers, Receive, Scope, Send
 from gateway.context import GatewayContext
+from gateway.observability.exchange import refused_before_call
 from gateway.registry import MethodRegistry
 from gateway.rest import codec
 from gateway.rest.bindings import Binding, read_bindings
@@ -178,6 +179,7 @@ class RestApp:
             # connection and says so.
             if not progress.complete and error.http_status != 413:
                 await self._drain(receive, progress)
+            refused_before_call(matched.method.path if matched else "", error.status.code)
             await _send_error(
                 send, error.status, error.http_status, error.headers, pretty, head, matched
             )

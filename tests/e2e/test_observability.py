@@ -144,20 +144,27 @@ def test_unknown_route_logs_its_path_without_the_query(server: Roz, access_log: 
         "/api/v1/no-such-thing",
     )
     assert "rpc" not in line
+    assert line["code"] == "NOT_FOUND"  # the code of the google.rpc.Status in its body
     assert "hunter2" not in access_log.formatted()
 
 
 @pytest.mark.parametrize(
-    ("body", "content_type", "status"),
+    ("body", "content_type", "status", "code"),
     [
-        (b'{"name": "x", "no_such_field": 1}', "application/json", 400),
-        (b'{"name": 5}', "application/json", 400),
-        (b"name=x", "text/plain", 415),
+        (b'{"name": "x", "no_such_field": 1}', "application/json", 400, "INVALID_ARGUMENT"),
+        (b'{"name": 5}', "application/json", 400, "INVALID_ARGUMENT"),
+        (b"name=x", "text/plain", 415, "INVALID_ARGUMENT"),
     ],
     ids=["unknown-field", "wrong-type", "unsupported-media-type"],
 )
 def test_refused_rest_bodies_log_their_status(
-    server: Roz, fleet: Fleet, access_log: AccessLog, body: bytes, content_type: str, status: int
+    server: Roz,
+    fleet: Fleet,
+    access_log: AccessLog,
+    body: bytes,
+    content_type: str,
+    status: int,
+    code: str,
 ) -> None:
     request_id = rid()
     response = httpx.post(
@@ -172,6 +179,9 @@ def test_refused_rest_bodies_log_their_status(
     assert response.status_code == status
     line = access_log.line(request_id)
     assert (line["protocol"], line["http_method"], line["status"]) == ("rest", "POST", status)
+    # Refused by the transcoder, before any call, but after it had found the RPC.
+    assert line["rpc"] == f"{ENVIRONMENTS}/CreateEnvironment"
+    assert line["code"] == code
 
 
 def test_a_preflight_and_a_page_are_plain_http(server: Roz, access_log: AccessLog) -> None:
@@ -398,7 +408,12 @@ def test_unknown_routes_count_under_one_label(server: Roz) -> None:
     samples = scrape(server)
     assert (
         value(
-            samples, "roz_requests_total", protocol="rest", method="unknown", code="", status="404"
+            samples,
+            "roz_requests_total",
+            protocol="rest",
+            method="unknown",
+            code="NOT_FOUND",
+            status="404",
         )
         >= 1
     )
