@@ -1,7 +1,9 @@
 """The interceptor chain every call runs through, whatever protocol carried it.
 
 On the way in: access log (outermost, sees the final status) → error mapping → the application's
-interceptors in order (authenticate, tenant, rate limit …) → deadline → the servicer. The chain
+interceptors in order (authenticate, tenant, rate limit …) → deadline → the servicer. Behind the
+gateway's router the access log is the request's one line (gateway/observability): the chain
+tells it the RPC, code and log fields; on a bare grpc.aio.server() it writes its own. The chain
 only uses the part of `grpc.aio.ServicerContext` that all three protocol contexts implement
 (invocation_metadata, time_remaining, set_trailing_metadata, abort), so one wrapped handler
 serves REST, gRPC-web and native gRPC alike, and also runs unchanged on `grpc.aio.server()`.
