@@ -53,6 +53,7 @@ def test_the_docs_page_and_its_assets_come_from_this_server(server: Roz) -> None
     assert "script-src 'self'" in policy
     assert "connect-src 'self'" in policy
     assert "unsafe-eval" not in policy
+    assert "unsafe-inline" not in policy
     assert "http" not in page.text  # nothing from elsewhere
     for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "init.js"):
         response = httpx.get(f"{server.url}/docs/{asset}")
