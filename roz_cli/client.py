@@ -7,7 +7,8 @@ Two error shapes come back: the device-login endpoints answer like OAuth (RFC 67
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -16,21 +17,49 @@ from typing import Any
 import httpx
 
 from roz_cli import __version__
-from roz_cli.errors import CliError
+from roz_cli.errors import (
+    EXIT_AUTH,
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+)
 
 USER_AGENT = f"roz-cli/{__version__}"
 # Generous for a slow server, short enough that a dead one does not look like a hang.
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 CLIENT_ID = "roz-cli"
+# A watch sends a checkpoint every 15 s when quiet: four missed ones mean the connection is dead.
+WATCH_TIMEOUT = httpx.Timeout(30.0, connect=10.0, read=60.0)
+
+# google.rpc.Code numbers → exit codes; a code not here falls back to the HTTP status.
+_EXIT_FOR_CODE = {
+    3: EXIT_USAGE,  # INVALID_ARGUMENT
+    11: EXIT_USAGE,  # OUT_OF_RANGE
+    16: EXIT_AUTH,  # UNAUTHENTICATED
+    7: EXIT_AUTH,  # PERMISSION_DENIED
+    5: EXIT_NOT_FOUND,  # NOT_FOUND
+    8: EXIT_UNAVAILABLE,  # RESOURCE_EXHAUSTED (rate limited)
+    14: EXIT_UNAVAILABLE,  # UNAVAILABLE
+    4: EXIT_UNAVAILABLE,  # DEADLINE_EXCEEDED
+    13: EXIT_UNAVAILABLE,  # INTERNAL
+    2: EXIT_UNAVAILABLE,  # UNKNOWN
+    15: EXIT_UNAVAILABLE,  # DATA_LOSS
+}
 
 
 class ServerUnreachable(CliError):
     """No HTTP answer at all: refused, reset, timed out, TLS failure."""
 
+    exit_code = EXIT_UNAVAILABLE
+
 
 class UnexpectedAnswer(CliError):
     """The server answered 2xx with something that is not what the API promises."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 class ApiError(CliError):
@@ -43,6 +72,8 @@ class ApiError(CliError):
         *,
         error: str | None = None,
         retry_after: float | None = None,
+        code: int | None = None,
+        document: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -50,11 +81,33 @@ class ApiError(CliError):
         self.error = error
         # Seconds the server asked the client to wait (Retry-After), if it did.
         self.retry_after = retry_after
+        # The google.rpc.Status the server sent (code, message, details), when it sent one.
+        self.code = code
+        self.document = document
+        self.exit_code = _exit_code(status, code)
+
+    @property
+    def details(self) -> list[dict[str, Any]]:
+        """The Status's details (BadRequest, ErrorInfo …) as the server wrote them."""
+        details = (self.document or {}).get("details")
+        return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
 
     @property
     def transient(self) -> bool:
         """Worth asking again later: rate limited, or the server (or a proxy) failing."""
-        return self.status == 429 or self.status >= 500
+        return self.status == 429 or self.status >= 500 or self.code == 14
+
+
+def _exit_code(status: int, code: int | None) -> int:
+    if code is not None and code in _EXIT_FOR_CODE:
+        return _EXIT_FOR_CODE[code]
+    if status in (401, 403):
+        return EXIT_AUTH
+    if status == 404:
+        return EXIT_NOT_FOUND
+    if status == 429 or status >= 500:
+        return EXIT_UNAVAILABLE
+    return EXIT_FAILURE
 
 
 @dataclass(frozen=True)
@@ -215,12 +268,62 @@ class RozClient:
             return None
         return str(first.get("hash", ""))
 
-    def _send(
-        self, method: str, path: str, *, api_key: str | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        api_key: str,
+        params: Mapping[str, str | list[str]] | None = None,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Any JSON endpoint of the API: its answer as a JSON object, or ApiError."""
+        response = self._send(
+            method, path, api_key=api_key, params=params, json=body, headers=headers
+        )
+        return _json_object(response)
+
+    def stream(
+        self, path: str, *, api_key: str, params: Mapping[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The messages of a server stream over REST (NDJSON `{"result": …}` lines), as they
+        come. A final `{"error": Status}` line raises ApiError; a dropped or silent connection
+        raises ServerUnreachable."""
+        request_headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/x-ndjson",
+        }
         try:
-            response = self.http.request(method, path, headers=headers, **kwargs)
+            with self.http.stream(
+                "GET", path, headers=request_headers, params=params, timeout=WATCH_TIMEOUT
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    raise api_error(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield _stream_message(line, self.server)
+        except httpx.TimeoutException:
+            raise ServerUnreachable(f"{self.server} went silent") from None
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(
+                f"lost the connection to {self.server}: {str(exc) or type(exc).__name__}"
+            ) from None
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        all_headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        all_headers.update(headers or {})
+        try:
+            response = self.http.request(method, path, headers=all_headers, **kwargs)
         except httpx.TimeoutException:
             raise ServerUnreachable(f"{self.server} did not answer in time") from None
         except httpx.TransportError as exc:
@@ -253,8 +356,37 @@ def api_error(response: httpx.Response) -> ApiError:
             return ApiError(status, message, error=error, retry_after=retry_after)
         status_message = document.get("message")  # google.rpc.Status
         if isinstance(status_message, str) and status_message:
-            return ApiError(status, status_message, retry_after=retry_after)
+            return status_error(status, document, retry_after=retry_after)
     return ApiError(status, fallback, retry_after=retry_after)
+
+
+def status_error(
+    status: int, document: Mapping[str, Any], *, retry_after: float | None = None
+) -> ApiError:
+    """A google.rpc.Status body (or a stream's final error) as an ApiError."""
+    code = document.get("code")
+    message = document.get("message")
+    return ApiError(
+        status,
+        message if isinstance(message, str) and message else f"error code {code}",
+        retry_after=retry_after,
+        code=code if isinstance(code, int) and not isinstance(code, bool) else None,
+        document=document,
+    )
+
+
+def _stream_message(line: str, server: str) -> dict[str, Any]:
+    try:
+        document = json.loads(line)
+    except ValueError:
+        raise UnexpectedAnswer(f"{server} sent a stream line that is not JSON") from None
+    result = document.get("result") if isinstance(document, dict) else None
+    if isinstance(result, dict):
+        return result
+    error = document.get("error") if isinstance(document, dict) else None
+    if isinstance(error, dict):
+        raise status_error(200, error)
+    raise UnexpectedAnswer(f"{server} sent a stream line without a result")
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
-from roz_cli.errors import CliError, UsageError
+from roz_cli.errors import CliError, NotLoggedIn, UsageError
 
 DEFAULT_SERVER = "http://localhost:8080"
 CREDENTIALS_FILE = "credentials.json"
@@ -111,6 +111,16 @@ def resolve_api_key(server: str, env: Mapping[str, str], credentials: Credential
         return env[API_KEY_ENV]
     stored = credentials.servers.get(server)
     return stored.api_key if stored else None
+
+
+def require_api_key(
+    server: str, env: Mapping[str, str], credentials: Credentials
+) -> tuple[str, str]:
+    """The key to use and where it came from ($ROZ_API_KEY or "credentials file")."""
+    api_key = resolve_api_key(server, env, credentials)
+    if api_key is None:
+        raise NotLoggedIn(f"not logged in to {server}; run roz login")
+    return api_key, (API_KEY_ENV if env.get(API_KEY_ENV) else "credentials file")
 
 
 def now_iso() -> str:

@@ -1,7 +1,8 @@
 """The `roz` command line: argparse, and one function per command.
 
 Results go to stdout; instructions, progress and errors to stderr (so `roz whoami --json | jq`
-works). Exit codes: 0 done, 1 failed, 2 usage, 130 interrupted.
+works). Exit codes: see roz_cli/errors.py. The `roz RESOURCE VERB` commands are built in
+roz_cli/resource_commands.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import re
 import socket
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -31,12 +33,21 @@ from roz_cli.config import (
     config_dir,
     load_credentials,
     now_iso,
-    resolve_api_key,
+    require_api_key,
     resolve_server,
     save_credentials,
 )
-from roz_cli.errors import EXIT_INTERRUPTED, CliError, UsageError
+from roz_cli.errors import (
+    EXIT_CODES_HELP,
+    EXIT_INTERRUPTED,
+    CliError,
+    KeyRefused,
+    NotLoggedIn,
+    UsageError,
+)
 from roz_cli.login import device_login
+from roz_cli.output import Printer
+from roz_cli.resource_commands import add_resource_commands
 
 Command = Callable[[argparse.Namespace, Mapping[str, str]], int]
 
@@ -46,31 +57,50 @@ _EXPECTED_ENTRY = re.compile(r"([1-9][0-9]*):([0-9a-f]{64})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(os.environ).parse_args(argv)
     command: Command = args.command
     try:
         return command(args, os.environ)
     except CliError as exc:
-        say(f"roz: {exc.message}")
+        Printer(getattr(args, "output", "table")).error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         say("\nroz: interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`roz hosts watch ID | head -1`): not an error of ours. Point
+        # stdout at nothing so that the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="roz",
         description=(
-            "The roz command-line client: log in to a roz server, see who you are, verify the "
-            "audit trail."
+            "The roz command-line client: log in to a roz server, see who you are, manage\n"
+            "environments, hosts, safety policies, tasks and commands (roz RESOURCE VERB),\n"
+            "watch them live, verify the audit trail."
         ),
         epilog=(
-            f"The server is --server, else ${SERVER_ENV}, else the server of the last login, "
-            f"else {DEFAULT_SERVER}. The API key is ${API_KEY_ENV}, else the one stored by "
-            f"`roz login` in ${CONFIG_DIR_ENV}/credentials.json (default: the per-user config "
-            "directory, e.g. ~/.config/roz)."
+            "examples:\n"
+            "  roz login --server https://roz.example.com\n"
+            "  roz hosts list --status online\n"
+            "  roz hosts get ID -o yaml\n"
+            "  roz commands approve ID --reason 'checked the cell'\n"
+            "  roz tasks watch ID\n"
+            "  roz environments list --all -o json | jq -r '.environments[].name'\n\n"
+            + textwrap.fill(
+                f"The server is --server, else ${SERVER_ENV}, else the server of the last "
+                f"login, else {DEFAULT_SERVER}. The API key is ${API_KEY_ENV}, else the one "
+                f"stored by `roz login` in ${CONFIG_DIR_ENV}/credentials.json (default: the "
+                "per-user config directory, e.g. ~/.config/roz).",
+                width=79,
+            )
+            + "\n\n"
+            + EXIT_CODES_HELP
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"roz {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -182,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
     verify.set_defaults(command=run_audit_verify)
+    add_resource_commands(commands, server, os.environ if env is None else env)
     return parser
 
 
@@ -246,7 +277,7 @@ def run_logout(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     server = resolve_server(args.server, env, credentials)
     stored = credentials.servers.get(server)
     if stored is None:
-        raise CliError(f"not logged in to {server}")
+        raise NotLoggedIn(f"not logged in to {server}")
     outcome = f"revoked key {_describe(stored)}"
     problem: str | None = None  # set when the key may still work
     with _connect(server) as client:
@@ -280,7 +311,7 @@ def run_whoami(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             caller = client.get_caller(api_key)
         except ApiError as exc:
             if exc.status == 401:
-                raise CliError(
+                raise KeyRefused(
                     f"{server} does not accept the key from {_source_text(source)} "
                     f"({exc.message}); run roz login"
                 ) from None
@@ -398,10 +429,7 @@ def _store(directory: Path, server: str, key: StoredKey) -> None:
 
 def _api_key(server: str, env: Mapping[str, str], credentials: Credentials) -> tuple[str, str]:
     """The key to use and where it came from; not logged in is an error."""
-    api_key = resolve_api_key(server, env, credentials)
-    if api_key is None:
-        raise CliError(f"not logged in to {server}; run roz login")
-    return api_key, (API_KEY_ENV if env.get(API_KEY_ENV) else "credentials file")
+    return require_api_key(server, env, credentials)
 
 
 def _scopes(values: Sequence[str]) -> list[str]:

@@ -117,5 +117,5 @@ def test_a_malformed_expectation_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_verify_without_a_key_says_how_to_log_in(tmp_path: Path) -> None:
     result = roz(tmp_path / "config", "audit", "verify", "--server", "https://roz.example.com")
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert "not logged in to https://roz.example.com; run roz login" in result.stderr

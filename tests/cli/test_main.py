@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from roz_cli import __version__
 from roz_cli.config import Credentials, StoredKey, load_credentials, save_credentials
 from roz_cli.main import main
+from roz_cli.resources import RESOURCES
 from tests.support.server import free_port
 
 SECRET = "roz_sk_" + "z" * 43
@@ -45,7 +47,7 @@ def test_whoami_without_a_key_says_how_to_log_in(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ROZ_SERVER", "https://roz.example.com/")
-    assert main(["whoami"]) == 1
+    assert main(["whoami"]) == 3
     assert capsys.readouterr().err == (
         "roz: not logged in to https://roz.example.com; run roz login\n"
     )
@@ -59,7 +61,7 @@ def test_whoami_without_a_key_says_how_to_log_in(
 def test_commands_that_need_a_key_fail_without_one(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(argv) == 1
+    assert main(argv) == 3
     assert "not logged in to http://localhost:8080" in capsys.readouterr().err
 
 
@@ -78,7 +80,7 @@ def test_an_unreachable_server_is_one_line_not_a_traceback(
 ) -> None:
     monkeypatch.setenv("ROZ_API_KEY", SECRET)
     server = f"http://127.0.0.1:{free_port()}"
-    assert main(["whoami", "--server", server]) == 1
+    assert main(["whoami", "--server", server]) == 5
     out, err = capsys.readouterr()
     assert err.startswith(f"roz: cannot reach {server}")
     assert err.count("\n") == 1
@@ -97,3 +99,83 @@ def test_logout_from_an_unreachable_server_forgets_the_key_and_says_it_may_still
     assert f"removed the key for {server} here, but could not revoke it" in err
     assert "k-42" in err
     assert SECRET not in out + err
+
+
+RESOURCE_VERBS = [
+    (resource.name, verb)
+    for resource in RESOURCES
+    for verb in (
+        "list",
+        "get",
+        "create",
+        *(move.verb for move in resource.moves),
+        *(["transition"] if resource.states else []),
+        *(["watch"] if resource.watch else []),
+    )
+]
+
+
+@pytest.mark.parametrize(("resource", "verb"), RESOURCE_VERBS)
+def test_every_resource_verb_has_help_with_examples(
+    resource: str, verb: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([resource, verb, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: roz {resource} {verb}" in out
+    assert f"  roz {resource} {verb}" in out  # an example of itself
+    assert "--output" in out
+    assert "4    not found" in out  # the exit codes
+
+
+def test_the_top_help_lists_the_resources_and_the_exit_codes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for resource in RESOURCES:
+        assert f"    {resource.name}" in out
+    assert "exit codes:" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["hosts", "create", "--label", "novalue"], "--label takes KEY=VALUE"),
+        (["commands", "create", "--params", "[1]"], "--params must be a JSON object"),
+        (["tasks", "create", "--timeout", "soon"], "--timeout takes a duration"),
+        (["hosts", "list", "--page-size", "0"], "--page-size must be at least 1"),
+        (["hosts", "create", "--from-file", "/nonexistent/host.yaml"], "cannot read"),
+    ],
+)
+@pytest.mark.usefixtures("config")
+def test_bad_values_are_usage_errors_before_any_request(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No server listens there: a request would exit 5, not 2.
+    monkeypatch.setenv("ROZ_SERVER", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("ROZ_API_KEY", SECRET)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("config")
+def test_a_resource_command_without_a_key_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hosts", "list"]) == 3
+    assert capsys.readouterr().err == "roz: not logged in to http://localhost:8080; run roz login\n"
+
+
+@pytest.mark.usefixtures("config")
+def test_an_unreachable_server_exits_5_in_the_chosen_format(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROZ_API_KEY", SECRET)
+    server = f"http://127.0.0.1:{free_port()}"
+    assert main(["tasks", "get", "x", "--server", server, "-o", "json"]) == 5
+    error = json.loads(capsys.readouterr().err)["error"]
+    assert error["message"].startswith(f"cannot reach {server}")
