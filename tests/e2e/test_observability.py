@@ -154,8 +154,9 @@ def test_unknown_route_logs_its_path_without_the_query(server: Roz, access_log: 
         (b'{"name": "x", "no_such_field": 1}', "application/json", 400, "INVALID_ARGUMENT"),
         (b'{"name": 5}', "application/json", 400, "INVALID_ARGUMENT"),
         (b"name=x", "text/plain", 415, "INVALID_ARGUMENT"),
+        (b" " * (4 * 1024 * 1024 + 1), "application/json", 413, "RESOURCE_EXHAUSTED"),
     ],
-    ids=["unknown-field", "wrong-type", "unsupported-media-type"],
+    ids=["unknown-field", "wrong-type", "unsupported-media-type", "too-large"],
 )
 def test_refused_rest_bodies_log_their_status(
     server: Roz,
