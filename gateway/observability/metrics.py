@@ -3,9 +3,9 @@
 Each server has a `CollectorRegistry` of its own (never prometheus-client's global one), so
 several servers in one process each count only their own requests. Labels are bounded: `method`
 is a registered RPC ("roz.v1.HostService/GetHost") or `unknown` (an unknown route, a page, a
-preflight: never a raw path); `code` is a gRPC status code's name (REST's refusals included: the code of
-their google.rpc.Status), or empty when none applies (a page, a preflight); no tenant or key is
-ever a label.
+preflight: never a raw path); `code` is a gRPC status code's name (for REST's own refusals, the
+code of their google.rpc.Status), or empty when none applies (a page, a preflight); no tenant or
+key is ever a label.
 
 What can be read when scraped is read then: calls in flight (and open streams) by method from
 the interceptor chain, requests in flight from the middleware's own count. Only the request
@@ -56,13 +56,23 @@ class RequestMetrics:
             registry=registry,
             buckets=LATENCY_BUCKETS,
         )
+        self._children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
 
     def method_label(self, path: str) -> str:
         return self._labels.get(path, UNKNOWN_METHOD)
 
     def record(self, protocol: str, method: str, code: str, status: int, seconds: float) -> None:
-        self._requests.labels(protocol, method, code, str(status)).inc()
-        self._duration.labels(protocol, method).observe(seconds)
+        key = (protocol, method, code, status)
+        children = self._children.get(key)
+        if children is None:
+            # labels() takes a lock and builds a key each time; the labels are bounded, so
+            # each combination's children are looked up once and kept.
+            children = self._children[key] = (
+                self._requests.labels(protocol, method, code, str(status)),
+                self._duration.labels(protocol, method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class InFlightCollector(Collector):

@@ -126,8 +126,9 @@ class Observed:
             status,
             seconds,
         )
+        if span is None and not access_log.isEnabledFor(logging.INFO):
+            return
         logged_path = _loggable_path(scope)
-        peer = wire.peer(scope.get("client"))
         if span is not None:
             attributes: dict[str, Any] = {
                 "http.request.method": scope["method"],
@@ -160,7 +161,7 @@ class Observed:
         fields["status"] = status
         if code:
             fields["code"] = code
-        fields["peer"] = peer
+        fields["peer"] = wire.peer(scope.get("client"))
         fields["duration_ms"] = round(seconds * 1000, 2)
         fields.update(exchange.log_fields)
         access_log.info(
