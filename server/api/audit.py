@@ -21,6 +21,7 @@ PROTOCOL_TO_PROTO = {
     Protocol.GRPC: pb.Actor.PROTOCOL_GRPC,
     Protocol.GRPC_WEB: pb.Actor.PROTOCOL_GRPC_WEB,
     Protocol.REST: pb.Actor.PROTOCOL_REST,
+    Protocol.CONNECT: pb.Actor.PROTOCOL_CONNECT,
 }
 BREAK_TO_PROTO = {
     None: pb.VerifyAuditEventsResponse.BREAK_UNSPECIFIED,

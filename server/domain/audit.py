@@ -34,6 +34,7 @@ class Protocol(enum.Enum):
     GRPC = "grpc"
     GRPC_WEB = "grpc-web"
     REST = "rest"
+    CONNECT = "connect"
 
 
 # What migration 0012's triggers record; e-stops add estop.* (migration 0014).

@@ -88,13 +88,20 @@ def test_changes_are_recorded_with_the_key_the_protocol_and_the_request_id(roz: 
             commands_pb2.CreateCommandRequest.SerializeToString,
             commands_pb2.Command.FromString,
         )(request, metadata=[*metadata, ("x-request-id", "audit-over-grpc-web")], timeout=30).id
+    with roz.rest(key) as client:
+        by_connect = client.post(
+            "/roz.v1.CommandService/CreateCommand",
+            json={"command": command_body(cell.host_id)},
+            headers={"x-request-id": "audit-over-connect"},
+        ).json()["id"]
 
     created = {e["subject_id"]: e for e in events(roz, key, kind="command.created")}
-    assert set(created) == {by_rest, by_grpc, by_web}
+    assert set(created) == {by_rest, by_grpc, by_web, by_connect}
     for command_id, protocol, request_id in [
         (by_rest, "PROTOCOL_REST", "audit-over-rest"),
         (by_grpc, "PROTOCOL_GRPC", "audit-over-grpc"),
         (by_web, "PROTOCOL_GRPC_WEB", "audit-over-grpc-web"),
+        (by_connect, "PROTOCOL_CONNECT", "audit-over-connect"),
     ]:
         event = created[command_id]
         assert event["actor"] == {

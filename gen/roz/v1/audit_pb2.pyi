@@ -46,10 +46,12 @@ class Actor(_message.Message):
         PROTOCOL_GRPC: _ClassVar[Actor.Protocol]
         PROTOCOL_GRPC_WEB: _ClassVar[Actor.Protocol]
         PROTOCOL_REST: _ClassVar[Actor.Protocol]
+        PROTOCOL_CONNECT: _ClassVar[Actor.Protocol]
     PROTOCOL_UNSPECIFIED: Actor.Protocol
     PROTOCOL_GRPC: Actor.Protocol
     PROTOCOL_GRPC_WEB: Actor.Protocol
     PROTOCOL_REST: Actor.Protocol
+    PROTOCOL_CONNECT: Actor.Protocol
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]

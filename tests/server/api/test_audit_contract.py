@@ -19,8 +19,9 @@ def test_every_protocol_has_one_proto_value_and_back() -> None:
 
 
 def test_the_adapters_names_are_the_domains() -> None:
-    # What gateway/grpc_native.py, grpc_web.py and rest/app.py put in GatewayContext.protocol.
-    assert set(_PROTOCOLS) == {"grpc", "grpc-web", "rest"}
+    # What gateway/grpc_native.py, grpc_web.py, connect.py and rest/app.py put in
+    # GatewayContext.protocol.
+    assert set(_PROTOCOLS) == {"grpc", "grpc-web", "rest", "connect"}
     assert {protocol.value for protocol in Protocol} == {"", *_PROTOCOLS}
 
 
