@@ -34,6 +34,8 @@ COMMENTS_FILE = "proto_comments.json"  # in the generated package `roz`
 API_KEY = "apiKey"
 OAUTH_ERROR = "roz.OAuthError"
 TITLE = "roz API"
+# Public (no API key), but a signature is the credential: a bad one answers 401.
+SIGNED_PUBLIC_METHODS = frozenset({"/roz.v1.TriggerService/DeliverWebhook"})
 _DESCRIPTION = """\
 The REST face of roz's gRPC API, transcoded in process from the same proto definitions; native \
 gRPC, gRPC-web and this REST API share one port.
@@ -114,8 +116,8 @@ def _security(binding: Binding, operation: Operation, rules: AccessRules) -> Non
         note = "Needs a robot key (one bound to a host), for its own host."
     if rule.public:
         responses = operation["responses"]
-        if "401" in responses and "webhook" not in binding.template.text:
-            del responses["401"]  # no key is read, so none is refused
+        if binding.method.path not in SIGNED_PUBLIC_METHODS:
+            responses.pop("401", None)  # no key is read, so none is refused
         responses.pop("403", None)
     operation["x-roz-scope"] = rule.scope or None
     operation["description"] = "\n\n".join(filter(None, [operation.get("description"), note]))

@@ -90,7 +90,12 @@ class OpenApiPages:
             )
             return
         if path == DOCUMENT_PATH:
-            headers = [(b"etag", self.etag), (b"cache-control", b"no-cache")]
+            # Public knowledge, read without credentials: any site's tools may fetch it.
+            headers = [
+                (b"etag", self.etag),
+                (b"cache-control", b"no-cache"),
+                (b"access-control-allow-origin", b"*"),
+            ]
             if _matches(scope, self.etag):
                 await _answer(send, 304, None, b"", method, headers)
                 return
