@@ -891,13 +891,13 @@ class _StreamResponse:
             )
 
     async def finish(self, status: status_pb2.Status | None, trailing: MetadataItems = ()) -> None:
-        document: dict[str, Any] = {}
-        if status is not None:
-            document["error"] = error_document(status)
-        metadata = _metadata_object(trailing)
-        if metadata:
-            document["metadata"] = metadata
         try:
+            document: dict[str, Any] = {}
+            if status is not None:
+                document["error"] = error_document(status)
+            metadata = _metadata_object(trailing)
+            if metadata:
+                document["metadata"] = metadata
             end = json.dumps(document, separators=(",", ":")).encode()
         except Exception:
             log.exception("failed to write a Connect end-of-stream message")
