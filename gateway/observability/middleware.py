@@ -14,6 +14,8 @@ The line, in the text format (JSON lines carry the same fields):
     rpc=/roz.v1.HostService/GetHost http_method=POST path=/roz.v1.HostService/GetHost status=200
     code=NOT_FOUND peer=ipv4:127.0.0.1:50412 duration_ms=2.31 tenant=… api_key=…
 
+(with `trace_id=…` too when tracing is on).
+
 No header, query string or body is logged: the path alone (as sent, percent-encoded, without
 its query), so API keys, webhook signatures and device codes never reach the log.
 """
@@ -163,6 +165,9 @@ class Observed:
             fields["code"] = code
         fields["peer"] = wire.peer(scope.get("client"))
         fields["duration_ms"] = round(seconds * 1000, 2)
+        if span is not None:
+            # The line and its trace, found from each other.
+            fields["trace_id"] = format(span.get_span_context().trace_id, "032x")
         fields.update(exchange.log_fields)
         access_log.info(
             "%s %s %s %d %s %.1fms",

@@ -574,14 +574,19 @@ def attributes(span: Span) -> dict[str, Any]:
     return found
 
 
-def test_a_rest_call_continues_the_callers_trace(traced: Roz, collector: Collector) -> None:
+def test_a_rest_call_continues_the_callers_trace(
+    traced: Roz, collector: Collector, access_log: AccessLog
+) -> None:
     key = traced.new_tenant("traced")
     header, trace_id, parent = traceparent()
+    request_id = rid()
     with traced.rest(key) as client:
         response = client.get(
-            "/api/v1/environments", headers={"traceparent": header, "tracestate": "roz=1"}
+            "/api/v1/environments",
+            headers={"traceparent": header, "tracestate": "roz=1", "x-request-id": request_id},
         )
     assert response.status_code == 200
+    assert access_log.line(request_id)["trace_id"] == trace_id.hex()
     span = collector.span(trace_id)
     assert span.parent_span_id == parent
     assert span.name == "roz.v1.EnvironmentService/ListEnvironments"
