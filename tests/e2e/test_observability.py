@@ -25,7 +25,7 @@ from roz.v1 import environments_pb2 as env_pb
 from roz.v1 import environments_pb2_grpc as env_grpc
 
 from server.logs import JsonFormatter, TextFormatter
-from server.settings import Settings
+from server.settings import Settings, SettingsError
 from tests.e2e.conftest import Roz, RozFactory
 from tests.e2e.test_readme import run_as_user, shell_blocks
 from tests.e2e.test_robot_link import Fleet, eventually
@@ -666,3 +666,15 @@ def test_tracing_is_off_unless_configured(server: Roz) -> None:
         ).otel_traces_endpoint
         is None
     )
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_TRACES_EXPORTER": "jaeger"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+    ],
+)
+def test_tracing_settings_the_server_cannot_honour_stop_it(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError, match="OTEL_"):
+        Settings.from_env(env)
