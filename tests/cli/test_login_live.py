@@ -235,7 +235,7 @@ def test_logout_revokes_the_key_and_forgets_it(server: Roz, config: Path, logged
     assert stored(config) == {"default_server": None, "servers": {}}
     after = roz(config, "whoami", "--server", server.url)
     assert (after.returncode, after.stderr) == (
-        1,
+        3,
         f"roz: not logged in to {server.url}; run roz login\n",
     )
 
