@@ -1,7 +1,9 @@
-"""One call, three protocols: what a client of each sees, reduced to comparable outcomes.
+"""One call, four protocols: what a client of each sees, reduced to comparable outcomes.
 
 Native gRPC goes through grpcio, gRPC-web through sonora's client (and, for error details,
-which sonora's client drops, through httpx speaking the gRPC-web wire format), REST through httpx.
+which sonora's client drops, through httpx speaking the gRPC-web wire format), REST through httpx,
+and the Connect protocol through httpx too (unary JSON, lowerCamel names in, as connect-es sends
+them; its client-side libraries are exercised by tests/e2e/test_connect_js.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from grpc_status import rpc_status
 from tests.e2e.conftest import Roz
 from tests.support import grpc_web
 
-PROTOCOLS = ("rest", "grpc", "grpc-web")
+PROTOCOLS = ("rest", "grpc", "grpc-web", "connect")
 
 _DETAIL_TYPES = {
     cls.DESCRIPTOR.full_name: cls
@@ -89,6 +91,8 @@ def call_with_authorization(
         return _grpc(roz, rpc, authorization)
     if protocol == "grpc-web":
         return _grpc_web(roz, rpc, authorization)
+    if protocol == "connect":
+        return _connect(roz, rpc, authorization)
     raise ValueError(protocol)
 
 
@@ -173,6 +177,46 @@ def _rest(roz: Roz, rpc: Rpc, authorization: str | None) -> Outcome:
     return Outcome(
         code=grpc.StatusCode(_CODE_NUMBERS[status.code]),
         message=status.message,
+        details=_unpack(status),
+        http_status=response.status_code,
+        headers=headers,
+    )
+
+
+def _connect(roz: Roz, rpc: Rpc, authorization: str | None) -> Outcome:
+    """JSON, or binary protobuf for a request JSON cannot express (a NaN in a Struct)."""
+    try:
+        body, content_type = json_format.MessageToJson(rpc.request, indent=None).encode(), "json"
+    except json_format.SerializeToJsonError:
+        body, content_type = rpc.request.SerializeToString(), "proto"
+    sent: dict[str, str | bytes] = {
+        "content-type": f"application/{content_type}",
+        "connect-protocol-version": "1",
+    }
+    if authorization:
+        sent["authorization"] = authorization.encode()
+    with roz.rest() as client:
+        response = client.post(rpc.path, content=body, headers=sent)
+    headers = {k.lower(): v for k, v in response.headers.items()}
+    if response.status_code == 200:
+        message = rpc.response_class()
+        if content_type == "json":
+            json_format.Parse(response.text, message)
+        else:
+            message.ParseFromString(response.content)
+        return Outcome(code=grpc.StatusCode.OK, response=message, http_status=200, headers=headers)
+    error = response.json()
+    name = "CANCELLED" if error["code"] == "canceled" else error["code"].upper()
+    status = status_pb2.Status()
+    for detail in error.get("details", []):
+        value = detail["value"]
+        status.details.add(
+            type_url="type.googleapis.com/" + detail["type"],
+            value=base64.b64decode(value + "=" * (-len(value) % 4)),
+        )
+    return Outcome(
+        code=grpc.StatusCode[name],
+        message=error.get("message", ""),
         details=_unpack(status),
         http_status=response.status_code,
         headers=headers,

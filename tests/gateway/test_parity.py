@@ -1,7 +1,8 @@
-"""One chain, three protocols: the same call fails the same way over REST, gRPC-web and gRPC.
+"""One chain, four protocols: the same call fails the same way over REST, gRPC-web, gRPC and
+Connect.
 
 A router over a registry of the EchoService with a test interceptor; each case is called over
-the three protocols and the (code, message, details) they report must be identical.
+the four protocols and the (code, message, details) they report must be identical.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gateway.chain import Call, InterceptorChain
+from gateway.connect import ConnectApp
 from gateway.grpc_native import NativeGrpcApp
 from gateway.grpc_web import GrpcWebApp
 from gateway.registry import MethodRegistry
@@ -30,7 +32,7 @@ from tests.gateway.echo_service import EchoServicer, echo_pb2
 from tests.gateway.echo_service import echo_pb2_grpc as echo_grpc
 from tests.support.server import RunningServer, running
 
-PROTOCOLS = ("rest", "grpc-web", "grpc")
+PROTOCOLS = ("rest", "grpc-web", "grpc", "connect")
 ECHO = "/testing.echo.v1.EchoService/Echo"
 SLEEP = "/testing.echo.v1.EchoService/Sleep"
 FAIL = "/testing.echo.v1.EchoService/Fail"
@@ -72,6 +74,7 @@ def build() -> GatewayRouter:
         grpc_app=NativeGrpcApp(registry),
         grpc_web_app=GrpcWebApp(registry),
         rest_app=RestApp(registry),
+        connect_app=ConnectApp(registry),
     )
 
 
@@ -151,6 +154,29 @@ def over_rest(
     return status.code, status.message, details_of(status)
 
 
+def over_connect(
+    server: RunningServer, path: str, request: Any, headers: dict[str, str], timeout: float | None
+) -> Outcome:
+    sent = {"content-type": "application/proto", "connect-protocol-version": "1", **headers}
+    if timeout is not None:
+        sent["connect-timeout-ms"] = str(int(timeout * 1000))
+    response = httpx.post(
+        server.url + path, content=request.SerializeToString(), headers=sent, timeout=30
+    )
+    if response.status_code == 200:
+        return 0, "", []
+    error = response.json()
+    name = "CANCELLED" if error["code"] == "canceled" else error["code"].upper()
+    status = status_pb2.Status()
+    for detail in error.get("details", []):
+        value = detail["value"]
+        status.details.add(
+            type_url="type.googleapis.com/" + detail["type"],
+            value=base64.b64decode(value + "=" * (-len(value) % 4)),
+        )
+    return grpc.StatusCode[name].value[0], error.get("message", ""), details_of(status)
+
+
 def call(
     protocol: str,
     server: RunningServer,
@@ -165,12 +191,16 @@ def call(
         return over_grpc(server, path, request, headers, timeout)
     if protocol == "grpc-web":
         return over_grpc_web(server, path, request, headers, timeout)
+    if protocol == "connect":
+        return over_connect(server, path, request, headers, timeout)
     return over_rest(server, rest, headers, timeout)
 
 
 def same_everywhere(server: RunningServer, *args: Any, **kwargs: Any) -> Outcome:
     outcomes = {protocol: call(protocol, server, *args, **kwargs) for protocol in PROTOCOLS}
-    assert outcomes["rest"] == outcomes["grpc-web"] == outcomes["grpc"], outcomes
+    assert outcomes["rest"] == outcomes["grpc-web"] == outcomes["grpc"] == outcomes["connect"], (
+        outcomes
+    )
     return outcomes["grpc"]
 
 
@@ -213,7 +243,12 @@ def test_deadline_is_identical(server: RunningServer) -> None:
     }
     assert {code for code, _, _ in outcomes.values()} == {code_pb2.DEADLINE_EXCEEDED}
     # grpcio's client gives up at the same deadline and words the status itself.
-    assert outcomes["rest"][1:] == outcomes["grpc-web"][1:] == ("deadline exceeded", [])
+    assert (
+        outcomes["rest"][1:]
+        == outcomes["grpc-web"][1:]
+        == outcomes["connect"][1:]
+        == ("deadline exceeded", [])
+    )
 
 
 def test_bug_is_internal_without_leaking(server: RunningServer) -> None:

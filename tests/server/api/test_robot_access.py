@@ -23,6 +23,7 @@ from google.rpc import code_pb2
 from grpc_tools import protoc
 
 from gateway.chain import InterceptorChain
+from gateway.connect import ConnectApp
 from gateway.grpc_native import NativeGrpcApp
 from gateway.grpc_web import GrpcWebApp
 from gateway.registry import MethodRegistry
@@ -117,6 +118,7 @@ def build() -> GatewayRouter:
         grpc_app=NativeGrpcApp(registry),
         grpc_web_app=GrpcWebApp(registry),
         rest_app=RestApp(registry),
+        connect_app=ConnectApp(registry),
     )
 
 
