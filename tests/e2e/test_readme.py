@@ -212,6 +212,40 @@ def test_the_live_views_walkthrough_runs_as_written(
     assert '"state": "STATE_CANCELLED"' in grpc_out
 
 
+def test_the_command_line_walkthrough_runs_as_written(
+    roz_dir: Path, roz_factory_per_test: RozFactory
+) -> None:
+    home = roz_dir / "home"
+    roz = roz_factory_per_test(data_dir=home / ".local" / "share" / "roz", admin_key=None)
+    (block,) = shell_blocks("Command line (`roz`)")
+    script = (
+        "set -euo pipefail\nexport ROZ_API_KEY=$(cat ~/.local/share/roz/admin-key)\n"
+        f"cd {roz_dir}\n" + block
+    ).replace("localhost:8080", roz.listener.target)
+    script = script.replace(".venv/bin/roz ", f"{ROOT}/.venv/bin/roz ")
+    result = run_as_user(script, home)
+    assert result.returncode == 0, result.stderr + result.stdout
+    out, err = result.stdout, result.stderr
+    assert out.splitlines()[0].split()[:3] == ["ID", "NAME", "STATUS"]
+    assert "arm-7" in out.splitlines()[1]
+    assert "labels:\n  site: lab\n" in out  # the host as YAML
+    assert "PENDING" in out  # the approved command's row
+    assert out.count("exit ") == 2
+    assert "exit 1" in out
+    assert "exit 2" in out
+    assert "SAFETY_LIMIT_EXCEEDED" in err
+    assert "host.name: name is required" in err
+    succeeded, _ = json.JSONDecoder().raw_decode(out, out.index('{\n  "id"'))
+    assert (succeeded["state"], succeeded["result"]) == ("STATE_SUCCEEDED", "12 parts")
+    # The watch's table: the task as it was, then each change and the task after it.
+    watched = out[out.index("SEQUENCE") :].splitlines()[1:-1]
+    events = [line.split()[2] for line in watched]
+    assert events == ["task", "task.queued", "task", "task.running", "task", "task.ended", "task"]
+    assert watched[-1].split()[3] == succeeded["id"]
+    assert watched[-1].endswith("SUCCEEDED 12 parts")
+    assert out.rstrip().endswith("['12 parts']")
+
+
 def test_the_triggers_walkthrough_runs_as_written(
     roz_dir: Path, roz_factory_per_test: RozFactory
 ) -> None:
