@@ -15,7 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -133,6 +138,11 @@ class Observability:
 
     def __init__(self, settings: Settings, chain: InterceptorChain, methods: list[str]) -> None:
         self.registry = CollectorRegistry()
+        # The usual process_* (CPU, memory, open files), python_info and python_gc_* series,
+        # which the default registry would have had.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(GC_COLLECTOR)
         self.metrics = RequestMetrics(self.registry, methods, NAMESPACE)
         self._methods = methods
         self._chain = chain

@@ -440,6 +440,8 @@ def test_in_flight_streams_and_connected_robots(server: Roz, fleet: Fleet) -> No
 def test_pool_and_sweeps(roz_factory: RozFactory) -> None:
     roz = roz_factory(db_pool_max=7, sweep_interval_seconds=0.1)
     samples = scrape(roz)
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert any(name == "python_info" for name, _ in samples)
     assert value(samples, "roz_db_pool_max") == 7
     assert value(samples, "roz_db_pool_size") >= 1
     assert value(samples, "roz_db_pool_requests_total") >= 1
