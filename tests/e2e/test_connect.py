@@ -231,3 +231,22 @@ def test_a_watch_of_another_tenants_task_ends_with_not_found(fleet: Fleet) -> No
     ((flags, end),) = list(_envelopes(iter([response.content])))
     assert flags == 0x02
     assert json.loads(end)["error"]["code"] == "not_found"
+
+
+def test_a_watch_ends_with_deadline_exceeded_when_its_timeout_passes(fleet: Fleet) -> None:
+    """Conformance: Timeouts / server-stream — the deadline ends a stream that never ends by
+    itself, in the end-of-stream message."""
+    response = httpx.post(
+        f"{fleet.roz.url}/roz.v1.WatchService/WatchFleet",
+        content=struct.pack(">BI", 0, 2) + b"{}",
+        headers={
+            "content-type": "application/connect+json",
+            "connect-timeout-ms": "500",
+            "authorization": f"Bearer {fleet.key}",
+        },
+        timeout=30,
+    )
+    assert response.status_code == 200
+    *_, (flags, end) = _envelopes(iter([response.content]))
+    assert flags == 0x02
+    assert json.loads(end)["error"]["code"] == "deadline_exceeded"
