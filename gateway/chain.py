@@ -4,9 +4,10 @@ On the way in: access log (outermost, sees the final status) → error mapping �
 interceptors in order (authenticate, tenant, rate limit …) → deadline → the servicer. Behind the
 gateway's router the access log is the request's one line (gateway/observability): the chain
 tells it the RPC, code and log fields; on a bare grpc.aio.server() it writes its own. The chain
-only uses the part of `grpc.aio.ServicerContext` that all three protocol contexts implement
+only uses the part of `grpc.aio.ServicerContext` that every protocol context implements
 (invocation_metadata, time_remaining, set_trailing_metadata, abort), so one wrapped handler
-serves REST, gRPC-web and native gRPC alike, and also runs unchanged on `grpc.aio.server()`.
+serves REST, gRPC-web, Connect and native gRPC alike, and also runs unchanged on
+`grpc.aio.server()`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class Call:
     context: Any
     metadata: Metadata
     request_id: str
-    # What carried it: "grpc", "grpc-web" or "rest" (a grpc.aio server's own context: "grpc").
+    # What carried it: "grpc", "grpc-web", "connect" or "rest" (a grpc.aio server's own context:
+    # "grpc").
     protocol: str = "grpc"
     # Extra structured fields for the access log line (interceptors add e.g. the tenant).
     log_fields: dict[str, Any] = field(default_factory=dict)

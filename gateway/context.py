@@ -1,4 +1,4 @@
-"""The servicer context for every call the gateway carries: native gRPC, gRPC-web and REST.
+"""The servicer context for every call the gateway carries: native gRPC, gRPC-web, Connect, REST.
 
 It implements `grpc.aio.ServicerContext`, so servicers written for `grpc.aio.server()` run
 unchanged. The protocol adapter that creates it reads back what the servicer set: initial and
@@ -30,7 +30,7 @@ class GatewayContext(aio.ServicerContext):  # type: ignore[type-arg]
         protocol: str = "",
     ) -> None:
         self.method = method
-        # Which adapter carries the call: "grpc", "grpc-web" or "rest" (see Call.protocol).
+        # Which adapter carries the call: "grpc", "grpc-web", "connect" or "rest" (Call.protocol).
         self.protocol = protocol
         self._metadata = tuple(metadata)
         self._deadline = None if timeout is None else time.monotonic() + timeout
