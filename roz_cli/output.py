@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import yaml
 
 from roz_cli.client import ApiError
+from roz_cli.config import API_KEY_ENV
 from roz_cli.errors import CliError
 
 FORMATS = ("table", "json", "yaml")
@@ -124,6 +125,8 @@ class Printer:
             lines = [f"roz: {error.message}"]
             if isinstance(error, ApiError):
                 lines += [f"  {line}" for line in detail_lines(error.details)]
+                if error.status == 401:
+                    lines.append(f"  the key is from ${API_KEY_ENV} or roz login; run roz login")
             self._write(self.err, "\n".join(lines) + "\n")
             return
         status: Mapping[str, Any] = {"message": error.message}

@@ -359,6 +359,17 @@ def test_task_transition_and_cancel(operator: Operator, cell: dict[str, str]) ->
     other = operator.created("tasks", "--prompt", "idle", "--environment", cell["environment"])
     assert operator.json("tasks", "cancel", other)["state"] == "STATE_CANCELLED"
 
+    # The watch of a task that has ended replays its history and ends: as YAML documents here.
+    replay = operator.ok("tasks", "watch", task, "--after-sequence", "0", "-o", "yaml")
+    documents = list(yaml.safe_load_all(replay))
+    assert [d["change"]["kind"] for d in documents if "change" in d] == [
+        "task.created",
+        "task.queued",
+        "task.running",
+        "task.ended",
+    ]
+    assert documents[-1]["task"]["state"] == "STATE_SUCCEEDED"
+
     illegal = operator.run("tasks", "transition", task, "running")
     assert illegal.code == 1
     unknown = operator.run("tasks", "transition", task, "asleep")
@@ -505,6 +516,8 @@ def test_an_invalid_create_prints_each_field_violation(operator: Operator) -> No
     assert error["code"] == 3  # INVALID_ARGUMENT
     (bad_request,) = [d for d in error["details"] if d["@type"].endswith("BadRequest")]
     assert bad_request["field_violations"][0]["field"] == "host.name"
+    as_yaml = operator.run("hosts", "create", "--kind", "edge", "-o", "yaml")
+    assert (as_yaml.code, yaml.safe_load(as_yaml.err)) == (2, {"error": error})
     assert rest(operator.server, operator.key, "GET", "/api/v1/hosts")["hosts"] == []
 
 
@@ -559,6 +572,7 @@ def test_without_a_key_or_with_a_bad_one_exits_3(operator: Operator, tmp_path: P
     refused = operator.run("hosts", "list", ROZ_API_KEY=bad_key)
     assert (refused.code, refused.out) == (3, "")
     assert refused.err.startswith("roz: ")
+    assert refused.err.endswith("run roz login\n")
     assert bad_key not in refused.err
     as_json = operator.run("hosts", "list", "-o", "json", ROZ_API_KEY=bad_key)
     assert json.loads(as_json.err)["error"]["code"] == 16  # UNAUTHENTICATED
@@ -570,3 +584,12 @@ def test_a_key_without_the_scope_exits_3(operator: Operator) -> None:
     result = operator.run("hosts", "create", "--name", "x", ROZ_API_KEY=made["secret"])
     assert result.code == 3
     assert operator.run("hosts", "list", ROZ_API_KEY=made["secret"]).code == 0
+
+
+def test_a_task_created_twice_with_one_idempotency_key_is_one_task(
+    operator: Operator, cell: dict[str, str]
+) -> None:
+    flags = ("--prompt", "once", "--environment", cell["environment"], "--idempotency-key", "k-1")
+    first = operator.created("tasks", *flags)
+    assert operator.created("tasks", *flags) == first
+    assert [t["id"] for t in operator.json("tasks", "list")["tasks"]] == [first]
