@@ -157,3 +157,13 @@ def test_other_scopes_pass_through_unobserved(caplog: pytest.LogCaptureFixture) 
         asyncio.run(serve(observed_app, {"type": "lifespan"}))
     assert seen == ["lifespan"]
     assert not caplog.records
+
+
+def test_a_path_cannot_forge_a_line(caplog: pytest.LogCaptureFixture) -> None:
+    app, _ = observed(answering([{"type": "http.response.start", "status": 404}]))
+    forged = scope("/x", b"application/json", raw_path=b"/x\n2026 INFO gateway.access: fake")
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        asyncio.run(serve(app, forged))
+    [record] = caplog.records
+    assert "\n" not in record.getMessage()
+    assert record.path == "/x\\n2026 INFO gateway.access: fake"  # type: ignore[attr-defined]
