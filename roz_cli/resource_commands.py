@@ -12,7 +12,7 @@ import re
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -42,7 +42,6 @@ from roz_cli.resources import (
     Resource,
 )
 
-Run = Callable[[argparse.Namespace, Mapping[str, str]], int]
 OUTPUT_ENV = "ROZ_OUTPUT"
 # A dropped watch is resumed this many times in a row (with growing pauses) before giving up.
 WATCH_RESUMES = 8
