@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from tests.e2e.conftest import Roz
@@ -127,3 +128,36 @@ def test_try_it_out_calls_this_server_with_a_bearer_key(server: Roz, browser: An
     assert not refused
     listed = json.loads(body)
     assert listed["environments"][0]["name"] == "from-docs"
+
+
+def test_a_watch_streams_what_the_document_says_in_both_framings(server: Roz) -> None:
+    document = json.loads((ROOT / "gen" / "openapi.json").read_text())
+    content = document["paths"]["/api/v1/hosts/{host_id}/watch"]["get"]["responses"]["200"][
+        "content"
+    ]
+    line = content["application/x-ndjson"]["schema"]
+
+    def validator(schema: dict[str, Any]) -> Draft202012Validator:
+        # With the document's components beside it, "#/components/..." refs resolve.
+        return Draft202012Validator({**schema, "components": document["components"]})
+
+    with server.rest(server.admin_key) as rest:
+        host = rest.post("/api/v1/hosts", json={"name": "watched"}).json()
+        path = f"/api/v1/hosts/{host['id']}/watch"
+        # A deadline ends the endless stream, as an error in the stream's own framing.
+        deadline = {"grpc-timeout": "500m"}
+        ndjson = rest.get(path, headers=deadline)
+        sse = rest.get(path, headers=deadline | {"accept": "text/event-stream"})
+    assert ndjson.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in ndjson.text.splitlines()]
+    assert "result" in lines[0]
+    assert "error" in lines[-1]
+    for each in lines:
+        validator(line).validate(each)
+    assert sse.headers["content-type"] == "text/event-stream"
+    events = [block for block in sse.text.split("\n\n") if block]
+    first = dict(field.split(": ", 1) for field in events[0].splitlines())
+    validator(line["properties"]["result"]).validate(json.loads(first["data"]))
+    last = dict(field.split(": ", 1) for field in events[-1].splitlines())
+    assert last["event"] == "error"
+    validator(line["properties"]["error"]).validate(json.loads(last["data"]))
