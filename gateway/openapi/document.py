@@ -39,6 +39,7 @@ NDJSON = "application/x-ndjson"
 EVENT_STREAM = "text/event-stream"
 _TYPE_URL_PREFIX = "type.googleapis.com/"
 _NESTED_QUERY_DEPTH = 4
+_WELL_KNOWN = "google.protobuf."
 
 # Why each error status can happen (status.py's gRPC → HTTP table, read backwards).
 ERROR_STATUSES: dict[int, str] = {
@@ -279,7 +280,7 @@ def _collect_query(
         if is_map(field):
             assert nested is not None
             value = nested.fields_by_name["value"]
-            if value.message_type is not None and value.message_type.full_name not in _WKT_TEXT:
+            if value.message_type is not None and not _from_text(value.message_type):
                 continue  # a map of messages cannot be set from the query
             schema: Schema = {
                 "type": "object",
@@ -287,11 +288,9 @@ def _collect_query(
             }
             into.append(_query(name, schema, text, style="deepObject"))
             continue
-        plain = nested is not None and not _from_text(nested)
-        if plain and field.is_repeated:
-            continue  # a list of messages cannot be set from the query
-        if plain:
-            assert nested is not None
+        if nested is not None and not _from_text(nested):
+            if field.is_repeated or nested.full_name.startswith(_WELL_KNOWN):
+                continue  # a list of messages, or an Any or Empty, cannot be set from the query
             if nested.full_name in visiting or len(names) >= _NESTED_QUERY_DEPTH:
                 continue
             _collect_query(nested, names, bound, schemas, into, visiting | {nested.full_name})
@@ -326,7 +325,7 @@ def _query(
 
 def _from_text(descriptor: Descriptor) -> bool:
     """Well-known types are set whole from their text form (values.py)."""
-    return descriptor.full_name.startswith("google.protobuf.") and (
+    return descriptor.full_name.startswith(_WELL_KNOWN) and (
         descriptor.full_name in _WKT_TEXT or descriptor.full_name.endswith("Value")
     )
 
@@ -338,7 +337,7 @@ def _text_schema(field: FieldDescriptor, schemas: SchemaSet) -> Schema:
         if nested.full_name in _WKT_TEXT:
             return dict(_WKT_TEXT[nested.full_name])
         inner = nested.fields_by_name.get("value")
-        if inner is not None and nested.full_name.startswith("google.protobuf."):
+        if inner is not None and nested.full_name.startswith(_WELL_KNOWN):
             return _text_schema(inner, schemas)  # a wrapper is written as its value
         return {"type": "string"}
     if field.enum_type is not None:
