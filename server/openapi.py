@@ -24,6 +24,7 @@ from gateway.openapi import (
     error_response,
     ref,
 )
+from gateway.openapi.comments import read_comments
 from gateway.rest.app import RestApp
 from gateway.rest.bindings import Binding
 from server.api.device_auth import oauth_error
@@ -150,8 +151,6 @@ def _oauth(operation: Operation, schemas: SchemaSet) -> None:
 
 def extract_comments(buf: Path) -> dict[str, str]:
     """roz.v1's comments, from `buf build` run in the repository (it keeps source info)."""
-    from gateway.openapi.comments import read_comments
-
     command = [str(buf), "build", "-o", "-"]
     built = subprocess.run(command, check=True, capture_output=True)  # noqa: S603 (our own buf)
     return read_comments(built.stdout, packages=("roz.v1",))
@@ -160,6 +159,7 @@ def extract_comments(buf: Path) -> dict[str, str]:
 def main(argv: list[str]) -> int:
     """`python -m server.openapi GEN_DIR`: writes GEN_DIR/roz/proto_comments.json, then
     GEN_DIR/openapi.json from a server built with default settings (nothing is started)."""
+    # Here, not at the top: server.app imports this module.
     from server.app import RozServer
     from server.settings import Settings
 
