@@ -57,8 +57,13 @@ CHANNEL = "roz_triggers"
 EVENTS_CHANNEL = "roz_trigger_events"
 BATCH_SIZE = 50
 # Fires this process recorded, by (source, outcome), since it started: read by the metrics when
-# scraped. Counted as written, inside the firing transaction.
+# scraped. Counted once their transaction has committed, so a rolled-back batch counts nothing.
 FIRES_RECORDED: Counter[tuple[str, str]] = Counter()
+
+
+def _count(fires: Sequence[TriggerFire | None]) -> None:
+    FIRES_RECORDED.update((f.source.value, f.outcome.value) for f in fires if f is not None)
+
 
 _COLUMNS = (
     "id, tenant_id, name, environment_id, host_id, task_prompt, task_timeout, enabled, kind,"
@@ -385,13 +390,14 @@ class TriggerRepository:
                     ],
                     now,
                 )
-                if fired is not None:
-                    return fired, False
-                async with conn.cursor(row_factory=kwargs_row(_fire_row)) as cursor:
-                    await cursor.execute(_FIRE_BY_KEY, (trigger_id, key))
-                    first = await cursor.fetchone()
-                assert first is not None, "a conflicting fire is visible once committed"
-                return first, True
+                if fired is None:
+                    async with conn.cursor(row_factory=kwargs_row(_fire_row)) as cursor:
+                        await cursor.execute(_FIRE_BY_KEY, (trigger_id, key))
+                        first = await cursor.fetchone()
+                    assert first is not None, "a conflicting fire is visible once committed"
+                    return first, True
+        _count([fired])
+        return fired, False
 
 
 async def schedule_overview(pool: Pool, now: datetime) -> tuple[list[UUID], datetime | None]:
@@ -455,14 +461,15 @@ async def fire_due(
                 )
                 for scheduled in plan.due
             ]
-        await _fire(conn, tenant_id, shots, now if clock is None else clock())
+        fired = await _fire(conn, tenant_id, shots, now if clock is None else clock())
         next_times = []
         for trigger in due:
             assert trigger.schedule is not None
             assert trigger.next_fire_time is not None
             next_times.append(plans[(trigger.schedule, trigger.next_fire_time)].next_fire_time)
         await conn.execute(_ADVANCE, ([trigger.id for trigger in due], next_times))
-        return len(due)
+    _count(fired)
+    return len(due)
 
 
 async def event_tenants(pool: Pool) -> list[UUID]:
@@ -513,9 +520,10 @@ async def dispatch_events(
                         else "",
                     )
                 )
-        await _fire(conn, tenant_id, shots, now)
+        fired = await _fire(conn, tenant_id, shots, now)
         await conn.execute(_DONE_EVENTS, ([event.id for event in events],))
-        return len(events)
+    _count(fired)
+    return len(events)
 
 
 @dataclass(frozen=True)
@@ -600,7 +608,6 @@ async def _fire(
             )
             for fire in await cursor.fetchall():
                 fired[fire.id] = fire
-    FIRES_RECORDED.update((fire.source.value, fire.outcome.value) for fire in fired.values())
     return [fired.get(fire_id) for fire_id in fire_ids]
 
 

@@ -466,6 +466,11 @@ def test_a_webhook_fire_is_counted_and_its_secret_never_logged(
     headers = signed(secret, body)
     assert deliver(server, made["id"], body, headers).status_code == 200
     assert value(scrape(server), "roz_trigger_fires_total", **fired) == before + 1
+    # A replay answers the first fire and records nothing, so nothing more is counted.
+    replay = deliver(server, made["id"], body, headers)
+    assert replay.status_code == 200
+    assert replay.json()["duplicate"] is True
+    assert value(scrape(server), "roz_trigger_fires_total", **fired) == before + 1
     written = access_log.formatted()
     assert f"/api/v1/triggers/{made['id']}/webhook" in written
     assert secret not in written
