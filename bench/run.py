@@ -154,7 +154,7 @@ def verify_all(
     for comparison in compared:
         verify.check_comparison(comparison, endpoints)
     for _, side in alone:
-        verify.check_grpc_web(side, endpoints)
+        verify.check_alone(side, endpoints)
     commands.verify_all(command_scenarios, endpoints)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import struct
+import urllib.parse
 from dataclasses import dataclass
 from enum import Enum
 
@@ -109,6 +111,45 @@ def grpc_web_side(label: str, port: int, endpoints: Endpoints, load: Load) -> Si
     )
 
 
+def connect_side(label: str, port: int, endpoints: Endpoints, load: Load) -> Side:
+    """Connect's unary call in JSON, as connect-web's createConnectTransport sends it."""
+    return Side(
+        label=label,
+        port=port,
+        wire=Wire.HTTP1,
+        method="POST",
+        path=GET_ENVIRONMENT,
+        headers=(
+            ("content-type", "application/json"),
+            ("connect-protocol-version", "1"),
+            _bearer(endpoints),
+        ),
+        body=json.dumps({"id": endpoints.environment_id}).encode(),
+        load=load,
+    )
+
+
+def connect_get_side(label: str, port: int, endpoints: Endpoints, load: Load) -> Side:
+    """The same call as Connect's GET (a side-effect-free method, cacheable by proxies)."""
+    query = urllib.parse.urlencode(
+        {
+            "connect": "v1",
+            "encoding": "json",
+            "message": json.dumps({"id": endpoints.environment_id}, separators=(",", ":")),
+        }
+    )
+    return Side(
+        label=label,
+        port=port,
+        wire=Wire.HTTP1,
+        method="GET",
+        path=f"{GET_ENVIRONMENT}?{query}",
+        headers=(_bearer(endpoints),),
+        body=None,
+        load=load,
+    )
+
+
 def comparisons(endpoints: Endpoints, grpc_load: Load, http1_load: Load) -> list[Comparison]:
     return [
         Comparison(
@@ -134,5 +175,13 @@ def extras(endpoints: Endpoints, http1_load: Load) -> list[tuple[str, Side]]:
         (
             "GetEnvironment, gRPC-web (HTTP/1.1)",
             grpc_web_side("roz port (gRPC-web)", endpoints.roz_port, endpoints, http1_load),
-        )
+        ),
+        (
+            "GetEnvironment, Connect JSON (HTTP/1.1)",
+            connect_side("roz port (Connect)", endpoints.roz_port, endpoints, http1_load),
+        ),
+        (
+            "GetEnvironment, Connect GET (HTTP/1.1)",
+            connect_get_side("roz port (Connect GET)", endpoints.roz_port, endpoints, http1_load),
+        ),
     ]

@@ -172,6 +172,28 @@ def check_grpc_web(side: Side, endpoints: Endpoints) -> environments_pb2.Environ
     return _environment(side, messages[0], endpoints)
 
 
+def check_connect(side: Side, endpoints: Endpoints) -> dict[str, Any]:
+    """Connect's unary answer: HTTP 200 and the Environment as JSON, the same as REST's."""
+    answer = http1_request(side)
+    if answer.status != 200 or not answer.headers.get("content-type", "").startswith(
+        "application/json"
+    ):
+        raise VerificationError(f"{side.label}: HTTP {answer.status}: {answer.body[:200]!r}")
+    document: dict[str, Any] = json.loads(answer.body)
+    if document.get("id") != endpoints.environment_id:
+        raise VerificationError(f"{side.label}: answered {document.get('id')!r}")
+    return document
+
+
+def check_alone(side: Side, endpoints: Endpoints) -> None:
+    """A side measured without a comparator, checked by the protocol it speaks."""
+    content_type = dict(side.headers).get("content-type", "")
+    if content_type.startswith("application/grpc-web"):
+        check_grpc_web(side, endpoints)
+    else:
+        check_connect(side, endpoints)
+
+
 def _trailer_fields(frame: bytes) -> dict[str, str]:
     """gRPC-web's trailer frame: HTTP/1-style "name: value" lines."""
     fields = {}

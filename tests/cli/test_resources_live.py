@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from tests.e2e.conftest import (  # noqa: F401  (the fixtures)
 from tests.e2e.test_commands import rest
 
 MISSING = "00000000-0000-4000-8000-000000000000"
+WATCH_WAIT_SECONDS = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -116,21 +118,35 @@ class Watch:
         for line in self.process.stderr:
             self.err.append(line)
 
+    def _lines(self) -> Iterator[str]:
+        """Lines as they come, for at most WATCH_WAIT_SECONDS in all: checkpoints keep coming
+        while nothing happens, so a wait per line alone would never end."""
+        deadline = time.monotonic() + WATCH_WAIT_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                pytest.fail(f"the watch ended; stderr: {''.join(self.err)}")
+            yield line
+        pytest.fail(f"nothing expected within {WATCH_WAIT_SECONDS} s; stderr: {''.join(self.err)}")
+
     def line_with(self, text: str) -> str:
         """Lines until one containing `text` (which is returned); fails if the output ends."""
-        while (line := self.lines.get(timeout=30)) is not None:
+        for line in self._lines():
             if text in line:
                 return line
-        pytest.fail(f"the watch ended without {text!r}; stderr: {''.join(self.err)}")
+        raise AssertionError("unreachable")
 
     def events_until(self, text: str) -> list[dict[str, Any]]:
         """`-o json` lines, parsed, up to and including the first containing `text`."""
         events = []
-        while (line := self.lines.get(timeout=30)) is not None:
+        for line in self._lines():
             events.append(json.loads(line))
             if text in line:
                 return events
-        pytest.fail(f"the watch ended without {text!r}; stderr: {''.join(self.err)}")
+        raise AssertionError("unreachable")
 
     def finish(self) -> int:
         return self.process.wait(timeout=30)
@@ -483,8 +499,11 @@ def test_a_watch_resumes_after_a_dropped_connection_without_loss_or_repeat(
     host = cell["host"]
     watch = operator.watch("hosts", "watch", host, "-o", "json", server_url=proxy.url)
     try:
+        # The host as it is first: a change made before the watch has begun is not one of its
+        # changes, so the first command waits for it.
+        before = watch.events_until(f'"id": "{host}"')
         first = operator.created("commands", "--host", host, "--type", "wave")
-        before = watch.events_until(first)
+        before += watch.events_until(first)
         proxy.cut()
         # Made while the watch is disconnected: it must still arrive, once.
         second = operator.created("commands", "--host", host, "--type", "wave")
