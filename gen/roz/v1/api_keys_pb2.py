@@ -30,7 +30,7 @@ from roz.v1 import access_pb2 as roz_dot_v1_dot_access__pb2
 from transcoding.v1 import annotations_pb2 as transcoding_dot_v1_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15roz/v1/api_keys.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\xcb\x03\n\x06\x41piKey\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x18\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x04name\x12#\n\nkey_prefix\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03R\tkeyPrefix\x12\x16\n\x06scopes\x18\x04 \x03(\tR\x06scopes\x12;\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12\x41\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x46\n\x0elast_used_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0clastUsedTime\x12\x41\n\x0brevoke_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nrevokeTime\x12*\n\x0e\x63reator_key_id\x18\t \x01(\tB\x04\xe2\x41\x01\x03R\x0c\x63reatorKeyId\x12\x1d\n\x07host_id\x18\n \x01(\tB\x04\xe2\x41\x01\x05R\x06hostId\"D\n\x13\x43reateApiKeyRequest\x12-\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x0e.roz.v1.ApiKeyB\x04\xe2\x41\x01\x02R\x06\x61piKey\"W\n\x14\x43reateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x0e.roz.v1.ApiKeyR\x06\x61piKey\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"P\n\x12ListApiKeysRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"h\n\x13ListApiKeysResponse\x12)\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x0e.roz.v1.ApiKeyR\x07\x61piKeys\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"(\n\x10GetApiKeyRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"+\n\x13\x44\x65leteApiKeyRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"\x12\n\x10GetCallerRequest\"o\n\x06\x43\x61ller\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1f\n\x0btenant_name\x18\x02 \x01(\tR\ntenantName\x12\'\n\x07\x61pi_key\x18\x03 \x01(\x0b\x32\x0e.roz.v1.ApiKeyR\x06\x61piKey\"\x1b\n\x19\x44\x65leteCallerApiKeyRequest2\xd8\x05\n\rApiKeyService\x12\x88\x01\n\x0c\x43reateApiKey\x12\x1b.roz.v1.CreateApiKeyRequest\x1a\x1c.roz.v1.CreateApiKeyResponse\"=\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\x10\n\x0e\x61pi-keys:admin\x82\xd3\xe4\x93\x02\x1c\"\x11/api/v1/auth-keys:\x07\x61pi_key\x12x\n\x0bListApiKeys\x12\x1a.roz.v1.ListApiKeysRequest\x1a\x1b.roz.v1.ListApiKeysResponse\"0\x90\x02\x01\xea\xf9\x18\x10\n\x0e\x61pi-keys:admin\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/auth-keys\x12l\n\tGetApiKey\x12\x18.roz.v1.GetApiKeyRequest\x1a\x0e.roz.v1.ApiKey\"5\x90\x02\x01\xea\xf9\x18\x10\n\x0e\x61pi-keys:admin\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/auth-keys/{id}\x12~\n\x0c\x44\x65leteApiKey\x12\x1b.roz.v1.DeleteApiKeyRequest\x1a\x16.google.protobuf.Empty\"9\xca\xf3\x18\x03\x08\xcc\x01\xea\xf9\x18\x10\n\x0e\x61pi-keys:admin\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/auth-keys/{id}\x12V\n\tGetCaller\x12\x18.roz.v1.GetCallerRequest\x1a\x0e.roz.v1.Caller\"\x1f\x90\x02\x01\xea\xf9\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/caller\x12|\n\x12\x44\x65leteCallerApiKey\x12!.roz.v1.DeleteCallerApiKeyRequest\x1a\x16.google.protobuf.Empty\"+\xca\xf3\x18\x03\x08\xcc\x01\xea\xf9\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/caller/api-keyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15roz/v1/api_keys.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\xd8\x03\n\x06\x41piKey\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x19\n\x04name\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x05R\x04name\x12#\n\nkey_prefix\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03R\tkeyPrefix\x12\x1c\n\x06scopes\x18\x04 \x03(\tB\x04\xe2\x41\x01\x05R\x06scopes\x12\x41\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x05R\nexpireTime\x12\x41\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x46\n\x0elast_used_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0clastUsedTime\x12\x41\n\x0brevoke_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nrevokeTime\x12*\n\x0e\x63reator_key_id\x18\t \x01(\tB\x04\xe2\x41\x01\x03R\x0c\x63reatorKeyId\x12\x1d\n\x07host_id\x18\n \x01(\tB\x04\xe2\x41\x01\x05R\x06hostId\"D\n\x13\x43reateApiKeyRequest\x12-\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x0e.roz.v1.ApiKeyB\x04\xe2\x41\x01\x02R\x06\x61piKey\"W\n\x14\x43reateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x0e.roz.v1.ApiKeyR\x06\x61piKey\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"P\n\x12ListApiKeysRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"h\n\x13ListApiKeysResponse\x12)\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x0e.roz.v1.ApiKeyR\x07\x61piKeys\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"(\n\x10GetApiKeyRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"+\n\x13\x44\x65leteApiKeyRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"\x12\n\x10GetCallerRequest\"o\n\x06\x43\x61ller\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1f\n\x0btenant_name\x18\x02 \x01(\tR\ntenantName\x12\'\n\x07\x61pi_key\x18\x03 \x01(\x0b\x32\x0e.roz.v1.ApiKeyR\x06\x61piKey\"\x1b\n\x19\x44\x65leteCallerApiKeyRequest2\xd8\x05\n\rApiKeyService\x12\x88\x01\n\x0c\x43reateApiKey\x12\x1b.roz.v1.CreateApiKeyRequest\x1a\x1c.roz.v1.CreateApiKeyResponse\"=\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\x10\n\x0e\x61pi-keys:admin\x82\xd3\xe4\x93\x02\x1c\"\x11/api/v1/auth-keys:\x07\x61pi_key\x12x\n\x0bListApiKeys\x12\x1a.roz.v1.ListApiKeysRequest\x1a\x1b.roz.v1.ListApiKeysResponse\"0\x90\x02\x01\xea\xf9\x18\x10\n\x0e\x61pi-keys:admin\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/auth-keys\x12l\n\tGetApiKey\x12\x18.roz.v1.GetApiKeyRequest\x1a\x0e.roz.v1.ApiKey\"5\x90\x02\x01\xea\xf9\x18\x10\n\x0e\x61pi-keys:admin\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/auth-keys/{id}\x12~\n\x0c\x44\x65leteApiKey\x12\x1b.roz.v1.DeleteApiKeyRequest\x1a\x16.google.protobuf.Empty\"9\xca\xf3\x18\x03\x08\xcc\x01\xea\xf9\x18\x10\n\x0e\x61pi-keys:admin\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/auth-keys/{id}\x12V\n\tGetCaller\x12\x18.roz.v1.GetCallerRequest\x1a\x0e.roz.v1.Caller\"\x1f\x90\x02\x01\xea\xf9\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/caller\x12|\n\x12\x44\x65leteCallerApiKey\x12!.roz.v1.DeleteCallerApiKeyRequest\x1a\x16.google.protobuf.Empty\"+\xca\xf3\x18\x03\x08\xcc\x01\xea\xf9\x18\x02\x18\x01\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/caller/api-keyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,9 +40,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APIKEY'].fields_by_name['id']._loaded_options = None
   _globals['_APIKEY'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_APIKEY'].fields_by_name['name']._loaded_options = None
-  _globals['_APIKEY'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_APIKEY'].fields_by_name['name']._serialized_options = b'\342A\002\002\005'
   _globals['_APIKEY'].fields_by_name['key_prefix']._loaded_options = None
   _globals['_APIKEY'].fields_by_name['key_prefix']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['scopes']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['scopes']._serialized_options = b'\342A\001\005'
+  _globals['_APIKEY'].fields_by_name['expire_time']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['expire_time']._serialized_options = b'\342A\001\005'
   _globals['_APIKEY'].fields_by_name['create_time']._loaded_options = None
   _globals['_APIKEY'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_APIKEY'].fields_by_name['last_used_time']._loaded_options = None
@@ -72,25 +76,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APIKEYSERVICE'].methods_by_name['DeleteCallerApiKey']._loaded_options = None
   _globals['_APIKEYSERVICE'].methods_by_name['DeleteCallerApiKey']._serialized_options = b'\312\363\030\003\010\314\001\352\371\030\002\030\001\202\323\344\223\002\030*\026/api/v1/caller/api-key'
   _globals['_APIKEY']._serialized_start=214
-  _globals['_APIKEY']._serialized_end=673
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=675
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=743
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=745
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=832
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=834
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=914
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=916
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1020
-  _globals['_GETAPIKEYREQUEST']._serialized_start=1022
-  _globals['_GETAPIKEYREQUEST']._serialized_end=1062
-  _globals['_DELETEAPIKEYREQUEST']._serialized_start=1064
-  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1107
-  _globals['_GETCALLERREQUEST']._serialized_start=1109
-  _globals['_GETCALLERREQUEST']._serialized_end=1127
-  _globals['_CALLER']._serialized_start=1129
-  _globals['_CALLER']._serialized_end=1240
-  _globals['_DELETECALLERAPIKEYREQUEST']._serialized_start=1242
-  _globals['_DELETECALLERAPIKEYREQUEST']._serialized_end=1269
-  _globals['_APIKEYSERVICE']._serialized_start=1272
-  _globals['_APIKEYSERVICE']._serialized_end=2000
+  _globals['_APIKEY']._serialized_end=686
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=688
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=756
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=758
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=845
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=847
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=927
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=929
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1033
+  _globals['_GETAPIKEYREQUEST']._serialized_start=1035
+  _globals['_GETAPIKEYREQUEST']._serialized_end=1075
+  _globals['_DELETEAPIKEYREQUEST']._serialized_start=1077
+  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1120
+  _globals['_GETCALLERREQUEST']._serialized_start=1122
+  _globals['_GETCALLERREQUEST']._serialized_end=1140
+  _globals['_CALLER']._serialized_start=1142
+  _globals['_CALLER']._serialized_end=1253
+  _globals['_DELETECALLERAPIKEYREQUEST']._serialized_start=1255
+  _globals['_DELETECALLERAPIKEYREQUEST']._serialized_end=1282
+  _globals['_APIKEYSERVICE']._serialized_start=1285
+  _globals['_APIKEYSERVICE']._serialized_end=2013
 # @@protoc_insertion_point(module_scope)

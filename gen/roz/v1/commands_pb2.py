@@ -32,7 +32,7 @@ from roz.v1 import access_pb2 as roz_dot_v1_dot_access__pb2
 from transcoding.v1 import annotations_pb2 as transcoding_dot_v1_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15roz/v1/commands.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\x90\x08\n\x07\x43ommand\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x1d\n\x07host_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x06hostId\x12\x18\n\x04type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02R\x04type\x12/\n\x06params\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructR\x06params\x12\'\n\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\x12\x33\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x12\x31\n\x05state\x18\x07 \x01(\x0e\x32\x15.roz.v1.Command.StateB\x04\xe2\x41\x01\x03R\x05state\x12\x46\n\x10\x61pplied_policies\x18\x08 \x03(\x0b\x32\x15.roz.v1.PolicyVersionB\x04\xe2\x41\x01\x03R\x0f\x61ppliedPolicies\x12\x41\n\x0btransitions\x18\t \x03(\x0b\x32\x19.roz.v1.CommandTransitionB\x04\xe2\x41\x01\x03R\x0btransitions\x12\x41\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\x12\x43\n\x0c\x64\x65liver_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0b\x64\x65liverTime\x12K\n\x10\x61\x63knowledge_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0f\x61\x63knowledgeTime\x12\x35\n\x06result\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x03R\x06result\x12#\n\nsession_id\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03R\tsessionId\x12,\n\x0fsession_call_id\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03R\rsessionCallId\"\xc6\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17STATE_AWAITING_APPROVAL\x10\x01\x12\x11\n\rSTATE_PENDING\x10\x02\x12\x11\n\rSTATE_RUNNING\x10\x03\x12\x13\n\x0fSTATE_COMPLETED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06\x12\x13\n\x0fSTATE_TIMED_OUT\x10\x07\x12\x12\n\x0eSTATE_REJECTED\x10\x08\"F\n\rPolicyVersion\x12\x1b\n\tpolicy_id\x18\x01 \x01(\tR\x08policyId\x12\x18\n\x07version\x18\x02 \x01(\x05R\x07version\"\xee\x01\n\x11\x43ommandTransition\x12\x34\n\nfrom_state\x18\x01 \x01(\x0e\x32\x15.roz.v1.Command.StateR\tfromState\x12\x30\n\x08to_state\x18\x02 \x01(\x0e\x32\x15.roz.v1.Command.StateR\x07toState\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n\x05\x61\x63tor\x18\x04 \x01(\tR\x05\x61\x63tor\x12\x43\n\x0ftransition_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0etransitionTime\"l\n\x14\x43reateCommandRequest\x12/\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x0f.roz.v1.CommandB\x04\xe2\x41\x01\x02R\x07\x63ommand\x12#\n\rvalidate_only\x18\x02 \x01(\x08R\x0cvalidateOnly\"\x97\x01\n\x13ListCommandsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12\x17\n\x07host_id\x18\x03 \x01(\tR\x06hostId\x12+\n\x05state\x18\x04 \x01(\x0e\x32\x15.roz.v1.Command.StateR\x05state\"k\n\x14ListCommandsResponse\x12+\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x0f.roz.v1.CommandR\x08\x63ommands\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\")\n\x11GetCommandRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"{\n\x18TransitionCommandRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12\x31\n\x05state\x18\x02 \x01(\x0e\x32\x15.roz.v1.Command.StateB\x04\xe2\x41\x01\x02R\x05state\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\",\n\x14\x44\x65leteCommandRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id2\x83\x05\n\x0e\x43ommandService\x12|\n\rCreateCommand\x12\x1c.roz.v1.CreateCommandRequest\x1a\x0f.roz.v1.Command\"<\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\x10\n\x0e\x63ommands:write\x82\xd3\xe4\x93\x02\x1b\"\x10/api/v1/commands:\x07\x63ommand\x12y\n\x0cListCommands\x12\x1b.roz.v1.ListCommandsRequest\x1a\x1c.roz.v1.ListCommandsResponse\".\x90\x02\x01\xea\xf9\x18\x0f\n\rcommands:read\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/commands\x12m\n\nGetCommand\x12\x19.roz.v1.GetCommandRequest\x1a\x0f.roz.v1.Command\"3\x90\x02\x01\xea\xf9\x18\x0f\n\rcommands:read\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/commands/{id}\x12\x87\x01\n\x11TransitionCommand\x12 .roz.v1.TransitionCommandRequest\x1a\x0f.roz.v1.Command\"?\xea\xf9\x18\x10\n\x0e\x63ommands:write\x82\xd3\xe4\x93\x02%\" /api/v1/commands/{id}/transition:\x01*\x12\x7f\n\rDeleteCommand\x12\x1c.roz.v1.DeleteCommandRequest\x1a\x16.google.protobuf.Empty\"8\xca\xf3\x18\x03\x08\xcc\x01\xea\xf9\x18\x10\n\x0e\x63ommands:write\x82\xd3\xe4\x93\x02\x17*\x15/api/v1/commands/{id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15roz/v1/commands.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\xa4\x08\n\x07\x43ommand\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x1e\n\x07host_id\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x05R\x06hostId\x12\x19\n\x04type\x18\x03 \x01(\tB\x05\xe2\x41\x02\x02\x05R\x04type\x12\x35\n\x06params\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x05R\x06params\x12-\n\x0fidempotency_key\x18\x05 \x01(\tB\x04\xe2\x41\x01\x05R\x0eidempotencyKey\x12\x39\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x05R\x07timeout\x12\x31\n\x05state\x18\x07 \x01(\x0e\x32\x15.roz.v1.Command.StateB\x04\xe2\x41\x01\x03R\x05state\x12\x46\n\x10\x61pplied_policies\x18\x08 \x03(\x0b\x32\x15.roz.v1.PolicyVersionB\x04\xe2\x41\x01\x03R\x0f\x61ppliedPolicies\x12\x41\n\x0btransitions\x18\t \x03(\x0b\x32\x19.roz.v1.CommandTransitionB\x04\xe2\x41\x01\x03R\x0btransitions\x12\x41\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\x12\x43\n\x0c\x64\x65liver_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0b\x64\x65liverTime\x12K\n\x10\x61\x63knowledge_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0f\x61\x63knowledgeTime\x12\x35\n\x06result\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x03R\x06result\x12#\n\nsession_id\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03R\tsessionId\x12,\n\x0fsession_call_id\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03R\rsessionCallId\"\xc6\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17STATE_AWAITING_APPROVAL\x10\x01\x12\x11\n\rSTATE_PENDING\x10\x02\x12\x11\n\rSTATE_RUNNING\x10\x03\x12\x13\n\x0fSTATE_COMPLETED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06\x12\x13\n\x0fSTATE_TIMED_OUT\x10\x07\x12\x12\n\x0eSTATE_REJECTED\x10\x08\"F\n\rPolicyVersion\x12\x1b\n\tpolicy_id\x18\x01 \x01(\tR\x08policyId\x12\x18\n\x07version\x18\x02 \x01(\x05R\x07version\"\xee\x01\n\x11\x43ommandTransition\x12\x34\n\nfrom_state\x18\x01 \x01(\x0e\x32\x15.roz.v1.Command.StateR\tfromState\x12\x30\n\x08to_state\x18\x02 \x01(\x0e\x32\x15.roz.v1.Command.StateR\x07toState\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n\x05\x61\x63tor\x18\x04 \x01(\tR\x05\x61\x63tor\x12\x43\n\x0ftransition_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0etransitionTime\"l\n\x14\x43reateCommandRequest\x12/\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x0f.roz.v1.CommandB\x04\xe2\x41\x01\x02R\x07\x63ommand\x12#\n\rvalidate_only\x18\x02 \x01(\x08R\x0cvalidateOnly\"\x97\x01\n\x13ListCommandsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12\x17\n\x07host_id\x18\x03 \x01(\tR\x06hostId\x12+\n\x05state\x18\x04 \x01(\x0e\x32\x15.roz.v1.Command.StateR\x05state\"k\n\x14ListCommandsResponse\x12+\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x0f.roz.v1.CommandR\x08\x63ommands\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\")\n\x11GetCommandRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"{\n\x18TransitionCommandRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12\x31\n\x05state\x18\x02 \x01(\x0e\x32\x15.roz.v1.Command.StateB\x04\xe2\x41\x01\x02R\x05state\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\",\n\x14\x44\x65leteCommandRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id2\x83\x05\n\x0e\x43ommandService\x12|\n\rCreateCommand\x12\x1c.roz.v1.CreateCommandRequest\x1a\x0f.roz.v1.Command\"<\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\x10\n\x0e\x63ommands:write\x82\xd3\xe4\x93\x02\x1b\"\x10/api/v1/commands:\x07\x63ommand\x12y\n\x0cListCommands\x12\x1b.roz.v1.ListCommandsRequest\x1a\x1c.roz.v1.ListCommandsResponse\".\x90\x02\x01\xea\xf9\x18\x0f\n\rcommands:read\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/commands\x12m\n\nGetCommand\x12\x19.roz.v1.GetCommandRequest\x1a\x0f.roz.v1.Command\"3\x90\x02\x01\xea\xf9\x18\x0f\n\rcommands:read\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/commands/{id}\x12\x87\x01\n\x11TransitionCommand\x12 .roz.v1.TransitionCommandRequest\x1a\x0f.roz.v1.Command\"?\xea\xf9\x18\x10\n\x0e\x63ommands:write\x82\xd3\xe4\x93\x02%\" /api/v1/commands/{id}/transition:\x01*\x12\x7f\n\rDeleteCommand\x12\x1c.roz.v1.DeleteCommandRequest\x1a\x16.google.protobuf.Empty\"8\xca\xf3\x18\x03\x08\xcc\x01\xea\xf9\x18\x10\n\x0e\x63ommands:write\x82\xd3\xe4\x93\x02\x17*\x15/api/v1/commands/{id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,9 +42,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMAND'].fields_by_name['id']._loaded_options = None
   _globals['_COMMAND'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_COMMAND'].fields_by_name['host_id']._loaded_options = None
-  _globals['_COMMAND'].fields_by_name['host_id']._serialized_options = b'\342A\001\002'
+  _globals['_COMMAND'].fields_by_name['host_id']._serialized_options = b'\342A\002\002\005'
   _globals['_COMMAND'].fields_by_name['type']._loaded_options = None
-  _globals['_COMMAND'].fields_by_name['type']._serialized_options = b'\342A\001\002'
+  _globals['_COMMAND'].fields_by_name['type']._serialized_options = b'\342A\002\002\005'
+  _globals['_COMMAND'].fields_by_name['params']._loaded_options = None
+  _globals['_COMMAND'].fields_by_name['params']._serialized_options = b'\342A\001\005'
+  _globals['_COMMAND'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_COMMAND'].fields_by_name['idempotency_key']._serialized_options = b'\342A\001\005'
+  _globals['_COMMAND'].fields_by_name['timeout']._loaded_options = None
+  _globals['_COMMAND'].fields_by_name['timeout']._serialized_options = b'\342A\001\005'
   _globals['_COMMAND'].fields_by_name['state']._loaded_options = None
   _globals['_COMMAND'].fields_by_name['state']._serialized_options = b'\342A\001\003'
   _globals['_COMMAND'].fields_by_name['applied_policies']._loaded_options = None
@@ -86,25 +92,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMANDSERVICE'].methods_by_name['DeleteCommand']._loaded_options = None
   _globals['_COMMANDSERVICE'].methods_by_name['DeleteCommand']._serialized_options = b'\312\363\030\003\010\314\001\352\371\030\020\n\016commands:write\202\323\344\223\002\027*\025/api/v1/commands/{id}'
   _globals['_COMMAND']._serialized_start=276
-  _globals['_COMMAND']._serialized_end=1316
-  _globals['_COMMAND_STATE']._serialized_start=1118
-  _globals['_COMMAND_STATE']._serialized_end=1316
-  _globals['_POLICYVERSION']._serialized_start=1318
-  _globals['_POLICYVERSION']._serialized_end=1388
-  _globals['_COMMANDTRANSITION']._serialized_start=1391
-  _globals['_COMMANDTRANSITION']._serialized_end=1629
-  _globals['_CREATECOMMANDREQUEST']._serialized_start=1631
-  _globals['_CREATECOMMANDREQUEST']._serialized_end=1739
-  _globals['_LISTCOMMANDSREQUEST']._serialized_start=1742
-  _globals['_LISTCOMMANDSREQUEST']._serialized_end=1893
-  _globals['_LISTCOMMANDSRESPONSE']._serialized_start=1895
-  _globals['_LISTCOMMANDSRESPONSE']._serialized_end=2002
-  _globals['_GETCOMMANDREQUEST']._serialized_start=2004
-  _globals['_GETCOMMANDREQUEST']._serialized_end=2045
-  _globals['_TRANSITIONCOMMANDREQUEST']._serialized_start=2047
-  _globals['_TRANSITIONCOMMANDREQUEST']._serialized_end=2170
-  _globals['_DELETECOMMANDREQUEST']._serialized_start=2172
-  _globals['_DELETECOMMANDREQUEST']._serialized_end=2216
-  _globals['_COMMANDSERVICE']._serialized_start=2219
-  _globals['_COMMANDSERVICE']._serialized_end=2862
+  _globals['_COMMAND']._serialized_end=1336
+  _globals['_COMMAND_STATE']._serialized_start=1138
+  _globals['_COMMAND_STATE']._serialized_end=1336
+  _globals['_POLICYVERSION']._serialized_start=1338
+  _globals['_POLICYVERSION']._serialized_end=1408
+  _globals['_COMMANDTRANSITION']._serialized_start=1411
+  _globals['_COMMANDTRANSITION']._serialized_end=1649
+  _globals['_CREATECOMMANDREQUEST']._serialized_start=1651
+  _globals['_CREATECOMMANDREQUEST']._serialized_end=1759
+  _globals['_LISTCOMMANDSREQUEST']._serialized_start=1762
+  _globals['_LISTCOMMANDSREQUEST']._serialized_end=1913
+  _globals['_LISTCOMMANDSRESPONSE']._serialized_start=1915
+  _globals['_LISTCOMMANDSRESPONSE']._serialized_end=2022
+  _globals['_GETCOMMANDREQUEST']._serialized_start=2024
+  _globals['_GETCOMMANDREQUEST']._serialized_end=2065
+  _globals['_TRANSITIONCOMMANDREQUEST']._serialized_start=2067
+  _globals['_TRANSITIONCOMMANDREQUEST']._serialized_end=2190
+  _globals['_DELETECOMMANDREQUEST']._serialized_start=2192
+  _globals['_DELETECOMMANDREQUEST']._serialized_end=2236
+  _globals['_COMMANDSERVICE']._serialized_start=2239
+  _globals['_COMMANDSERVICE']._serialized_end=2882
 # @@protoc_insertion_point(module_scope)

@@ -31,7 +31,7 @@ from roz.v1 import access_pb2 as roz_dot_v1_dot_access__pb2
 from transcoding.v1 import annotations_pb2 as transcoding_dot_v1_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12roz/v1/tasks.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\xdf\t\n\x04Task\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x1c\n\x06prompt\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x06prompt\x12+\n\x0e\x65nvironment_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02R\renvironmentId\x12\x17\n\x07host_id\x18\x04 \x01(\tR\x06hostId\x12\x33\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x12#\n\rallowed_tools\x18\x06 \x03(\tR\x0c\x61llowedTools\x12$\n\x0eparent_task_id\x18\x07 \x01(\tR\x0cparentTaskId\x12\x30\n\x06labels\x18\x08 \x03(\x0b\x32\x18.roz.v1.Task.LabelsEntryR\x06labels\x12.\n\x05state\x18\t \x01(\x0e\x32\x12.roz.v1.Task.StateB\x04\xe2\x41\x01\x03R\x05state\x12\x1c\n\x06result\x18\n \x01(\tB\x04\xe2\x41\x01\x03R\x06result\x12>\n\x0btransitions\x18\x0b \x03(\x0b\x32\x16.roz.v1.TaskTransitionB\x04\xe2\x41\x01\x03R\x0btransitions\x12\x41\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\x12?\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\tstartTime\x12;\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x07\x65ndTime\x12\x43\n\x0c\x64\x65liver_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0b\x64\x65liverTime\x12K\n\x10\x61\x63knowledge_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0f\x61\x63knowledgeTime\x12\x35\n\x06output\x18\x12 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x03R\x06output\x12#\n\ntrigger_id\x18\x13 \x01(\tB\x04\xe2\x41\x01\x03R\ttriggerId\x12,\n\x0ftrigger_fire_id\x18\x14 \x01(\tB\x04\xe2\x41\x01\x03R\rtriggerFireId\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xc1\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x10\n\x0cSTATE_QUEUED\x10\x02\x12\x11\n\rSTATE_RUNNING\x10\x03\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06\x12\x13\n\x0fSTATE_TIMED_OUT\x10\x07\x12\x18\n\x14STATE_SAFETY_STOPPED\x10\x08\"\xe5\x01\n\x0eTaskTransition\x12\x31\n\nfrom_state\x18\x01 \x01(\x0e\x32\x12.roz.v1.Task.StateR\tfromState\x12-\n\x08to_state\x18\x02 \x01(\x0e\x32\x12.roz.v1.Task.StateR\x07toState\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n\x05\x61\x63tor\x18\x04 \x01(\tR\x05\x61\x63tor\x12\x43\n\x0ftransition_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0etransitionTime\"d\n\x11\x43reateTaskRequest\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x0c.roz.v1.TaskB\x04\xe2\x41\x01\x02R\x04task\x12\'\n\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\"\xb8\x01\n\x10ListTasksRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x12.roz.v1.Task.StateR\x05state\x12%\n\x0e\x65nvironment_id\x18\x04 \x01(\tR\renvironmentId\x12\x17\n\x07host_id\x18\x05 \x01(\tR\x06hostId\"_\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x0c.roz.v1.TaskR\x05tasks\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"&\n\x0eGetTaskRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"u\n\x15TransitionTaskRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x12.roz.v1.Task.StateB\x04\xe2\x41\x01\x02R\x05state\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason2\xbf\x03\n\x0bTaskService\x12j\n\nCreateTask\x12\x19.roz.v1.CreateTaskRequest\x1a\x0c.roz.v1.Task\"3\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\r\n\x0btasks:write\x82\xd3\xe4\x93\x02\x15\"\r/api/v1/tasks:\x04task\x12j\n\tListTasks\x12\x18.roz.v1.ListTasksRequest\x1a\x19.roz.v1.ListTasksResponse\"(\x90\x02\x01\xea\xf9\x18\x0c\n\ntasks:read\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/tasks\x12^\n\x07GetTask\x12\x16.roz.v1.GetTaskRequest\x1a\x0c.roz.v1.Task\"-\x90\x02\x01\xea\xf9\x18\x0c\n\ntasks:read\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/tasks/{id}\x12x\n\x0eTransitionTask\x12\x1d.roz.v1.TransitionTaskRequest\x1a\x0c.roz.v1.Task\"9\xea\xf9\x18\r\n\x0btasks:write\x82\xd3\xe4\x93\x02\"\"\x1d/api/v1/tasks/{id}/transition:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12roz/v1/tasks.proto\x12\x06roz.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13roz/v1/access.proto\x1a transcoding/v1/annotations.proto\"\xff\t\n\x04Task\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x02id\x12\x1d\n\x06prompt\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x05R\x06prompt\x12,\n\x0e\x65nvironment_id\x18\x03 \x01(\tB\x05\xe2\x41\x02\x02\x05R\renvironmentId\x12\x1d\n\x07host_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x05R\x06hostId\x12\x39\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x05R\x07timeout\x12)\n\rallowed_tools\x18\x06 \x03(\tB\x04\xe2\x41\x01\x05R\x0c\x61llowedTools\x12*\n\x0eparent_task_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x05R\x0cparentTaskId\x12\x36\n\x06labels\x18\x08 \x03(\x0b\x32\x18.roz.v1.Task.LabelsEntryB\x04\xe2\x41\x01\x05R\x06labels\x12.\n\x05state\x18\t \x01(\x0e\x32\x12.roz.v1.Task.StateB\x04\xe2\x41\x01\x03R\x05state\x12\x1c\n\x06result\x18\n \x01(\tB\x04\xe2\x41\x01\x03R\x06result\x12>\n\x0btransitions\x18\x0b \x03(\x0b\x32\x16.roz.v1.TaskTransitionB\x04\xe2\x41\x01\x03R\x0btransitions\x12\x41\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12\x41\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\nupdateTime\x12?\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\tstartTime\x12;\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x07\x65ndTime\x12\x43\n\x0c\x64\x65liver_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0b\x64\x65liverTime\x12K\n\x10\x61\x63knowledge_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x0f\x61\x63knowledgeTime\x12\x35\n\x06output\x18\x12 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x03R\x06output\x12#\n\ntrigger_id\x18\x13 \x01(\tB\x04\xe2\x41\x01\x03R\ttriggerId\x12,\n\x0ftrigger_fire_id\x18\x14 \x01(\tB\x04\xe2\x41\x01\x03R\rtriggerFireId\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xc1\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x10\n\x0cSTATE_QUEUED\x10\x02\x12\x11\n\rSTATE_RUNNING\x10\x03\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06\x12\x13\n\x0fSTATE_TIMED_OUT\x10\x07\x12\x18\n\x14STATE_SAFETY_STOPPED\x10\x08\"\xe5\x01\n\x0eTaskTransition\x12\x31\n\nfrom_state\x18\x01 \x01(\x0e\x32\x12.roz.v1.Task.StateR\tfromState\x12-\n\x08to_state\x18\x02 \x01(\x0e\x32\x12.roz.v1.Task.StateR\x07toState\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n\x05\x61\x63tor\x18\x04 \x01(\tR\x05\x61\x63tor\x12\x43\n\x0ftransition_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0etransitionTime\"d\n\x11\x43reateTaskRequest\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x0c.roz.v1.TaskB\x04\xe2\x41\x01\x02R\x04task\x12\'\n\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\"\xb8\x01\n\x10ListTasksRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x12.roz.v1.Task.StateR\x05state\x12%\n\x0e\x65nvironment_id\x18\x04 \x01(\tR\renvironmentId\x12\x17\n\x07host_id\x18\x05 \x01(\tR\x06hostId\"_\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x0c.roz.v1.TaskR\x05tasks\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"&\n\x0eGetTaskRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\"u\n\x15TransitionTaskRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x02id\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x12.roz.v1.Task.StateB\x04\xe2\x41\x01\x02R\x05state\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason2\xbf\x03\n\x0bTaskService\x12j\n\nCreateTask\x12\x19.roz.v1.CreateTaskRequest\x1a\x0c.roz.v1.Task\"3\xca\xf3\x18\x03\x08\xc9\x01\xea\xf9\x18\r\n\x0btasks:write\x82\xd3\xe4\x93\x02\x15\"\r/api/v1/tasks:\x04task\x12j\n\tListTasks\x12\x18.roz.v1.ListTasksRequest\x1a\x19.roz.v1.ListTasksResponse\"(\x90\x02\x01\xea\xf9\x18\x0c\n\ntasks:read\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/tasks\x12^\n\x07GetTask\x12\x16.roz.v1.GetTaskRequest\x1a\x0c.roz.v1.Task\"-\x90\x02\x01\xea\xf9\x18\x0c\n\ntasks:read\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/tasks/{id}\x12x\n\x0eTransitionTask\x12\x1d.roz.v1.TransitionTaskRequest\x1a\x0c.roz.v1.Task\"9\xea\xf9\x18\r\n\x0btasks:write\x82\xd3\xe4\x93\x02\"\"\x1d/api/v1/tasks/{id}/transition:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,9 +43,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK'].fields_by_name['id']._loaded_options = None
   _globals['_TASK'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_TASK'].fields_by_name['prompt']._loaded_options = None
-  _globals['_TASK'].fields_by_name['prompt']._serialized_options = b'\342A\001\002'
+  _globals['_TASK'].fields_by_name['prompt']._serialized_options = b'\342A\002\002\005'
   _globals['_TASK'].fields_by_name['environment_id']._loaded_options = None
-  _globals['_TASK'].fields_by_name['environment_id']._serialized_options = b'\342A\001\002'
+  _globals['_TASK'].fields_by_name['environment_id']._serialized_options = b'\342A\002\002\005'
+  _globals['_TASK'].fields_by_name['host_id']._loaded_options = None
+  _globals['_TASK'].fields_by_name['host_id']._serialized_options = b'\342A\001\005'
+  _globals['_TASK'].fields_by_name['timeout']._loaded_options = None
+  _globals['_TASK'].fields_by_name['timeout']._serialized_options = b'\342A\001\005'
+  _globals['_TASK'].fields_by_name['allowed_tools']._loaded_options = None
+  _globals['_TASK'].fields_by_name['allowed_tools']._serialized_options = b'\342A\001\005'
+  _globals['_TASK'].fields_by_name['parent_task_id']._loaded_options = None
+  _globals['_TASK'].fields_by_name['parent_task_id']._serialized_options = b'\342A\001\005'
+  _globals['_TASK'].fields_by_name['labels']._loaded_options = None
+  _globals['_TASK'].fields_by_name['labels']._serialized_options = b'\342A\001\005'
   _globals['_TASK'].fields_by_name['state']._loaded_options = None
   _globals['_TASK'].fields_by_name['state']._serialized_options = b'\342A\001\003'
   _globals['_TASK'].fields_by_name['result']._loaded_options = None
@@ -87,23 +97,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSERVICE'].methods_by_name['TransitionTask']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['TransitionTask']._serialized_options = b'\352\371\030\r\n\013tasks:write\202\323\344\223\002\"\"\035/api/v1/tasks/{id}/transition:\001*'
   _globals['_TASK']._serialized_start=244
-  _globals['_TASK']._serialized_end=1491
-  _globals['_TASK_LABELSENTRY']._serialized_start=1238
-  _globals['_TASK_LABELSENTRY']._serialized_end=1295
-  _globals['_TASK_STATE']._serialized_start=1298
-  _globals['_TASK_STATE']._serialized_end=1491
-  _globals['_TASKTRANSITION']._serialized_start=1494
-  _globals['_TASKTRANSITION']._serialized_end=1723
-  _globals['_CREATETASKREQUEST']._serialized_start=1725
-  _globals['_CREATETASKREQUEST']._serialized_end=1825
-  _globals['_LISTTASKSREQUEST']._serialized_start=1828
-  _globals['_LISTTASKSREQUEST']._serialized_end=2012
-  _globals['_LISTTASKSRESPONSE']._serialized_start=2014
-  _globals['_LISTTASKSRESPONSE']._serialized_end=2109
-  _globals['_GETTASKREQUEST']._serialized_start=2111
-  _globals['_GETTASKREQUEST']._serialized_end=2149
-  _globals['_TRANSITIONTASKREQUEST']._serialized_start=2151
-  _globals['_TRANSITIONTASKREQUEST']._serialized_end=2268
-  _globals['_TASKSERVICE']._serialized_start=2271
-  _globals['_TASKSERVICE']._serialized_end=2718
+  _globals['_TASK']._serialized_end=1523
+  _globals['_TASK_LABELSENTRY']._serialized_start=1270
+  _globals['_TASK_LABELSENTRY']._serialized_end=1327
+  _globals['_TASK_STATE']._serialized_start=1330
+  _globals['_TASK_STATE']._serialized_end=1523
+  _globals['_TASKTRANSITION']._serialized_start=1526
+  _globals['_TASKTRANSITION']._serialized_end=1755
+  _globals['_CREATETASKREQUEST']._serialized_start=1757
+  _globals['_CREATETASKREQUEST']._serialized_end=1857
+  _globals['_LISTTASKSREQUEST']._serialized_start=1860
+  _globals['_LISTTASKSREQUEST']._serialized_end=2044
+  _globals['_LISTTASKSRESPONSE']._serialized_start=2046
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2141
+  _globals['_GETTASKREQUEST']._serialized_start=2143
+  _globals['_GETTASKREQUEST']._serialized_end=2181
+  _globals['_TRANSITIONTASKREQUEST']._serialized_start=2183
+  _globals['_TRANSITIONTASKREQUEST']._serialized_end=2300
+  _globals['_TASKSERVICE']._serialized_start=2303
+  _globals['_TASKSERVICE']._serialized_end=2750
 # @@protoc_insertion_point(module_scope)
