@@ -95,6 +95,49 @@ def test_field_behaviours_proto_names_and_json_forms(document: dict[str, Any]) -
     assert sequence["format"] == "int64"
 
 
+def body_schema(document: dict[str, Any], method: str, path: str) -> dict[str, Any]:
+    body = op(document, method, path)["requestBody"]["content"]["application/json"]["schema"]
+    return schema(document, body["$ref"].rsplit("/", 1)[-1])
+
+
+def test_creates_say_what_they_require_and_what_the_server_sets(
+    document: dict[str, Any],
+) -> None:
+    environment = body_schema(document, "post", "/api/v1/environments")
+    assert environment["required"] == ["name"]
+    for output in ("id", "host_ids", "create_time", "update_time"):
+        assert environment["properties"][output]["readOnly"] is True, output
+    assert "readOnly" not in environment["properties"]["name"]
+    assert body_schema(document, "post", "/api/v1/tasks")["required"] == [
+        "prompt",
+        "environment_id",
+    ]
+    assert body_schema(document, "post", "/api/v1/commands")["required"] == ["host_id", "type"]
+    assert body_schema(document, "post", "/api/v1/sessions")["required"] == ["host_id"]
+    assert body_schema(document, "post", "/api/v1/auth-keys")["required"] == ["name"]
+
+
+def test_what_no_method_changes_after_create_is_marked_immutable(
+    document: dict[str, Any],
+) -> None:
+    task = schema(document, "roz.v1.Task")["properties"]
+    assert task["prompt"]["x-immutable"] is True
+    assert task["labels"]["x-immutable"] is True
+    assert "x-immutable" not in task["state"]  # output only: changed by TransitionTask
+    command = schema(document, "roz.v1.Command")["properties"]
+    assert command["params"]["x-immutable"] is True
+    host = schema(document, "roz.v1.Host")["properties"]
+    assert "x-immutable" not in host["environment_id"]  # UpdateHost moves a host
+
+
+@pytest.mark.parametrize("name", ["roz.v1.TriggerFire", "roz.v1.SessionTurn"])
+def test_records_the_server_keeps_are_read_only_throughout(
+    document: dict[str, Any], name: str
+) -> None:
+    properties = schema(document, name)["properties"]
+    assert [field for field, value in properties.items() if value.get("readOnly") is not True] == []
+
+
 def test_proto_comments_are_summaries_and_descriptions(document: dict[str, Any]) -> None:
     get = op(document, "get", "/api/v1/environments/{id}")
     assert get["summary"] == "Returns one environment."
