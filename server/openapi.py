@@ -19,6 +19,7 @@ from gateway.openapi import (
     DocumentOptions,
     Operation,
     SchemaSet,
+    UpdateWithoutMask,
     build_document,
     dumps,
     error_response,
@@ -95,6 +96,8 @@ def roz_document(rest: RestApp, rules: AccessRules, comments: dict[str, str]) ->
             }
         },
         operation_hook=hook,
+        # parse_update_mask: an absent or empty mask, or "*", is every updatable field.
+        update_without_mask=UpdateWithoutMask.REPLACES_ALL,
     )
     return dumps(build_document(rest.bindings(), options))
 

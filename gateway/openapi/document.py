@@ -7,10 +7,18 @@ nested messages; repeated fields repeat their key; maps as `name[key]`), bodies 
 streaming.py and error statuses from status.py's table. What is the application's to say (who
 may call an operation, error shapes of its own) comes in through `DocumentOptions.operation_hook`,
 which may change each operation before it is written.
+
+The transcoder takes a missing or blank body as the empty message, so a body is required
+exactly when the empty message would leave a REQUIRED field unset: the body field itself, or
+with `body: "*"` a field the path does not bind. An update (AIP-134: a FieldMask `update_mask`
+beside the body field) may send only the fields its mask names, so its body is the resource's
+schema with nothing required; what it writes without a mask is the servicer's to say
+(`DocumentOptions.update_without_mask`).
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -38,6 +46,9 @@ JSON = "application/json"
 NDJSON = "application/x-ndjson"
 EVENT_STREAM = "text/event-stream"
 _TYPE_URL_PREFIX = "type.googleapis.com/"
+_FIELD_MASK = "google.protobuf.FieldMask"
+# AIP-134's name: a FieldMask of another name (a read_mask, say) makes no update.
+_UPDATE_MASK = "update_mask"
 _NESTED_QUERY_DEPTH = 4
 _WELL_KNOWN = "google.protobuf."
 
@@ -70,6 +81,16 @@ _WKT_TEXT: dict[str, Schema] = {
 }
 
 
+class UpdateWithoutMask(enum.Enum):
+    """What an update writes when its update_mask names no field (absent or empty), or is "*"."""
+
+    # Every field but the read-only and immutable ones (AIP-134's full replacement): the body is
+    # the whole resource. The default, as the safe claim: a client following it is never refused.
+    REPLACES_ALL = "replaces_all"
+    # Only the fields the body sets (AIP-134's PATCH without a mask); "*" still replaces all.
+    SETS_POPULATED = "sets_populated"
+
+
 @dataclass(frozen=True)
 class DocumentOptions:
     title: str
@@ -79,6 +100,8 @@ class DocumentOptions:
     comments: Mapping[str, str] = default(default_factory=dict)
     security_schemes: Mapping[str, Schema] = default(default_factory=dict)
     operation_hook: OperationHook | None = None
+    # What the servicers' updates do without a mask; the gateway cannot see it.
+    update_without_mask: UpdateWithoutMask = UpdateWithoutMask.REPLACES_ALL
 
 
 def build_document(bindings: Iterable[Binding], options: DocumentOptions) -> dict[str, Any]:
@@ -89,7 +112,7 @@ def build_document(bindings: Iterable[Binding], options: DocumentOptions) -> dic
     services: set[str] = set()
     for binding in bindings:
         path = openapi_path(binding)
-        operation = _operation(binding, schemas, options.comments)
+        operation = _operation(binding, schemas, options)
         base = operation["operationId"]
         count = seen_ids.get(base, 0)
         seen_ids[base] = count + 1
@@ -161,7 +184,8 @@ def error_response(description: str, schema: Schema, status: int) -> dict[str, A
 # -- one operation ------------------------------------------------------------------------------
 
 
-def _operation(binding: Binding, schemas: SchemaSet, comments: Mapping[str, str]) -> Operation:
+def _operation(binding: Binding, schemas: SchemaSet, options: DocumentOptions) -> Operation:
+    comments = options.comments
     method = binding.method
     descriptor = method.descriptor
     service = method.service.full_name.rsplit(".", 1)[-1]
@@ -181,7 +205,7 @@ def _operation(binding: Binding, schemas: SchemaSet, comments: Mapping[str, str]
     ]
     if parameters:
         operation["parameters"] = parameters
-    body = _request_body(binding, schemas)
+    body = _request_body(binding, schemas, options.update_without_mask)
     if body is not None:
         operation["requestBody"] = body
     responses: dict[str, Any] = {str(binding.success_status): _success(binding, schemas)}
@@ -355,25 +379,85 @@ def _text_schema(field: FieldDescriptor, schemas: SchemaSet) -> Schema:
     return schema
 
 
-def _request_body(binding: Binding, schemas: SchemaSet) -> dict[str, Any] | None:
+def _request_body(
+    binding: Binding, schemas: SchemaSet, without_mask: UpdateWithoutMask
+) -> dict[str, Any] | None:
     plan = binding.plan
     if not plan.takes_body:
         return None
+    required = _body_required(binding)
     if plan.raw:
         return {
             "description": "The raw body, taken as it is, under any content type.",
+            "required": required,
             "content": {"*/*": {"schema": {}}},
         }
-    if plan.body_field is not None:
-        schema = schemas.field(plan.body_field)
-    else:
+    body: dict[str, Any] = {"required": required}
+    field, mask = plan.body_field, _update_mask(binding)
+    if field is None:
         schema = _body_without_path_fields(binding, schemas)
+    elif mask is not None and field.message_type is not None:
+        schema = schemas.update(field.message_type)
+        body["description"] = _update_description(field.message_type, mask, without_mask)
+    else:
+        schema = schemas.field(field)
     content: dict[str, Any] = {JSON: {"schema": schema}}
     if binding.method.kind.request_streaming:
         content = {NDJSON: {"schema": schema}, JSON: {"schema": {"type": "array", "items": schema}}}
     if plan.form is not None:
         content[FORM.decode()] = {"schema": schema}
-    return {"content": content}
+    body["content"] = content
+    return body
+
+
+def _body_required(binding: Binding) -> bool:
+    """Whether the empty message a missing body stands for would leave a REQUIRED field unset.
+
+    A client stream's empty body is no messages at all, which is no field left unset.
+    """
+    plan = binding.plan
+    if binding.method.kind.request_streaming:
+        return False
+    if plan.body_field is not None:
+        return is_required(plan.body_field)
+    request = descriptor_of(binding.method.request_class)
+    top = {v.field_path for v in binding.template.variables if "." not in v.field_path}
+    return any(is_required(field) for field in request.fields if field.name not in top)
+
+
+def _update_mask(binding: Binding) -> FieldDescriptor | None:
+    """The request's update_mask when the body is one message field beside it (AIP-134)."""
+    field = binding.plan.body_field
+    if field is None or field.message_type is None or field.is_repeated:
+        return None
+    request = descriptor_of(binding.method.request_class)
+    mask = request.fields_by_name.get(_UPDATE_MASK)
+    if mask is None or mask.is_repeated or mask.message_type is None:
+        return None
+    return mask if mask.message_type.full_name == _FIELD_MASK else None
+
+
+def _update_description(
+    resource: Descriptor, mask: FieldDescriptor, without_mask: UpdateWithoutMask
+) -> str:
+    name = mask.name
+    partial = (
+        f"With `{name}`, only the fields it names are written (one it names that the body "
+        "leaves out is cleared) and the others keep their stored values, so the body may leave "
+        "out any field, a required one too."
+    )
+    if without_mask is UpdateWithoutMask.SETS_POPULATED:
+        return (
+            f"{partial} Without `{name}`, only the fields the body sets are written; with "
+            f"`{name}` `*`, the body is the whole resource."
+        )
+    required = ", ".join(f"`{field.name}`" for field in resource.fields if is_required(field))
+    needs = f", its required fields ({required}) included" if required else ""
+    return (
+        f"{partial} When `{name}` names no field, or is `*`, every field but the read-only and "
+        f"immutable ones is written: the body is the whole resource{needs}, and a field it "
+        "leaves out is cleared."
+    )
 
 
 def _body_without_path_fields(binding: Binding, schemas: SchemaSet) -> Schema:

@@ -6,11 +6,13 @@ FieldMask as strings, Struct/Value as any JSON, wrappers as their value or null)
 oneof members as optional properties of which at most one is set. Every message becomes one
 component under `components/schemas`, named by its full name, so recursive types are `$ref`s.
 `google.api.field_behavior` makes REQUIRED fields required, OUTPUT_ONLY ones readOnly and
-INPUT_ONLY ones writeOnly. Comments come from a {full name: text} map (see comments.py).
+INPUT_ONLY ones writeOnly; an update's body is a variant with nothing required. Comments come
+from a {full name: text} map (see comments.py).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +22,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 Schema = dict[str, Any]
 
 REF_PREFIX = "#/components/schemas/"
+UPDATE_SUFFIX = "-Update"
 _WELL_KNOWN = "google.protobuf."
 _INT64 = frozenset(
     {
@@ -112,6 +115,22 @@ class SchemaSet:
             self.components[full_name] = {}  # placeholder first: recursion meets a $ref
             self.components[full_name] = self._object(descriptor)
         return ref(full_name)
+
+    def update(self, descriptor: Descriptor) -> Schema:
+        """The message as an update's body: its schema with no field required, since an update
+        mask may name only some (JSON Schema cannot take `required` off a `$ref`). Its component
+        is `<full name>-Update`; "-" is in no proto name, so it never meets a message's own."""
+        whole = self.message(descriptor)
+        if "$ref" not in whole or "required" not in self.components[descriptor.full_name]:
+            return whole  # a well-known type, written inline, or one that requires nothing
+        name = descriptor.full_name + UPDATE_SUFFIX
+        if name not in self.components:
+            schema = copy.deepcopy(self.components[descriptor.full_name])
+            schema.pop("required", None)
+            note = "As an update's body: no field is required (the operation says which it writes)."
+            schema["description"] = "\n\n".join(filter(None, [schema.get("description"), note]))
+            self.components[name] = schema
+        return ref(name)
 
     def enum(self, descriptor: EnumDescriptor) -> Schema:
         full_name = descriptor.full_name

@@ -1,7 +1,10 @@
 """The document's `required` on each create is what the live server enforces: a body of only the
-required fields is accepted, and without any one of them it is refused with a field violation. A
-field a path template binds is REQUIRED by the route; over gRPC, where no route fills it, an
-empty one is refused naming it."""
+required fields is accepted, without any one of them it is refused with a field violation, and
+without any body at all (which the document says a create must send) it is refused too. An
+update with an update_mask takes a body of only the fields the mask names, which the document's
+schema for it admits; without a mask it needs the whole resource, as the document says. A field
+a path template binds is REQUIRED by the route; over gRPC, where no route fills it, an empty one
+is refused naming it."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from google.api import annotations_pb2
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.rpc import error_details_pb2
+from jsonschema import Draft202012Validator
 from roz.v1 import (
     api_keys_pb2,
     commands_pb2,
@@ -95,6 +99,26 @@ DROPS = [
 ]
 
 
+def _updates() -> list[tuple[str, str, str]]:
+    """(operation id, method, path) of each update that takes an update_mask."""
+    return [
+        (operation["operationId"], method, path)
+        for path, operations in DOCUMENT["paths"].items()
+        for method, operation in operations.items()
+        if "update_mask" in [p["name"] for p in operation.get("parameters", [])]
+    ]
+
+
+UPDATES = _updates()
+# One field each update changes on its own, and its new value. An update that takes a mask
+# without an entry here fails the test until one is added.
+UPDATE_EXAMPLES: dict[str, tuple[str, Any]] = {
+    "TriggerService_UpdateTrigger": ("enabled", False),
+    "EnvironmentService_UpdateEnvironment": ("description", "Changed on its own."),
+    "HostService_UpdateHost": ("labels", {"changed": "alone"}),
+}
+
+
 def _path_bound() -> list[tuple[MethodDescriptor, str]]:
     """(unary method, field) for each field a REST path template binds: REQUIRED, by the route."""
     found = []
@@ -147,6 +171,30 @@ def tenant(roz: Roz) -> Tenant:
         )
         assert host.status_code == 201, host.text
     return Tenant(key, environment.json()["id"], host.json()["id"])
+
+
+def _admits(schema: dict[str, Any], value: Any) -> bool:
+    # The document's components beside the schema: its "#/components/..." refs resolve.
+    return Draft202012Validator({**schema, "components": DOCUMENT["components"]}).is_valid(value)
+
+
+def _create_to_update(client: httpx.Client, tenant: Tenant, path: str) -> dict[str, Any]:
+    """A new resource of the collection `path` updates ("/api/v1/hosts/{id}"), as created."""
+    collection = path.removesuffix("/{id}")
+    bodies: dict[str, dict[str, Any]] = {
+        "/api/v1/environments": {},
+        "/api/v1/hosts": {"environment_id": tenant.environment_id},
+        "/api/v1/triggers": {
+            "environment_id": tenant.environment_id,
+            "task_prompt": EXAMPLES["task_prompt"](tenant),
+            "webhook": {},
+        },
+    }
+    body = {"name": EXAMPLES["name"](tenant), **bodies[collection]}
+    response = client.post(collection, json=body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
 
 
 def _violations(response: httpx.Response) -> list[str]:
@@ -222,3 +270,66 @@ def test_over_grpc_an_empty_path_field_is_refused_naming_it(
     assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome.message
     violations = outcome.detail(error_details_pb2.BadRequest).field_violations
     assert [violation.field for violation in violations] == [field]
+
+
+@pytest.mark.parametrize(
+    ("operation", "path"), [(o, p) for o, p, _ in CREATES], ids=[c[0] for c in CREATES]
+)
+def test_a_create_the_document_says_needs_a_body_is_refused_without_one(
+    roz: Roz, tenant: Tenant, operation: str, path: str
+) -> None:
+    assert DOCUMENT["paths"][path]["post"]["requestBody"]["required"] is True
+    with roz.rest(tenant.key) as client:
+        response = client.post(path)
+    assert response.status_code == 400, response.text
+    assert _violations(response), response.text
+
+
+def test_every_update_with_a_mask_is_covered() -> None:
+    assert {operation for operation, _, _ in UPDATES} == {
+        "TriggerService_UpdateTrigger",
+        "EnvironmentService_UpdateEnvironment",
+        "HostService_UpdateHost",
+    }
+
+
+@pytest.mark.parametrize(("operation", "method", "path"), UPDATES, ids=[u[0] for u in UPDATES])
+def test_an_update_with_a_mask_takes_a_body_of_only_the_fields_it_names(
+    roz: Roz, tenant: Tenant, operation: str, method: str, path: str
+) -> None:
+    assert operation in UPDATE_EXAMPLES, f"{operation}: add a field it updates on its own"
+    field, value = UPDATE_EXAMPLES[operation]
+    body = {field: value}
+    document = DOCUMENT["paths"][path][method]
+    resource = document["responses"]["200"]["content"]["application/json"]["schema"]
+    assert not _admits(resource, body)  # the resource requires what this body leaves out
+    assert _admits(document["requestBody"]["content"]["application/json"]["schema"], body)
+    with roz.rest(tenant.key) as client:
+        created = _create_to_update(client, tenant, path)
+        response = client.request(
+            method,
+            path.format(id=created["id"]),
+            params={"update_mask": field},
+            json=body,
+        )
+    assert response.status_code == 200, response.text
+    updated = response.json()
+    assert updated[field] == value
+    assert updated["name"] == created["name"]  # not named in the mask: kept
+
+
+@pytest.mark.parametrize(("operation", "method", "path"), UPDATES, ids=[u[0] for u in UPDATES])
+def test_without_a_mask_an_update_needs_the_whole_resource(
+    roz: Roz, tenant: Tenant, operation: str, method: str, path: str
+) -> None:
+    field, value = UPDATE_EXAMPLES[operation]
+    document = DOCUMENT["paths"][path][method]
+    assert "the body is the whole resource" in document["requestBody"]["description"]
+    resource = document["responses"]["200"]["content"]["application/json"]["schema"]
+    required = _resolve(resource)["required"]
+    with roz.rest(tenant.key) as client:
+        created = _create_to_update(client, tenant, path)
+        response = client.request(method, path.format(id=created["id"]), json={field: value})
+    assert response.status_code == 400, response.text
+    named = {violation.rsplit(".", 1)[-1] for violation in _violations(response)}
+    assert named & set(required), (named, required)

@@ -123,3 +123,13 @@ def test_the_spelling_is_canonical() -> None:
     assert first == dumps(build_document(bindings, options))
     assert first.endswith(b"}\n")
     assert json.loads(first)["info"]["title"] == "echo"
+
+
+def test_a_field_mask_of_another_name_makes_no_update(document: dict[str, Any]) -> None:
+    # EchoRequest has a FieldMask `mask` beside the body field `nested`: not AIP-134's update_mask.
+    shout = operation(document, "post", "/v1/echo/{message}:shout")["requestBody"]
+    assert shout["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/testing.echo.v1.Nested"
+    }
+    assert shout["required"] is False  # `nested` is not REQUIRED: an empty body is taken
+    assert not [name for name in document["components"]["schemas"] if name.endswith("-Update")]

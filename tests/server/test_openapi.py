@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from server.app import RozServer
@@ -195,3 +196,98 @@ def test_methods_without_rest_bindings_are_left_out(document: dict[str, Any]) ->
     assert "/roz.v1.SessionService/StreamSession" not in methods
     assert not [m for m in methods if m.startswith("/roz.v1.RobotLinkService/")]
     assert "/roz.v1.SessionService/CreateSession" in methods
+
+
+# Each update with an update_mask: (method, path, resource, a body of one field and no required).
+UPDATES = {
+    "TriggerService_UpdateTrigger": (
+        "patch",
+        "/api/v1/triggers/{id}",
+        "roz.v1.Trigger",
+        {"enabled": False},
+    ),
+    "EnvironmentService_UpdateEnvironment": (
+        "put",
+        "/api/v1/environments/{id}",
+        "roz.v1.Environment",
+        {"description": "Only this."},
+    ),
+    "HostService_UpdateHost": ("put", "/api/v1/hosts/{id}", "roz.v1.Host", {"labels": {"a": "b"}}),
+}
+
+
+def admits(document: dict[str, Any], subschema: dict[str, Any], value: Any) -> bool:
+    root = {**subschema, "components": document["components"]}
+    return Draft202012Validator(root).is_valid(value)
+
+
+def test_the_updates_with_an_update_mask_are_these(document: dict[str, Any]) -> None:
+    masked = {
+        operation["operationId"]
+        for operations in document["paths"].values()
+        for operation in operations.values()
+        if "update_mask" in [p["name"] for p in operation.get("parameters", [])]
+    }
+    assert masked == set(UPDATES)
+
+
+@pytest.mark.parametrize("operation_id", sorted(UPDATES))
+def test_an_update_with_a_mask_takes_a_body_that_requires_nothing(
+    document: dict[str, Any], operation_id: str
+) -> None:
+    method, path, resource, partial = UPDATES[operation_id]
+    body = op(document, method, path)["requestBody"]
+    taken = body["content"]["application/json"]["schema"]
+    assert taken == {"$ref": f"#/components/schemas/{resource}-Update"}
+    whole, update = schema(document, resource), schema(document, f"{resource}-Update")
+    assert "required" not in update
+    assert whole["required"]  # what a create requires stays required there
+    assert update["properties"] == whole["properties"]
+    assert not admits(document, {"$ref": f"#/components/schemas/{resource}"}, partial)
+    assert admits(document, taken, partial)
+    # Without a mask the servicer replaces every field: the description says so, by name.
+    required = ", ".join(f"`{name}`" for name in whole["required"])
+    assert body["description"].startswith("With `update_mask`, only the fields it names")
+    assert (
+        f"the body is the whole resource, its required fields ({required}) included"
+        in (body["description"])
+    )
+
+
+def test_an_update_without_a_mask_keeps_the_whole_resource(document: dict[str, Any]) -> None:
+    body = op(document, "put", "/api/v1/safety-policies/{id}")["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/roz.v1.SafetyPolicy"
+    }
+    assert "description" not in body
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "required"),
+    [
+        ("post", "/api/v1/environments", True),  # body: "environment", REQUIRED
+        ("put", "/api/v1/environments/{id}", True),  # an update's body too
+        ("post", "/api/v1/sessions", True),  # body: "*" with REQUIRED host_id
+        ("post", "/api/v1/commands/{id}/transition", True),  # body: "*", REQUIRED state
+        ("post", "/api/v1/sessions/{session_id}:cancelTurn", False),  # nothing REQUIRED
+        ("post", "/api/v1/device/code", False),
+        ("post", "/api/v1/triggers/{trigger_id}/webhook", False),  # raw, not REQUIRED
+    ],
+)
+def test_a_body_is_required_when_the_empty_message_would_leave_a_required_field_unset(
+    document: dict[str, Any], method: str, path: str, required: bool
+) -> None:
+    assert op(document, method, path)["requestBody"]["required"] is required
+
+
+def test_every_body_whose_schema_refuses_the_empty_object_is_required(
+    document: dict[str, Any],
+) -> None:
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            body = operation.get("requestBody")
+            if body is None or "application/json" not in body["content"]:
+                continue
+            taken = body["content"]["application/json"]["schema"]
+            if not admits(document, taken, {}):
+                assert body["required"] is True, (method, path)
