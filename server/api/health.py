@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2
 from roz.v1 import health_pb2 as roz_health_pb2
 from roz.v1 import health_pb2_grpc as roz_health_pb2_grpc
 
+from server import background
 from server.domain import errors
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,6 @@ class HealthMonitor:
 
     async def stop(self) -> None:
         """Marks everything NOT_SERVING for good (graceful shutdown) and stops checking."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task, self._task = self._task, None
+        await background.stop(task)
         await self._health.enter_graceful_shutdown()

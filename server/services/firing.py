@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+from server import background
 from server.storage.availability import DATABASE_AWAY
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,7 @@ class TriggerFiring:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await background.stop(task)
 
     def wake(self, _payload: str = "") -> None:
         """A trigger was created or changed somewhere: plan again."""

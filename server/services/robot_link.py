@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from server import background
 from server.domain.commands import Command
 from server.domain.errors import (
     Aborted,
@@ -278,10 +279,7 @@ class RobotLinks:
 
     async def stop(self) -> None:
         task, self._pulse_task = self._pulse_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.stop(task)
         if self._background:
             await asyncio.wait(self._background, timeout=5)
         flush, self._ack_flush = self._ack_flush, None

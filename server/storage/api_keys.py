@@ -9,7 +9,6 @@ one statement every few seconds, instead of one write per request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from uuid import UUID
 from psycopg import AsyncConnection
 from psycopg.rows import kwargs_row
 
+from server import background
 from server.domain.api_keys import (
     ApiKey,
     NewApiKey,
@@ -258,10 +258,7 @@ class LastUsedRecorder:
         last-used times must not stop, nor hold up, a shutdown with the database away.
         """
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.stop(task)
         try:
             async with asyncio.timeout(timeout_seconds):
                 await self.flush()

@@ -12,7 +12,6 @@ state is logged once and reported to listeners (health statuses); nothing is log
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +19,7 @@ from contextlib import asynccontextmanager
 
 from psycopg import OperationalError
 
+from server import background
 from server.domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,4 @@ class Availability:
         """Stops probing (at shutdown): the process no longer waits for the database."""
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.stop(task)

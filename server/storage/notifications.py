@@ -12,11 +12,12 @@ replaced even when nothing is being notified.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 
 from psycopg import AsyncConnection, sql
+
+from server import background
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,7 @@ class NotificationListener:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await background.stop(task)
 
     async def _run(self) -> None:
         lost = False

@@ -14,12 +14,12 @@ retried next round; it never stops the others or the loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from server import background
 from server.storage.availability import DATABASE_AWAY
 from server.storage.database import Pool
 
@@ -97,11 +97,7 @@ class Sweeper:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await background.stop(task)
 
     async def _loop(self, pool: Pool) -> None:
         while True:
