@@ -123,3 +123,18 @@ _PRETTY = json.JSONEncoder(ensure_ascii=False, indent=2)
 def dumps(value: Any, pretty: bool = False) -> bytes:
     """UTF-8 JSON; compact unless asked (compact output never contains a raw newline)."""
     return (_PRETTY if pretty else _COMPACT).encode(value).encode()
+
+
+# What line readers other than "split at \n" also take for line breaks (Python's splitlines,
+# and so httpx's iter_lines; JavaScript's old line terminators), which JSON leaves raw in
+# strings. Control characters below 0x20 are escaped by the encoder already.
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def dumps_line(value: Any) -> bytes:
+    """Compact UTF-8 JSON that every line reader reads as one line: `dumps`, with U+0085,
+    U+2028 and U+2029 escaped (the same string to any JSON parser)."""
+    text = _COMPACT.encode(value)
+    if not text.isascii():
+        text = text.translate(_LINE_BREAKS)
+    return text.encode()

@@ -13,7 +13,7 @@ from typing import Any
 
 from google.rpc import status_pb2  # type: ignore[import-untyped, unused-ignore]
 
-from gateway.rest.codec import dumps
+from gateway.rest.codec import dumps_line
 from gateway.rest.status import status_to_dict
 
 
@@ -53,4 +53,4 @@ def stream_format(accept: bytes) -> StreamFormat:
     return SSE if b"text/event-stream" in accept else NDJSON
 
 
-_dumps = dumps  # compact: one line per message
+_dumps = dumps_line  # compact, and one line per message for every line reader

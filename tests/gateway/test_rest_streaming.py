@@ -115,6 +115,31 @@ def test_ndjson_wraps_each_message_in_result(rest: RestServer) -> None:
     assert all(item["result"]["echoed"]["message"] == "m" for item in got)
 
 
+# Raw in a JSON string, and line breaks to Python's splitlines, httpx's iter_lines and old
+# JavaScript; a fleet watch carrying an e-stop reason with one broke the line it was on.
+LINE_BREAKING = "a\u2028b\x85c\u2029d\x1ce"
+
+
+def test_a_message_with_unicode_line_breaks_stays_one_line(rest: RestServer) -> None:
+    response = rest.client.get("/v1/expand", params={"count": "2", "message": LINE_BREAKING})
+    got = lines(response)  # splitlines(): every line reader's idea of a line
+    assert [item["result"]["echoed"]["message"] for item in got] == [LINE_BREAKING] * 2
+    with rest.client.stream(
+        "GET", "/v1/expand", params={"count": "1", "message": LINE_BREAKING}
+    ) as streamed:
+        (line,) = list(streamed.iter_lines())
+    assert json.loads(line)["result"]["echoed"]["message"] == LINE_BREAKING
+    events = rest.client.get(
+        "/v1/expand",
+        params={"count": "1", "message": LINE_BREAKING},
+        headers={"accept": "text/event-stream"},
+    )
+    (event, end) = events.text.split("\n\n")
+    assert end == ""
+    assert len(event.splitlines()) == 1
+    assert json.loads(event.removeprefix("data: "))["echoed"]["message"] == LINE_BREAKING
+
+
 def test_each_message_arrives_as_its_own_chunk(rest: RestServer) -> None:
     with rest.client.stream("GET", "/v1/expand", params={"count": "4"}) as response:
         chunks = [chunk for chunk in response.iter_raw() if chunk]
