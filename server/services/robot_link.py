@@ -535,6 +535,10 @@ class RobotLinks:
                 if link.ack_writer is None or link.ack_writer.done():
                     link.ack_writer = asyncio.ensure_future(self._write_acks_of(link))
             elif isinstance(message, Report):
+                # What the robot acked before it reported is recorded before the report, so
+                # that a command's trail reads acknowledged, then running, as the robot said it.
+                if link.ack_writer is not None and not link.ack_writer.done():
+                    await asyncio.wait({link.ack_writer})
                 await link.outbox.put(await self._report(link, message))
                 link.stirred.set()
             elif isinstance(message, AgentUpdate):
