@@ -49,7 +49,12 @@ from grpc import aio
 
 from gateway import wire
 from gateway.asgi import Headers, Receive, Scope, Send
-from gateway.context import GatewayContext, MetadataItems
+from gateway.context import (
+    GatewayContext,
+    MetadataItems,
+    serve_until_disconnect,
+    wait_for_disconnect,
+)
 from gateway.registry import CallKind, Method, MethodRegistry
 from gateway.rest import codec as json_codec
 from gateway.rest.printer import to_jsonable
@@ -570,7 +575,7 @@ class ConnectApp:
                 return
             await response.success(payload, context, self._compress_min)
 
-        await _until_disconnect(call(), context, receive)
+        await serve_until_disconnect(call(), context, receive)
 
     # -- streaming -----------------------------------------------------------------------------
 
@@ -618,7 +623,7 @@ class ConnectApp:
             except ConnectError as error:
                 await _refuse(receive, response.finish, error.status)
                 return
-            await _until_disconnect(
+            await serve_until_disconnect(
                 self._run_stream(method, messages[0], context, response), context, receive
             )
             return
@@ -650,7 +655,7 @@ class ConnectApp:
                     return
                 await queue.put(None)
                 # Keeps reading after the request ended, so that a disconnect is noticed.
-                await _disconnected(receive)
+                await wait_for_disconnect(receive)
                 gone.set()
             except ConnectError as error:
                 # A bad request message ends the call with its error, whatever the servicer does.
@@ -751,30 +756,6 @@ def _base64url(value: bytes) -> bytes:
 
 
 # -- running a call --------------------------------------------------------------------------
-
-
-async def _until_disconnect(
-    work: Awaitable[None], context: GatewayContext, receive: Receive
-) -> None:
-    """Runs the call; a client that goes away cancels it (a watch would never end)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.create_task(_disconnected(receive))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            context.cancel_by_peer()
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    finally:
-        watcher.cancel()
-        task.cancel()
-        context.finish()
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _refuse(receive: Receive, answer: Callable[..., Awaitable[None]], *args: Any) -> None:

@@ -7,12 +7,16 @@ trailing metadata, code and details.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import grpc
 from grpc import aio
+
+from gateway.asgi import Receive
 
 MetadataItems = Sequence[tuple[str, str | bytes]]
 InitialMetadataSender = Callable[[MetadataItems], Awaitable[None]]
@@ -152,3 +156,30 @@ class GatewayContext(aio.ServicerContext):  # type: ignore[type-arg]
 
     def is_active(self) -> bool:
         return not self._done
+
+
+async def serve_until_disconnect(
+    work: Awaitable[None], context: GatewayContext, receive: Receive
+) -> None:
+    """Runs a call's `work`; a client that goes away cancels it (a watch would never end).
+    For adapters that have read the whole request body, so `receive` has only the disconnect
+    left to say."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            context.cancel_by_peer()
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        watcher.cancel()
+        task.cancel()
+        context.finish()
+
+
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Returns when the client has gone; the request body must have been read already."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -24,10 +24,8 @@ servicer sees the same context whatever protocol carried it. CORS is the router'
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import logging
 import re
 from collections.abc import Iterable
@@ -39,7 +37,7 @@ from sonora.asgi import grpcASGI
 
 from gateway import wire
 from gateway.asgi import Receive, Scope, Send
-from gateway.context import GatewayContext, MetadataItems
+from gateway.context import GatewayContext, MetadataItems, serve_until_disconnect
 from gateway.registry import MethodRegistry
 from gateway.rest import codec as json_codec
 from gateway.rest.printer import to_jsonable
@@ -155,7 +153,9 @@ class GrpcWebApp(grpcASGI):  # type: ignore[misc]
             await response.finish(refused.code, refused.message, refused.trailing)
             return
         serialize = _to_json if json_messages else handler.response_serializer
-        await _serve_until_disconnect(handler, serialize, requests, context, response, receive)
+        await serve_until_disconnect(
+            _run(handler, serialize, requests, context, response), context, receive
+        )
 
     # -- the request body --------------------------------------------------------------------
 
@@ -193,35 +193,6 @@ class GrpcWebApp(grpcASGI):  # type: ignore[misc]
 
 
 # -- running the call --------------------------------------------------------------------------
-
-
-async def _serve_until_disconnect(
-    handler: AioHandler,
-    serialize: Any,
-    requests: list[Any],
-    context: GatewayContext,
-    response: _Response,
-    receive: Receive,
-) -> None:
-    """Runs the call; a client that goes away cancels it (Watch streams would never end)."""
-    work = asyncio.create_task(_run(handler, serialize, requests, context, response))
-    watcher = asyncio.create_task(_disconnected(receive))
-    try:
-        await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():
-            context.cancel_by_peer()
-            work.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
-    finally:
-        watcher.cancel()
-        work.cancel()
-        context.finish()
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _run(
